@@ -102,15 +102,21 @@ class Volume:
         """Raise :class:`GeometryError` naming the first difference when grids differ."""
         if self.same_grid(other):
             return
-        for name, a, b in (
-            ("size (z, y, x)", self.shape, other.shape),
-            ("spacing (mm)", tuple(np.round(self.spacing, 4)), tuple(np.round(other.spacing, 4))),
-            ("origin (mm)", tuple(np.round(self.origin, 3)), tuple(np.round(other.origin, 3))),
-            ("direction", tuple(np.round(self.direction.ravel(), 4)), tuple(np.round(other.direction.ravel(), 4))),
-        ):
-            if a != b:
+
+        def rounded(v: np.ndarray) -> tuple[float, ...]:
+            return tuple(float(x) for x in np.round(v, 4))
+
+        checks = (  # most telling difference first
+            ("spacing (mm)", self.spacing, other.spacing, 1e-3),
+            ("direction", self.direction.ravel(), other.direction.ravel(), 1e-3),
+            ("size (z, y, x)", np.array(self.shape), np.array(other.shape), 0.0),
+            ("origin (mm)", self.origin, other.origin, 1e-2),
+        )
+        for name, a, b, tol in checks:
+            if a.shape != b.shape or not np.allclose(a, b, atol=tol, rtol=0):
+                shown = (tuple(int(x) for x in a), tuple(int(x) for x in b)) if tol == 0 else (rounded(a), rounded(b))
                 raise GeometryError(
-                    f"The {what} do not share a voxel grid: {name} {a} vs {b}. "
+                    f"The {what} do not share a voxel grid: {name} {shown[0]} vs {shown[1]}. "
                     "Export the label on the image's geometry (in Slicer: Segmentations → "
                     "Export to labelmap with the image as reference)."
                 )
@@ -129,6 +135,8 @@ class Volume:
         arr = self.array
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)
+        elif arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
         img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
         img.SetSpacing(tuple(float(v) for v in self.spacing))
         img.SetOrigin(tuple(float(v) for v in self.origin))
@@ -244,7 +252,12 @@ def crop(vol: Volume, box: Box, spacing: Vec3 | np.ndarray, is_label: bool = Fal
 def paste(values: Volume, reference: Volume, is_label: bool = True) -> np.ndarray:
     """Map a box-grid volume back onto ``reference``'s grid; outside the box → 0.
 
-    Labels use nearest neighbour; for probabilities pass ``is_label=False`` (linear) and
-    threshold the result. Returns an array of ``reference.shape``.
+    Binary masks (values 0/1) are interpolated linearly and thresholded at 0.5, which is
+    exact on aligned grids and smooth for rotated boxes; other labels use nearest neighbour.
+    For probabilities pass ``is_label=False`` (linear, float32). Returns ``reference.shape``.
     """
+    a = values.array
+    if is_label and (a.dtype == bool or np.isin(a, (0, 1)).all()):
+        soft = resample_to(values.with_array(a.astype(np.float32)), reference, is_label=False)
+        return (soft.array >= 0.5).astype(a.dtype)
     return resample_to(values, reference, is_label=is_label, fill=0.0).array

@@ -1,0 +1,388 @@
+"""voxmetric.data: case discovery, manifests, validation, cached preprocessing, slab patches."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from voxmetric import data as D
+from voxmetric import io as vio
+from voxmetric.errors import ConfigError, GeometryError, InputError, SegmentNotFoundError, VoxMetricError
+from voxmetric.volume import Volume
+
+SHAPE = (40, 60, 60)  # z, y, x
+SPACING = (0.9, 0.9, 2.0)  # x, y, z mm
+RADII = np.array([10.0, 8.0, 12.0])  # x, y, z mm of the "prostate" ellipsoid
+
+
+def synthetic_case(shape=SHAPE, spacing=SPACING, modality="ct", seed=0, origin=(-20.0, 10.0, 5.0)):
+    """(image, label) Volumes: an elliptic body in air (CT HU or MR units) holding an
+    ellipsoid label at the centre of the volume."""
+    rng = np.random.default_rng(seed)
+    sp = np.asarray(spacing, float)
+    z, y, x = np.indices(shape, dtype=float)
+    cz, cy, cx = (np.array(shape) - 1) / 2
+    phys = [(x - cx) * sp[0], (y - cy) * sp[1], (z - cz) * sp[2]]
+    body = (phys[0] / (0.35 * shape[2] * sp[0])) ** 2 + (phys[1] / (0.3 * shape[1] * sp[1])) ** 2 <= 1
+    label = sum((p / r) ** 2 for p, r in zip(phys, RADII)) <= 1
+    if modality == "ct":
+        img = np.where(body, 40.0, -1000.0) + 30 * label + rng.normal(0, 10, shape)
+        img = img.astype(np.int16)
+    else:
+        img = (np.where(body, 300.0, 5.0) + 150 * label + rng.normal(0, 10, shape)).astype(np.float32)
+    geo = dict(spacing=sp, origin=np.array(origin, float))
+    return Volume(img, **geo), Volume(label.astype(np.uint8), **geo)
+
+
+def write_seg(path, label: Volume, names=("Prostate",)):
+    infos = [vio.segment_info(n, i + 1) for i, n in enumerate(names)]
+    return vio.write_segmentation(path, label, infos)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """case001: .nrrd + .seg.nrrd (segments Prostate, Bladder); case002: .nii.gz + _label.nii.gz."""
+    d = tmp_path_factory.mktemp("cases")
+    img, lab = synthetic_case(seed=1)
+    vio.write_volume(img, d / "case001.nrrd")
+    two = lab.with_array(lab.array + 2 * (img.array > 0) * (lab.array == 0))  # Bladder = body outside label
+    write_seg(d / "case001.seg.nrrd", two.with_array(two.array.astype(np.uint8)), ("Prostate", "Bladder"))
+    img2, lab2 = synthetic_case(spacing=(1.1, 1.1, 1.5), modality="mr", seed=2)
+    vio.write_volume(img2, d / "case002.nii.gz")
+    vio.write_volume(lab2, d / "case002_label.nii.gz")
+    (d / "notes.txt").write_text("not a case")
+    return d
+
+
+# ---- discovery and manifests ----------------------------------------------------------------
+def test_load_cases_folder(folder):
+    recs = D.load_cases(folder, segment="Prostate")
+    assert [r.id for r in recs] == ["case001", "case002"]
+    assert recs[0].image.name == "case001.nrrd" and recs[0].label.name == "case001.seg.nrrd"
+    assert recs[1].image.name == "case002.nii.gz" and recs[1].label.name == "case002_label.nii.gz"
+    assert all(r.segment == "Prostate" and r.modality is None for r in recs)
+
+
+def test_manifest_round_trip(folder, tmp_path):
+    recs = D.load_cases(folder)
+    recs[0].segment, recs[0].modality = "Prostate", "ct"
+    out = D.write_manifest(recs, tmp_path / "m" / "manifest.json")
+    text = json.loads(out.read_text())
+    assert text["format"] == "voxmetric-cases/1" and text["cases"][0]["segment"] == "Prostate"
+    assert Path(text["cases"][0]["image"]).is_absolute()  # outside the manifest's folder
+    again = D.load_cases(out, segment="Label 1")
+    assert [(r.id, r.image, r.label, r.modality) for r in again] == [(r.id, r.image.resolve(), r.label.resolve(), r.modality) for r in recs]
+    assert [r.segment for r in again] == ["Prostate", "Label 1"]  # manifest first, then the flag
+    # paths inside the manifest's folder are relative; a folder holding manifest.json uses it
+    rel = D.write_manifest([D.CaseRecord("x", tmp_path / "sub" / "x.nrrd", tmp_path / "x.seg.nrrd")], tmp_path / "mm.json")
+    assert json.loads(rel.read_text())["cases"][0] == {"id": "x", "image": "sub/x.nrrd", "label": "x.seg.nrrd"}
+    D.write_manifest(recs[:1], folder / "sub" / "manifest.json")
+    assert [r.id for r in D.load_cases(folder / "sub")] == ["case001"]
+
+
+def test_no_cases_found(tmp_path):
+    with pytest.raises(InputError, match=r"No cases found.*case001\.seg\.nrrd.*_label"):
+        D.load_cases(tmp_path)
+    (tmp_path / "x.seg.nrrd").write_bytes(b"")
+    with pytest.raises(InputError, match="found only label files: x.seg.nrrd"):
+        D.load_cases(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        D.load_cases(tmp_path / "nope")
+
+
+def test_label_missing(tmp_path):
+    img, _ = synthetic_case()
+    vio.write_volume(img, tmp_path / "a.nrrd")
+    with pytest.raises(InputError, match=r"1 case\(s\).*no label: a \(a\.nrrd\)"):
+        D.load_cases(tmp_path)
+    assert D.load_cases(tmp_path, require_labels=False)[0].label is None
+
+
+def test_manifest_errors(tmp_path):
+    m = tmp_path / "manifest.json"
+    m.write_text("{not json")
+    with pytest.raises(InputError, match="Cannot read the case manifest"):
+        D.load_cases(m)
+    m.write_text(json.dumps({"cases": []}))
+    with pytest.raises(InputError, match="not a VoxMetric case manifest.*voxmetric-cases/1"):
+        D.load_cases(m)
+    m.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": [{"id": "c1", "image": "c1.nrrd", "label": "c1.seg.nrrd"}]}))
+    with pytest.raises(InputError, match=r"c1: image .*c1\.nrrd does not exist; c1: label .* does not exist"):
+        D.load_cases(m)
+    m.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": [{"image": "c1.nrrd", "modality": "pet"}]}))
+    with pytest.raises(InputError, match="modality 'pet'"):
+        D.load_cases(m)
+
+
+# ---- eager validation -----------------------------------------------------------------------
+def test_validate_ok_and_segment_missing(folder):
+    recs = D.load_cases(folder, segment="Prostate")
+    recs[1].segment = "Label 1"
+    D.validate_cases(recs)  # passes
+    bad = D.load_cases(folder, segment="Rectum")
+    with pytest.raises(SegmentNotFoundError) as e:
+        D.validate_cases(bad)
+    msg = str(e.value)
+    assert "2 cases cannot be used" in msg
+    assert "case 'case001': segment 'Rectum' is not in case001.seg.nrrd; its segments are: 'Prostate', 'Bladder'" in msg
+    assert "case 'case002'" in msg and "'Label 1'" in msg
+    with pytest.raises(SegmentNotFoundError, match="no segment name given.*several segments: 'Prostate', 'Bladder'"):
+        D.validate_cases(D.load_cases(folder)[:1])
+
+
+def test_validate_geometry_mismatch(tmp_path):
+    img, lab = synthetic_case()
+    vio.write_volume(img, tmp_path / "a.nrrd")
+    other = Volume(lab.array, spacing=(1.0, 1.0, 2.0), origin=lab.origin)
+    write_seg(tmp_path / "a.seg.nrrd", other)
+    vio.write_volume(img, tmp_path / "b.nrrd")
+    vio.write_volume(Volume(lab.array, spacing=SPACING, origin=lab.origin + 0.4), tmp_path / "b_label.nrrd")
+    with pytest.raises(GeometryError) as e:
+        D.validate_cases(D.load_cases(tmp_path))
+    msg = str(e.value)
+    assert "case 'a': a.seg.nrrd is not on the image's voxel grid" in msg
+    assert "image and label of case 'b' do not share a voxel grid: origin" in msg
+    rec = D.load_cases(tmp_path)[0]
+    with pytest.raises(GeometryError, match="Case 'a':"):  # also when preparing without validation
+        D.prepare_case(rec)
+
+
+def test_empty_label(tmp_path):
+    img, lab = synthetic_case()
+    vio.write_volume(img, tmp_path / "a.nrrd")
+    vio.write_volume(lab.with_array(np.zeros_like(lab.array)), tmp_path / "a_label.nrrd")
+    rec = D.load_cases(tmp_path)[0]
+    with pytest.raises(VoxMetricError, match=r"Case 'a': .*a_label.nrrd .*empty"):
+        D.prepare_case(rec)
+    seg = lab.with_array(np.where(lab.array > 0, 2, 0).astype(np.uint8))  # Prostate (1) is empty
+    write_seg(tmp_path / "a.seg.nrrd", seg, ("Prostate", "Bladder"))
+    rec = D.load_cases(tmp_path, segment="prostate")[0]
+    with pytest.raises(InputError, match="Case 'a': the segment 'prostate' in a.seg.nrrd is empty"):
+        D.prepare_case(rec)
+
+
+# ---- preprocessing and cache ----------------------------------------------------------------
+def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
+    rec = D.load_cases(folder, segment="Prostate")[0]
+    cache = tmp_path / "cache"
+    t0 = time.perf_counter()
+    case = D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
+    t_first = time.perf_counter() - t0
+    assert case.id == "case001" and case.modality == "ct"
+    assert np.allclose(case.image.spacing, 1.0) and case.image.same_grid(case.mask)
+    a = case.image.array
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 255
+    assert case.mask.array.dtype == np.uint8 and set(np.unique(case.mask.array)) == {0, 1}
+    vol = 4 / 3 * np.pi * RADII.prod()
+    assert abs(case.mask.array.sum() - vol) / vol < 0.1  # 1 mm³ voxels
+    # cropped to the body (+5 mm each side): 2 * 0.35 * 54 + 10 mm in x, 2 * 0.3 * 54 + 10 mm in y
+    assert 46 <= case.image.shape[2] <= 49 and 41 <= case.image.shape[1] <= 44
+    files = list(cache.glob("*.npz"))
+    assert len(files) == 1 and files[0].name.startswith("case001-")
+    mtime = files[0].stat().st_mtime_ns
+
+    def no_read(*a, **k):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(vio, "read_volume", no_read)
+    t0 = time.perf_counter()
+    again = D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
+    assert time.perf_counter() - t0 < t_first
+    assert files[0].stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(again.image.array, a)
+    np.testing.assert_array_equal(again.mask.array, case.mask.array)
+    assert again.image.same_grid(case.image) and again.modality == "ct"
+    monkeypatch.undo()
+    # a changed source file or recipe spacing is a new cache entry
+    assert D.cache_key(rec, D.DataRecipe(spacing_mm=4)) != D.cache_key(rec, D.DataRecipe())
+    st = rec.image.stat()
+    os.utime(rec.image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
+        assert len(list(cache.glob("*.npz"))) == 2
+    finally:
+        os.utime(rec.image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # a broken cache entry is rebuilt, not trusted
+    files[0].write_bytes(b"garbage")
+    np.testing.assert_array_equal(D.prepare_case(rec, D.DataRecipe(), cache_dir=cache).image.array, a)
+
+
+def test_prepare_mr_body_at_4mm(folder):
+    rec = D.load_cases(folder)[1]
+    case = D.prepare_case(rec, D.DataRecipe(spacing_mm=4.0, slab=5, region="body"))
+    assert case.modality == "mr"  # guessed: no HU air
+    assert np.allclose(case.image.spacing, 4.0) and case.image.same_grid(case.mask)
+    assert 0 <= case.image.array.min() and case.image.array.max() <= 255
+    assert abs(case.mask.array.sum() * 64 - 4 / 3 * np.pi * RADII.prod()) < 0.35 * 4 / 3 * np.pi * RADII.prod()
+    pre, modality = D.preprocess_image(vio.read_volume(rec.image), spacing_mm=4.0)
+    assert modality == "mr" and pre.same_grid(case.image)
+    np.testing.assert_allclose(pre.array, case.image.array)
+
+
+# ---- regions and patches --------------------------------------------------------------------
+def coded_case(shape=(20, 50, 50), label_box=((8, 12), (20, 30), (20, 30)), spacing=(1.0, 1.0, 1.0)) -> D.PreparedCase:
+    """Image value = 10000 z + 100 y + x + 1 (tells where a patch came from); box label."""
+    z, y, x = np.indices(shape)
+    img = (10000 * z + 100 * y + x + 1).astype(np.float32)
+    m = np.zeros(shape, np.uint8)
+    (z0, z1), (y0, y1), (x0, x1) = label_box
+    m[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = 1
+    return D.PreparedCase("coded", Volume(img, spacing=spacing), Volume(m, spacing=spacing), "ct")
+
+
+def test_region_of():
+    case = coded_case(spacing=(0.5, 1.0, 2.0))
+    recipe = D.DataRecipe(margin_mm=(10, 30))
+    for s in range(20):
+        box = D.region_of(case, recipe, np.random.default_rng(s))
+        grow = box.size - np.array([11 * 0.5, 11 * 1.0, 5 * 2.0])  # (x, y, z) label extent in mm
+        assert np.all(grow >= 20 - 1e-6) and np.all(grow <= 60 + 1e-6)
+        pts = case.image.index_to_physical(np.array([[20, 20, 8], [30, 30, 12]], float))
+        assert box.contains(pts).all()
+    body = D.region_of(case, D.DataRecipe(region="body"), np.random.default_rng(0))
+    np.testing.assert_allclose(body.size, [25, 50, 40])
+    with pytest.raises(InputError, match="empty label"):
+        empty = D.PreparedCase("e", case.image, case.mask.with_array(np.zeros_like(case.mask.array)), "ct")
+        D.region_of(empty, recipe, np.random.default_rng(0))
+
+
+def decode(v):
+    v = int(round(float(v))) - 1
+    return v // 10000, (v % 10000) // 100, v % 100
+
+
+def same(a: dict, b: dict) -> bool:
+    """Items (dicts of tensors) are identical (torch.testing is slow to import)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_patches_shapes_fg_and_geometry():
+    case = coded_case()
+    recipe = D.DataRecipe(slab=3, patch=16, per_case=200, fg_fraction=0.5, augment=False, margin_mm=(2, 6))
+    ds = D.SlabPatchDataset([case], recipe, seed=3)
+    assert len(ds) == 200
+    fg_centre = 0
+    for i in range(200):
+        item = ds[i]
+        img, lab = item["image"], item["label"]
+        assert img.shape == (3, 16, 16) and img.dtype == torch.float32
+        assert lab.shape == (16, 16) and lab.dtype == torch.int64
+        assert set(lab.unique().tolist()) <= {0, 1}
+        zc, yc, xc = decode(img[1, 8, 8].item())
+        # centre inside the label box + at most 6 mm, and the label agrees with the coded position
+        assert 8 - 6 <= zc <= 12 + 6 and 20 - 6 <= yc <= 30 + 6 and 20 - 6 <= xc <= 30 + 6
+        assert lab[8, 8].item() == int(8 <= zc <= 12 and 20 <= yc <= 30 and 20 <= xc <= 30)
+        np.testing.assert_array_equal(decode(img[0, 8, 8].item())[0], max(zc - 1, 0))
+        np.testing.assert_array_equal(decode(img[2, 8, 8].item())[0], min(zc + 1, 19))
+        fg_centre += lab[8, 8].item()
+    assert 0.45 <= fg_centre / 200 <= 0.8  # 50% forced + random hits in a small region
+    ds_all = D.SlabPatchDataset([case], D.DataRecipe(patch=16, per_case=50, fg_fraction=1.0, augment=False), seed=0)
+    assert all(ds_all[i]["label"][8, 8] == 1 for i in range(50))
+
+
+def test_edge_replication_and_zero_padding():
+    case = coded_case(shape=(6, 20, 20), label_box=((0, 0), (0, 2), (0, 2)))  # label at a corner, slice 0
+    recipe = D.DataRecipe(slab=5, patch=16, per_case=20, fg_fraction=1.0, augment=False)
+    item = D.SlabPatchDataset([case], recipe, seed=0)[0]
+    img = item["image"].numpy()
+    assert decode(img[2, 8, 8])[0] == 0
+    np.testing.assert_array_equal(img[0], img[2])  # slices -2, -1 replicate slice 0
+    np.testing.assert_array_equal(img[1], img[2])
+    assert decode(img[4, 8, 8])[0] == 2
+    zc, yc, xc = decode(img[2, 8, 8])
+    assert (img[:, : 8 - yc] == 0).all() and (img[:, :, : 8 - xc] == 0).all()  # outside the volume
+    assert (img[:, 8 - yc:, 8 - xc:] > 0).all()
+
+
+def test_determinism_and_epochs():
+    case = coded_case()
+    recipe = D.DataRecipe(patch=16, per_case=10)
+    a, b = D.SlabPatchDataset([case, case], recipe, seed=7), D.SlabPatchDataset([case, case], recipe, seed=7)
+    for i in (0, 5, 19, 20, 47):  # 20+ = epoch 1
+        assert same(a[i], b[i])
+    assert not torch.equal(a[0]["image"], D.SlabPatchDataset([case, case], recipe, seed=8)[0]["image"])
+    assert not torch.equal(a[0]["image"], a[20]["image"])
+    per_epoch = [sorted(a.case_of(e * 20 + i) for i in range(20)) for e in range(3)]
+    assert all(p == [0] * 10 + [1] * 10 for p in per_epoch)  # every case per_case times per epoch
+    assert [a.case_of(i) for i in range(20)] != [a.case_of(20 + i) for i in range(20)]  # reshuffled
+    with pytest.raises(ConfigError, match="odd"):
+        D.SlabPatchDataset([case], D.DataRecipe(slab=4))
+
+
+def blob_case() -> D.PreparedCase:
+    """Image = 200 inside an ellipse-shaped label, 20 elsewhere: alignment is visible."""
+    shape = (12, 64, 64)
+    z, y, x = np.indices(shape)
+    m = (((y - 30) / 14.0) ** 2 + ((x - 36) / 7.0) ** 2 <= 1) & (z >= 3) & (z <= 8)
+    img = np.where(m, 200.0, 20.0).astype(np.float32)
+    return D.PreparedCase("blob", Volume(img), Volume(m.astype(np.uint8)), "ct")
+
+
+def test_augmentation_changes_data_keeps_alignment():
+    case = blob_case()
+    base = D.DataRecipe(patch=32, per_case=60, fg_fraction=1.0, augment=False)
+    aug = D.SlabPatchDataset([case], D.DataRecipe(patch=32, per_case=60, fg_fraction=1.0), seed=1)
+    plain = D.SlabPatchDataset([case], base, seed=1)
+    changed, mismatch, fg = 0, 0, 0
+    for i in range(60):
+        it = aug[i]
+        changed += not torch.equal(it["image"], plain[i]["image"])
+        img, lab = it["image"][1], it["label"]
+        # the intensity jitter keeps 200 → ≥ 154 and 20 → ≤ 48: threshold 100 separates them
+        mismatch += ((img > 100).long() != lab).sum().item()
+        fg += lab.sum().item()
+    assert changed == 60
+    assert mismatch / fg < 0.04  # only interpolation differences at the boundary
+    values = torch.stack([aug[i]["image"][1].max() for i in range(20)])
+    assert values.std() > 1.0  # intensity scale/shift jitter is applied
+
+
+def test_make_loader_resume_and_workers():
+    case = coded_case()
+    ds = D.SlabPatchDataset([case], D.DataRecipe(patch=16, per_case=8), seed=2)
+    batches = [b for _, b in zip(range(5), D.make_loader(ds, 4, "cpu", 0))]
+    assert batches[0]["image"].shape == (4, 3, 16, 16) and batches[0]["label"].shape == (4, 16, 16)
+    resumed = next(iter(D.make_loader(ds, 4, "cpu", 0, start_item=3 * 4)))
+    assert same(resumed, batches[3])
+    with_workers = list(D.make_loader(ds, 4, "cpu", 1, num_items=12))
+    assert len(with_workers) == 3
+    for got, want in zip(with_workers, batches):
+        assert same(got, want)
+    ranks = [next(iter(D.make_loader(ds, 2, "cpu", 0, rank=r, world_size=2))) for r in (0, 1)]
+    assert torch.equal(ranks[0]["image"], batches[0]["image"][[0, 2]])
+    assert torch.equal(ranks[1]["image"], batches[0]["image"][[1, 3]])
+
+
+def test_whole_slices():
+    vol = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    s = D.whole_slices(vol, 3)
+    assert s.shape == (4, 3, 2, 3)
+    np.testing.assert_array_equal(s[0, 0], vol[0])
+    np.testing.assert_array_equal(s[0, 2], vol[1])
+    np.testing.assert_array_equal(s[3, 2], vol[3])
+    np.testing.assert_array_equal(s[2], vol[1:4])
+    t = D.whole_slices(torch.from_numpy(vol), 3)
+    np.testing.assert_array_equal(t.numpy(), s)
+    np.testing.assert_array_equal(D.whole_slices(vol, 1)[:, 0], vol)
+    with pytest.raises(ConfigError):
+        D.whole_slices(vol, 2)
+
+
+def test_shared_promise12_manifest(shared_data, tmp_path):
+    """Real MR cases (names fit no folder pattern) load through a manifest and prepare."""
+    src = shared_data / "promise12_demo"
+    recs = [D.CaseRecord(f"case{i}", src / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz",
+                         src / f"case{i}_prostate_label_UNKNOWN_SPACING.nii.gz", None, "mr") for i in (0, 1)]
+    m = D.write_manifest(recs, tmp_path / "manifest.json")
+    loaded = D.load_cases(m)
+    D.validate_cases(loaded)
+    case = D.prepare_case(loaded[0], D.DataRecipe(), cache_dir=tmp_path / "cache")
+    assert case.modality == "mr" and 0.8 * 18109 < case.mask.array.sum() < 1.2 * 18109
+    item = D.SlabPatchDataset([case], D.DataRecipe(per_case=4), seed=0)[0]
+    assert item["image"].shape == (3, 64, 64)

@@ -1,0 +1,723 @@
+"""Cases, manifests, cached preprocessing and 2.5D slab-patch sampling.
+
+A *case* is an image file plus a label file (a ``.seg.nrrd`` with a named segment, or a plain
+labelmap). :func:`load_cases` finds cases in a folder or a ``manifest.json``;
+:func:`validate_cases` checks every case from file headers before training starts;
+:func:`prepare_case` resamples to 1 mm, normalises to [0, 255], crops to the body and caches
+the result; :class:`SlabPatchDataset` draws training slabs; :func:`whole_slices` builds the
+slabs for whole-slice inference (METHODS.md §2.2–2.4).
+
+Array order is (z, y, x) everywhere; spacings of :class:`~voxmetric.volume.Volume` are (x, y, z).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import intensity
+from . import io as vio
+from .errors import ConfigError, GeometryError, InputError, SegmentNotFoundError, VoxMetricError
+from .volume import Box, Volume, resample, resample_to
+
+MANIFEST_FORMAT = "voxmetric-cases/1"
+IMAGE_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
+MODALITIES = ("ct", "mr")
+REGIONS = ("label_box", "body")
+PREP_VERSION = 1  # bump when the preprocessing changes: old cache entries are then ignored
+_EXPECTED_NAMES = (
+    "an image and its label per case, e.g. case001.nrrd + case001.seg.nrrd, or "
+    "case001.nii.gz + case001_label.nii.gz (images: .nrrd .nhdr .nii .nii.gz .mha .mhd), "
+    f"or a manifest.json ({{\"format\": \"{MANIFEST_FORMAT}\", \"cases\": [...]}})"
+)
+
+
+# ---- records and manifests ------------------------------------------------------------------
+@dataclass
+class CaseRecord:
+    """One case: ``image`` file (or DICOM folder), ``label`` file (None = unlabelled),
+    ``segment`` name inside the label (None = the only / first non-empty one), ``modality``
+    "ct" | "mr" (None = guess from the intensities)."""
+
+    id: str
+    image: Path
+    label: Path | None = None
+    segment: str | None = None
+    modality: str | None = None
+
+
+def load_cases(source: str | Path, segment: str | None = None, *, require_labels: bool = True) -> list[CaseRecord]:
+    """Cases from a folder (image + label pairs, or a ``manifest.json`` inside) or a manifest.
+
+    ``segment`` is used for every case whose manifest entry names none. Raises InputError when
+    nothing is found (saying which file names are expected) or when labels are missing.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"{path} does not exist. Pass a folder holding {_EXPECTED_NAMES}.")
+    if path.is_file():
+        return read_manifest(path, segment, require_labels=require_labels)
+    if (path / "manifest.json").is_file():
+        return read_manifest(path / "manifest.json", segment, require_labels=require_labels)
+    return _scan_folder(path, segment, require_labels)
+
+
+def _image_suffix(name: str) -> str | None:
+    low = name.lower()
+    return next((s for s in IMAGE_SUFFIXES if low.endswith(s)), None)
+
+
+def _scan_folder(folder: Path, segment: str | None, require_labels: bool) -> list[CaseRecord]:
+    images: dict[str, Path] = {}
+    seg_labels: dict[str, Path] = {}
+    plain_labels: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
+        if f.name.lower().endswith(".seg.nrrd"):
+            seg_labels[f.name[: -len(".seg.nrrd")]] = f
+            continue
+        suffix = _image_suffix(f.name)
+        if suffix is None:
+            continue
+        stem = f.name[: -len(suffix)]
+        if stem.lower().endswith("_label"):
+            plain_labels[stem[: -len("_label")]] = f
+        elif stem in images:
+            raise InputError(
+                f"Two images for case '{stem}' in {folder}: {images[stem].name} and {f.name}. "
+                "Keep one, or list the cases in a manifest.json."
+            )
+        else:
+            images[stem] = f
+    if not images:
+        found = sorted(p.name for p in [*seg_labels.values(), *plain_labels.values()])
+        extra = f" (found only label files: {', '.join(found[:5])})" if found else ""
+        raise InputError(f"No cases found in {folder}{extra}. Expected {_EXPECTED_NAMES}.")
+    labels = {**plain_labels, **seg_labels}  # a .seg.nrrd wins over X_label.*
+    missing = [name for name in images if name not in labels]
+    if require_labels and missing:
+        shown = ", ".join(f"{m} ({images[m].name})" for m in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputError(
+            f"{len(missing)} case(s) in {folder} have no label: {shown}{more}. Add "
+            f"'<case>.seg.nrrd' or '<case>_label<ext>' next to each image, or list the cases in a manifest.json."
+        )
+    return [CaseRecord(name, images[name], labels.get(name), segment, None) for name in sorted(images)]
+
+
+def read_manifest(path: str | Path, segment: str | None = None, *, require_labels: bool = True) -> list[CaseRecord]:
+    """Cases listed in a ``manifest.json`` (format ``voxmetric-cases/1``; paths relative to it)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"Cannot read the case manifest {path}: {e}. Expected JSON like {_manifest_example()}.") from e
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("cases"), list):
+        raise InputError(f"{path} is not a VoxMetric case manifest. Expected {_manifest_example()}.")
+    if not data["cases"]:
+        raise InputError(f"No cases found in the manifest {path}: its \"cases\" list is empty.")
+    root = path.parent
+    records: list[CaseRecord] = []
+    problems: list[str] = []
+    for n, entry in enumerate(data["cases"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise InputError(f"Case #{n} in {path} has no \"image\" path. Expected {_manifest_example()}.")
+        image = (root / entry["image"]).expanduser()
+        label = (root / entry["label"]).expanduser() if isinstance(entry.get("label"), str) else None
+        case_id = str(entry.get("id") or image.name[: -len(_image_suffix(image.name) or "")] or f"case{n:03d}")
+        modality = entry.get("modality")
+        if modality is not None and str(modality).lower() not in MODALITIES:
+            raise InputError(f"Case '{case_id}' in {path}: modality {modality!r} is not one of {MODALITIES}.")
+        seg = entry.get("segment") or segment
+        records.append(CaseRecord(case_id, image, label, seg, modality and str(modality).lower()))
+        if not image.exists():
+            problems.append(f"{case_id}: image {image} does not exist")
+        if label is None and require_labels:
+            problems.append(f"{case_id}: no \"label\" given")
+        elif label is not None and not label.exists():
+            problems.append(f"{case_id}: label {label} does not exist")
+    ids = [r.id for r in records]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(f"Case ids repeat in {path}: {', '.join(dup)}. Give each case a unique \"id\".")
+    if problems:
+        raise InputError(f"The manifest {path} lists files that cannot be used: " + "; ".join(problems[:10])
+                         + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "") + ".")
+    return records
+
+
+def _manifest_example() -> str:
+    return (f'{{"format": "{MANIFEST_FORMAT}", "cases": [{{"id": "case000", "image": "case000.nrrd", '
+            '"label": "case000.seg.nrrd", "modality": "ct", "segment": "Prostate"}]}')
+
+
+def write_manifest(records: Sequence[CaseRecord], path: str | Path) -> Path:
+    """Write ``records`` as a ``manifest.json`` (atomic). Paths inside the manifest's folder are
+    stored relative to it, others absolute."""
+    path = Path(path)
+    root = path.parent.resolve()
+
+    def rel(p: Path) -> str:
+        p = Path(p).resolve()
+        return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
+
+    cases = []
+    for r in records:
+        entry: dict[str, str] = {"id": r.id, "image": rel(r.image)}
+        if r.label is not None:
+            entry["label"] = rel(r.label)
+        if r.modality:
+            entry["modality"] = r.modality
+        if r.segment:
+            entry["segment"] = r.segment
+        cases.append(entry)
+    text = json.dumps({"format": MANIFEST_FORMAT, "cases": cases}, indent=1) + "\n"
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[object], object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- eager validation from headers ----------------------------------------------------------
+def _header_volume(path: Path) -> Volume | None:
+    """A zero-memory Volume with the grid from ``path``'s header (None for a DICOM folder or a
+    non-3D file, which :mod:`voxmetric.io` reports when it reads the voxels)."""
+    if path.is_dir():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"Cannot read the header of {path}: {str(e).strip().splitlines()[-1]}") from e
+    if reader.GetDimension() != 3:
+        return None
+    size = reader.GetSize()
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), size[::-1]), reader.GetSpacing(), reader.GetOrigin(),
+                  np.array(reader.GetDirection()).reshape(3, 3))
+
+
+def _seg_header(path: Path) -> tuple[list[dict], np.ndarray]:
+    """(segments metadata, 4×4 ijk→LPS) of a ``.seg.nrrd`` without reading its voxels."""
+    import slicerio
+
+    try:
+        h = slicerio.read_segmentation(str(path), skip_voxels=True)
+    except Exception as e:  # slicerio raises assorted errors on broken headers
+        raise InputError(f"Cannot read the segmentation header of {path}: {e}") from e
+    return list(h.get("segments", [])), np.asarray(h["ijkToLPS"], dtype=float)
+
+
+def _match_segment(names: Sequence[str], wanted: str) -> int | None:
+    low = [n.lower() for n in names]
+    return low.index(wanted.lower()) if wanted.lower() in low else None
+
+
+def _check_record(r: CaseRecord, require_labels: bool) -> list[VoxMetricError]:
+    if not Path(r.image).exists():
+        return [InputError(f"case '{r.id}': the image {r.image} does not exist.")]
+    if r.label is None:
+        return [InputError(f"case '{r.id}' has no label file; add one or pass it in the manifest.")] if require_labels else []
+    label = Path(r.label)
+    if not label.exists():
+        return [InputError(f"case '{r.id}': the label {label} does not exist.")]
+    image = _header_volume(Path(r.image))
+    segments, ijk = _seg_header(label) if label.is_file() and label.name.lower().endswith(".nrrd") else ([], None)
+    if label.name.lower().endswith(".seg.nrrd") or segments:  # a Slicer segmentation
+        names = [str(s.get("name", s.get("id", "?"))) for s in segments]
+        shown = ", ".join(repr(n) for n in names) or "none"
+        if not names:
+            return [InputError(f"case '{r.id}': {label.name} holds no segments. Segment the case or remove it.")]
+        if r.segment is None and len(names) > 1:
+            return [SegmentNotFoundError(
+                f"case '{r.id}': no segment name given and {label.name} holds several segments: {shown}. "
+                "Pass the segment to train on (--segment NAME or \"segment\" in the manifest).")]
+        idx = 0 if r.segment is None else _match_segment(names, r.segment)
+        if idx is None:
+            return [SegmentNotFoundError(
+                f"case '{r.id}': segment '{r.segment}' is not in {label.name}; its segments are: {shown}. "
+                "Pick one of these names or rename the segment in Slicer.")]
+        ext = segments[idx].get("extent")
+        if ext is not None and len(ext) == 6 and any(ext[2 * k + 1] < ext[2 * k] for k in range(3)):
+            return [InputError(f"case '{r.id}': segment '{names[idx]}' in {label.name} is empty. "
+                               "Draw the segment or remove the case.")]
+        if image is not None:
+            spacing = np.linalg.norm(ijk[:3, :3], axis=0)
+            direction = ijk[:3, :3] / spacing
+            offset = image.physical_to_index(ijk[:3, 3])  # label origin in image voxel units
+            if not (np.allclose(spacing, image.spacing, rtol=1e-3, atol=1e-4)
+                    and np.allclose(direction, image.direction, atol=1e-3)
+                    and np.allclose(offset, np.round(offset), atol=1e-2)):
+                return [GeometryError(
+                    f"case '{r.id}': {label.name} is not on the image's voxel grid (label spacing "
+                    f"{tuple(np.round(spacing, 4))} mm vs image {tuple(np.round(image.spacing, 4))} mm, or a rotated/"
+                    "shifted grid). Export the segmentation with the image as reference geometry.")]
+        return []
+    lab = _header_volume(label)
+    if image is not None and lab is not None:
+        try:
+            image.check_same_grid(lab, what=f"image and label of case '{r.id}'")
+        except GeometryError as e:
+            return [e]
+    if r.segment is not None:  # a plain labelmap names its segments "Label <value>": needs the voxels
+        names = vio.read_segmentation(label).names
+        if _match_segment(names, r.segment) is None:
+            shown = ", ".join(repr(n) for n in names) or "none (the label is empty)"
+            return [SegmentNotFoundError(
+                f"case '{r.id}': segment '{r.segment}' is not in {label.name}; its segments are: {shown}. "
+                "A plain labelmap's segments are named 'Label <value>'; pass one of these names.")]
+    return []
+
+
+def validate_cases(records: Sequence[CaseRecord], *, require_labels: bool = True) -> None:
+    """Check every case from file headers (no voxel data) so training fails before it starts:
+    files exist, the segment is present (SegmentNotFoundError naming the case and listing its
+    segments), the segment is not empty (when the header records its extent), and image and
+    label share a voxel grid (GeometryError). All problems are reported in one error whose type
+    is that of the first problem."""
+    if not records:
+        raise InputError(f"No cases given. Expected {_EXPECTED_NAMES}.")
+    problems = [p for r in records for p in _check_record(r, require_labels)]
+    if problems:
+        lines = [str(p) for p in problems]
+        head = lines[0] if len(lines) == 1 else f"{len(lines)} cases cannot be used: " + " | ".join(lines[:10])
+        raise type(problems[0])(head[0].upper() + head[1:])
+
+
+# ---- preprocessing with a cache -------------------------------------------------------------
+@dataclass
+class DataRecipe:
+    """How a method wants its data: voxel size, slab depth, in-plane patch size, patches per
+    case per epoch, training region ("label_box" = label box + random margin in mm, stage 2;
+    "body" = whole body volume, stage 1), foreground fraction and augmentation."""
+
+    spacing_mm: float = 1.0
+    slab: int = 3
+    patch: int = 64
+    per_case: int = 500
+    region: str = "label_box"
+    margin_mm: tuple[float, float] = (10.0, 30.0)
+    fg_fraction: float = 0.5
+    augment: bool = True
+
+    def check(self) -> "DataRecipe":
+        """Raise ConfigError on out-of-range values; returns self."""
+        if self.spacing_mm <= 0:
+            raise ConfigError(f"spacing_mm must be positive, got {self.spacing_mm}.")
+        if self.slab < 1 or self.slab % 2 == 0:
+            raise ConfigError(f"slab must be an odd number of slices ≥ 1, got {self.slab}.")
+        if self.patch < 1 or self.per_case < 1:
+            raise ConfigError(f"patch and per_case must be ≥ 1, got {self.patch} and {self.per_case}.")
+        if self.region not in REGIONS:
+            raise ConfigError(f"region must be one of {REGIONS}, got {self.region!r}.")
+        lo, hi = self.margin_mm
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"margin_mm must be (min, max) with 0 ≤ min ≤ max, got {self.margin_mm}.")
+        if not 0 <= self.fg_fraction <= 1:
+            raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
+        return self
+
+
+@dataclass
+class PreparedCase:
+    """A preprocessed case: ``image`` float32 in [0, 255] at the recipe's spacing, cropped to
+    the body; ``mask`` uint8 0/1 on the same grid (all 0 for an unlabelled case)."""
+
+    id: str
+    image: Volume
+    mask: Volume
+    modality: str
+
+
+def _box_index_bounds(vol: Volume, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive voxel index bounds (z, y, x) of the voxel centres inside ``box``, clipped."""
+    idx = vol.physical_to_index(box.corners)[:, ::-1]
+    lo = np.clip(np.ceil(idx.min(0) - 1e-3), 0, np.array(vol.shape) - 1).astype(int)
+    hi = np.clip(np.floor(idx.max(0) + 1e-3), 0, np.array(vol.shape) - 1).astype(int)
+    return lo, np.maximum(hi, lo)
+
+
+def _crop_index(vol: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
+    """Exact sub-volume ``lo..hi`` (inclusive, z, y, x) with its origin moved accordingly."""
+    arr = vol.array[lo[0]: hi[0] + 1, lo[1]: hi[1] + 1, lo[2]: hi[2] + 1].copy()
+    return Volume(arr, vol.spacing, vol.index_to_physical(lo[::-1].astype(float)), vol.direction)
+
+
+def _label_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (z, y, x) bounding box of the non-zero voxels, None when empty."""
+    sl = ndimage.find_objects((mask > 0).astype(np.uint8))
+    if not sl or sl[0] is None:
+        return None
+    return np.array([s.start for s in sl[0]]), np.array([s.stop - 1 for s in sl[0]])
+
+
+def _preprocess(image: Volume, modality: str, spacing_mm: float, mask: Volume | None) -> tuple[Volume, Volume | None]:
+    """METHODS.md §2.2: resample to 1 mm (linear; labels nearest), crop to the body (kept
+    around the label), normalise to [0, 255], then resample to ``spacing_mm`` when ≠ 1."""
+    iso = image if np.allclose(image.spacing, 1.0) else resample(image, (1.0, 1.0, 1.0), is_label=False)
+    iso = iso.with_array(iso.array.astype(np.float32, copy=False))
+    m1 = None if mask is None else resample_to(mask, iso, is_label=True)
+    lo, hi = _box_index_bounds(iso, intensity.body_box(iso, modality))
+    lb = None if m1 is None else _label_bounds(m1.array)
+    if lb is not None:
+        lo, hi = np.minimum(lo, lb[0]), np.maximum(hi, lb[1])
+    crop = _crop_index(iso, lo, hi)
+    out = crop.with_array(np.asarray(intensity.normalize(crop.array, modality), dtype=np.float32))
+    mout = None if m1 is None else _crop_index(m1, lo, hi)
+    if not math.isclose(spacing_mm, 1.0):
+        out = resample(out, (spacing_mm,) * 3, is_label=False)
+        out = out.with_array(out.array.astype(np.float32, copy=False))
+        mout = None if mout is None else resample_to(mout, out, is_label=True)
+    return out, mout
+
+
+def guess_modality(image: Volume) -> str:
+    """"ct" when the intensities look like Hounsfield units, else "mr"."""
+    return "ct" if intensity.looks_like_ct(image.array) else "mr"
+
+
+def preprocess_image(image: Volume, modality: str | None = None, spacing_mm: float = 1.0) -> tuple[Volume, str]:
+    """The training preprocessing applied to an unlabelled image (for inference, so both match):
+    returns (float32 [0, 255] volume at ``spacing_mm`` cropped to the body, modality)."""
+    modality = (modality or guess_modality(image)).lower()
+    out, _ = _preprocess(image, modality, spacing_mm, None)
+    return out, modality
+
+
+def _file_signature(p: Path) -> list:
+    p = Path(p).resolve()
+    if p.is_dir():
+        return [str(p), sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in p.iterdir() if f.is_file())]
+    st = p.stat()
+    return [str(p), st.st_mtime_ns, st.st_size]
+
+
+def cache_key(record: CaseRecord, recipe: DataRecipe) -> str:
+    """SHA-256 over the files' paths, mtimes and sizes, the segment, modality and the recipe
+    fields that change the prepared volumes."""
+    payload = {
+        "version": PREP_VERSION,
+        "image": _file_signature(record.image),
+        "label": None if record.label is None else _file_signature(record.label),
+        "segment": record.segment and record.segment.lower(),
+        "modality": record.modality,
+        "spacing_mm": float(recipe.spacing_mm),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(record: CaseRecord, recipe: DataRecipe, cache_dir: str | Path) -> Path:
+    """Where :func:`prepare_case` caches ``record`` (``<id>-<hash>.npz``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", record.id)[:60] or "case"
+    return Path(cache_dir) / f"{safe}-{cache_key(record, recipe)[:24]}.npz"
+
+
+def _save_prepared(path: Path, case: PreparedCase) -> None:
+    img, m = case.image, case.mask
+    arrays = dict(image=img.array.astype(np.float32, copy=False), mask=m.array.astype(np.uint8, copy=False),
+                  spacing=img.spacing, origin=img.origin, direction=img.direction,
+                  id=np.array(case.id), modality=np.array(case.modality), version=np.array(PREP_VERSION))
+    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def _load_prepared(path: Path) -> PreparedCase:
+    with np.load(path, allow_pickle=False) as z:
+        if int(z["version"]) != PREP_VERSION:
+            raise ValueError("old cache version")
+        geo = dict(spacing=z["spacing"], origin=z["origin"], direction=z["direction"])
+        return PreparedCase(str(z["id"]), Volume(z["image"], **geo), Volume(z["mask"], **geo), str(z["modality"]))
+
+
+def prepare_case(record: CaseRecord, recipe: DataRecipe | None = None, cache_dir: str | Path | None = None) -> PreparedCase:
+    """Read, check and preprocess one case (see :func:`_preprocess`); with ``cache_dir`` the
+    result is stored as ``.npz`` (atomic) keyed by :func:`cache_key` and reused next time.
+
+    Raises InputError for unreadable files or an empty label, SegmentNotFoundError for a
+    missing segment, GeometryError when image and label grids differ; messages name the case.
+    """
+    recipe = (recipe or DataRecipe()).check()
+    target = cache_path(record, recipe, cache_dir) if cache_dir is not None else None
+    if target is not None and target.is_file():
+        try:
+            return _load_prepared(target)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a broken or outdated cache entry: rebuild it
+    try:
+        image = vio.read_volume(record.image)
+        modality = (record.modality or guess_modality(image)).lower()
+        mask = None
+        if record.label is not None:
+            mask = vio.read_segment_mask(record.label, record.segment, reference=image)
+            if not np.any(mask.array):
+                what = f"segment '{record.segment}'" if record.segment else "label"
+                raise InputError(f"the {what} in {Path(record.label).name} is empty. Draw the segment or remove the case.")
+        out, mout = _preprocess(image, modality, recipe.spacing_mm, mask)
+        if mout is None:
+            mout = out.with_array(np.zeros(out.shape, np.uint8))
+        elif not np.any(mout.array):
+            raise InputError(f"the label in {Path(record.label).name} vanished when resampled to {recipe.spacing_mm} mm "
+                             "(it is smaller than a voxel). Check the label.")
+    except VoxMetricError as e:
+        msg = str(e)
+        raise type(e)(msg if msg.startswith(f"Case '{record.id}'") else f"Case '{record.id}': {msg}") from e
+    case = PreparedCase(record.id, out, mout.with_array(mout.array.astype(np.uint8, copy=False)), modality)
+    if target is not None:
+        _save_prepared(target, case)
+    return case
+
+
+def prepare_cases(records: Sequence[CaseRecord], recipe: DataRecipe | None = None, cache_dir: str | Path | None = None,
+                  progress: Callable[[int, int, str], None] | None = None) -> list[PreparedCase]:
+    """:func:`prepare_case` for each record, reporting ``progress(done, total, case id)``."""
+    out = []
+    for n, r in enumerate(records):
+        out.append(prepare_case(r, recipe, cache_dir))
+        if progress is not None:
+            progress(n + 1, len(records), r.id)
+    return out
+
+
+# ---- training regions and slab patches ------------------------------------------------------
+def _label_region(lo: np.ndarray, hi: np.ndarray, spacing_zyx: np.ndarray, margin_mm: tuple[float, float],
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous index bounds (z, y, x; voxel edges) of the label box grown on each of its six
+    sides by an independent margin drawn uniformly from ``margin_mm``."""
+    m = rng.uniform(margin_mm[0], margin_mm[1], size=(2, 3)) / spacing_zyx
+    return lo - 0.5 - m[0], hi + 0.5 + m[1]
+
+
+def region_of(case: PreparedCase, recipe: DataRecipe, rng: np.random.Generator) -> Box:
+    """The training region: the label's bounding box plus a random margin per side
+    (``recipe.margin_mm``, stage 2, mimicking an inferred ROI) or the whole body volume
+    (``region="body"``, stage 1). Axes follow the case's grid."""
+    if recipe.region == "body":
+        return Box.from_volume_extent(case.image)
+    bounds = _label_bounds(case.mask.array)
+    if bounds is None:
+        raise InputError(f"Case '{case.id}' has an empty label, so it has no label region to train on.")
+    lo, hi = _label_region(*bounds, case.image.spacing_zyx, recipe.margin_mm, rng)
+    center = case.image.index_to_physical(((lo + hi) / 2)[::-1])
+    return Box(center, ((hi - lo) * case.image.spacing_zyx)[::-1], case.image.direction)
+
+
+@dataclass
+class _Entry:
+    image: np.ndarray  # float32 (z, y, x) crop holding every voxel a patch can reach
+    mask: np.ndarray  # uint8, same crop
+    offset: np.ndarray  # (z, y, x) of the crop's first voxel in the case grid
+    shape: np.ndarray  # full case shape (z, y, x)
+    spacing: np.ndarray  # (z, y, x) mm
+    bounds: tuple[np.ndarray, np.ndarray] | None  # label bbox (z, y, x), inclusive
+    fg: np.ndarray  # (N, 3) foreground voxel indices (z, y, x), int32
+
+
+class SlabPatchDataset(Dataset):
+    """2.5D training samples: ``{"image": float32 (slab, P, P), "label": int64 (P, P)}``.
+
+    Item ``g`` is a pure function of ``(seed, g)``: ``g = epoch * len(self) + i``, so the
+    sampler of :func:`make_loader` can resume exactly at any item. Each epoch visits every case
+    ``per_case`` times in a seeded random order. For each item:
+
+    * region: :func:`region_of` (label box + random margin, or the body);
+    * centre: with probability ``fg_fraction`` a random foreground voxel (so the centre slice
+      holds foreground), else a random voxel of the region (inside the volume);
+    * slab: ``slab`` axial slices centred on it, indices clamped at the volume's ends (edge
+      slices replicated, I-15); in-plane P×P patch, zero outside the volume;
+    * label: the centre slice's mask, values {0, 1};
+    * augmentation (``recipe.augment``, on by default): in-plane rotation uniform in ±10°
+      (linear for the image, nearest for the label), independent flips along y and x,
+      intensity ``v * s + t`` with s uniform in [0.9, 1.1] and t uniform in ±10% of 255.
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], recipe: DataRecipe | None = None, seed: int = 0) -> None:
+        self.recipe = (recipe or DataRecipe()).check()
+        if not cases:
+            raise InputError("No prepared cases to sample training patches from.")
+        if seed < 0:
+            raise ConfigError(f"seed must be ≥ 0, got {seed}.")
+        self.seed = int(seed)
+        self.ids = [c.id for c in cases]
+        self._entries = [self._entry(c) for c in cases]
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    def _entry(self, case: PreparedCase) -> _Entry:
+        r = self.recipe
+        shape = np.array(case.image.shape)
+        spacing = case.image.spacing_zyx
+        mask = case.mask.array
+        bounds = _label_bounds(mask)
+        if bounds is None and r.region == "label_box":
+            raise InputError(f"Case '{case.id}' has an empty label; a 'label_box' region needs a labelled prostate.")
+        lo, hi = np.zeros(3, int), shape - 1
+        if r.region == "label_box":  # keep only what a patch can reach: saves memory
+            reach = np.ceil(r.margin_mm[1] / spacing) + 1
+            half = r.patch / 2 * (math.sqrt(2) if r.augment else 1.0) + 2
+            reach += np.array([r.slab // 2, half, half])
+            lo = np.maximum(bounds[0] - reach, 0).astype(int)
+            hi = np.minimum(bounds[1] + reach, shape - 1).astype(int)
+        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+        return _Entry(np.ascontiguousarray(case.image.array[sl], dtype=np.float32),
+                      np.ascontiguousarray(mask[sl], dtype=np.uint8), lo, shape, spacing, bounds,
+                      np.argwhere(mask > 0).astype(np.int32))
+
+    def __len__(self) -> int:
+        """Items per epoch: ``per_case`` × number of cases."""
+        return self.recipe.per_case * len(self._entries)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
+            self._order_cache = (epoch, perm // self.recipe.per_case)
+        return self._order_cache[1]
+
+    def case_of(self, index: int) -> int:
+        """Which case (position in ``cases``) item ``index`` is drawn from."""
+        epoch, i = divmod(int(index), len(self))
+        return int(self._order(epoch)[i])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"index must be ≥ 0, got {index}")
+        e = self._entries[self.case_of(index)]
+        r = self.recipe
+        rng = np.random.default_rng([self.seed, index, 0])
+        if r.region == "label_box":
+            rlo, rhi = _label_region(*e.bounds, e.spacing, r.margin_mm, rng)
+            a = np.clip(np.ceil(rlo), 0, e.shape - 1).astype(int)
+            b = np.clip(np.floor(rhi), 0, e.shape - 1).astype(int)
+        else:
+            a, b = np.zeros(3, int), e.shape - 1
+        if len(e.fg) and rng.random() < r.fg_fraction:
+            centre = e.fg[rng.integers(len(e.fg))].astype(int)
+        else:
+            centre = rng.integers(a, np.maximum(b, a) + 1)
+        image, label = self._sample(e, centre, rng)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
+
+    def _sample(self, e: _Entry, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        r = self.recipe
+        off = np.arange(r.patch, dtype=float) - r.patch // 2
+        dy, dx = np.meshgrid(off, off, indexing="ij")
+        if r.augment:
+            t = math.radians(rng.uniform(-10.0, 10.0))
+            flip_y, flip_x = rng.random(2) < 0.5
+            scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1) * 255.0
+            dy, dx = math.cos(t) * dy - math.sin(t) * dx, math.sin(t) * dy + math.cos(t) * dx
+        coords = np.stack([dy + centre[1] - e.offset[1], dx + centre[2] - e.offset[2]])
+        zs = np.clip(centre[0] + np.arange(r.slab) - r.slab // 2, 0, e.shape[0] - 1) - e.offset[0]
+        image = np.stack([ndimage.map_coordinates(e.image[z], coords, order=1, mode="grid-constant", cval=0.0,
+                                                  prefilter=False) for z in zs]).astype(np.float32, copy=False)
+        label = ndimage.map_coordinates(e.mask[centre[0] - e.offset[0]], coords, order=0, mode="grid-constant", cval=0)
+        label = (label > 0).astype(np.uint8)
+        if r.augment:
+            if flip_y:
+                image, label = image[:, ::-1], label[::-1]
+            if flip_x:
+                image, label = image[:, :, ::-1], label[:, ::-1]
+            image = image * np.float32(scale) + np.float32(shift)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
+
+
+# ---- loaders and whole-slice inference -------------------------------------------------------
+class IndexStream(Sampler[int]):
+    """Global item indices ``start + k * world_size + rank`` for k = 0, 1, … (``count`` items,
+    or without end when None). With :class:`SlabPatchDataset` the index encodes the epoch, so
+    resuming at item ``start`` reproduces the original stream exactly."""
+
+    def __init__(self, start: int = 0, count: int | None = None, rank: int = 0, world_size: int = 1,
+                 modulo: int | None = None) -> None:
+        if start < 0 or not 0 <= rank < world_size:
+            raise ConfigError(f"bad sampler settings: start={start}, rank={rank}, world_size={world_size}.")
+        self.start, self.count, self.rank, self.world_size, self.modulo = start, count, rank, world_size, modulo
+
+    def __iter__(self) -> Iterator[int]:
+        k = 0
+        while self.count is None or k < self.count:
+            g = self.start + k * self.world_size + self.rank
+            yield g % self.modulo if self.modulo else g
+            k += 1
+
+    def __len__(self) -> int:
+        if self.count is None:
+            raise TypeError("an endless IndexStream has no length")
+        return self.count
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy / random in each worker from torch's per-worker seed (items of
+    SlabPatchDataset do not depend on it; other datasets may)."""
+    import random
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str = "cpu", workers: int = 0, *,
+                start_item: int = 0, num_items: int | None = None, seed: int = 0, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
+    """A DataLoader over ``dataset`` items ``start_item, start_item + 1, …`` (``num_items`` of
+    them, endless when None; with DDP rank r takes every ``world_size``-th item).
+
+    Resume exactly after ``n`` batches with ``start_item = n * batch_size * world_size``.
+    ``workers`` > 0 uses persistent worker processes; memory is pinned when ``device`` is CUDA.
+    Datasets other than :class:`SlabPatchDataset` get indices modulo their length.
+    """
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"batch_size must be ≥ 1 and workers ≥ 0, got {batch_size} and {workers}.")
+    modulo = None if isinstance(dataset, SlabPatchDataset) else len(dataset)  # type: ignore[arg-type]
+    count = None if num_items is None else int(math.ceil(num_items / world_size))
+    sampler = IndexStream(start_item, count, rank, world_size, modulo)
+    kwargs: dict = {}
+    if workers > 0:
+        kwargs = dict(persistent_workers=True, worker_init_fn=_seed_worker, prefetch_factor=4)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", generator=torch.Generator().manual_seed(seed),
+                      **kwargs)
+
+
+def whole_slices(volume: np.ndarray | torch.Tensor, slab: int) -> np.ndarray | torch.Tensor:
+    """Slabs for whole-slice inference: (Z, Y, X) → (Z, slab, Y, X), slab ``k`` holding slices
+    ``k - slab//2 … k + slab//2`` with the end slices replicated beyond the volume (I-15).
+
+    NumPy input gives a read-only strided view (no copy; ``np.ascontiguousarray`` a batch of it
+    before ``torch.from_numpy``); a tensor input gives a new tensor on the same device.
+    """
+    if slab < 1 or slab % 2 == 0:
+        raise ConfigError(f"slab must be an odd number of slices ≥ 1, got {slab}.")
+    if volume.ndim != 3:
+        raise InputError(f"whole_slices expects a (Z, Y, X) volume, got shape {tuple(volume.shape)}.")
+    h = slab // 2
+    if isinstance(volume, torch.Tensor):
+        z = volume.shape[0]
+        idx = (torch.arange(z, device=volume.device)[:, None] + torch.arange(-h, h + 1, device=volume.device)).clamp(0, z - 1)
+        return volume[idx]
+    padded = np.pad(np.asarray(volume), ((h, h), (0, 0), (0, 0)), mode="edge")
+    view = np.lib.stride_tricks.sliding_window_view(padded, slab, axis=0)  # (Z, Y, X, slab)
+    return np.moveaxis(view, -1, 1)

@@ -1,0 +1,356 @@
+"""Read and write volumes (NRRD, NIfTI, MHA/MHD, DICOM series) and Slicer ``.seg.nrrd`` files.
+
+Arrays come back ``(z, y, x)`` with LPS geometry (see :mod:`voxmetric.volume`). Every writer
+goes through a temporary file in the target folder and ``os.replace`` (DESIGN.md rule 7).
+Segmentation files are read and written with ``slicerio`` (segment names, label values,
+colours, layers and SNOMED CT terminology as Slicer stores them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import GeometryError, InputError, SegmentNotFoundError
+from .volume import Volume, resample_to
+
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+
+# -- segment descriptions ----------------------------------------------------------------------
+_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_ANATOMY = "SCT^123037004^Anatomical Structure"
+
+
+def _term(code: str, meaning: str, modifier: str = "^^") -> str:
+    """A Slicer TerminologyEntry string for an anatomical structure with SNOMED CT ``code``."""
+    return f"{_CONTEXT}~{_ANATOMY}~SCT^{code}^{meaning}~{modifier}~Anatomic codes - DICOM master list~^^~^^"
+
+
+# name (lower case) -> (terminology, colour 0..1). Femoral heads use the SNOMED CT "Femur" code
+# with a laterality modifier, as TotalSegmentator does.
+_KNOWN: dict[str, tuple[str, tuple[float, float, float]]] = {
+    "prostate": (_term("41216001", "Prostate"), (0.847, 0.573, 0.498)),
+    "bladder": (_term("89837001", "Urinary bladder"), (0.847, 0.733, 0.404)),
+    "rectum": (_term("34402009", "Rectum"), (0.561, 0.376, 0.267)),
+    "femoral head left": (_term("71341001", "Femur", "SCT^7771000^Left"), (0.945, 0.839, 0.569)),
+    "femoral head right": (_term("71341001", "Femur", "SCT^24028007^Right"), (0.878, 0.769, 0.490)),
+}
+_ALIASES = {"urinary bladder": "bladder", "femur head left": "femoral head left",
+            "femur head right": "femoral head right", "left femoral head": "femoral head left",
+            "right femoral head": "femoral head right"}
+
+
+@dataclass
+class SegmentInfo:
+    """One segment: ``name``, ``label_value`` in its layer, ``color`` RGB 0..1, Slicer
+    ``terminology`` entry string (or None) and ``layer`` index."""
+
+    name: str
+    label_value: int
+    color: tuple[float, float, float]
+    terminology: str | None = None
+    layer: int = 0
+
+
+def segment_info(name: str, label_value: int, layer: int = 0) -> SegmentInfo:
+    """SNOMED-coded :class:`SegmentInfo` for the known pelvic organs, a plain one otherwise."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key in _KNOWN:
+        term, color = _KNOWN[key]
+        return SegmentInfo(name, int(label_value), color, term, layer)
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    color = tuple(float(v) for v in np.round(0.3 + 0.7 * rng.random(3), 3))
+    return SegmentInfo(name, int(label_value), color, None, layer)  # type: ignore[arg-type]
+
+
+PROSTATE: SegmentInfo = segment_info("Prostate", 1)
+
+
+@dataclass
+class Segmentation:
+    """Segments stored as labelmaps: ``labelmap`` is layer 0 (z, y, x); ``extra_layers`` hold
+    layers 1, 2, ... (Slicer stores overlapping segments in separate layers), same grid."""
+
+    labelmap: Volume
+    segments: list[SegmentInfo]
+    extra_layers: list[Volume] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+    def layer(self, index: int) -> Volume:
+        """Labelmap of layer ``index`` (0 = :attr:`labelmap`)."""
+        return self.labelmap if index == 0 else self.extra_layers[index - 1]
+
+    def find(self, name: str) -> SegmentInfo:
+        """The segment called ``name`` (case-insensitive); SegmentNotFoundError otherwise."""
+        for s in self.segments:
+            if s.name.strip().lower() == name.strip().lower():
+                return s
+        available = ", ".join(repr(n) for n in self.names) or "none"
+        raise SegmentNotFoundError(
+            f"No segment named {name!r}. Available segments: {available}. "
+            "Pass one of these names (e.g. --segment NAME)."
+        )
+
+    def mask(self, name: str) -> Volume:
+        """uint8 0/1 mask (z, y, x) of segment ``name`` (case-insensitive)."""
+        s = self.find(name)
+        lm = self.layer(s.layer)
+        return lm.with_array((lm.array == s.label_value).astype(np.uint8))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suf in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def _check_file(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"File not found: {p}. Check the path and spelling.")
+    if p.is_file() and p.stat().st_size == 0:
+        raise InputError(f"The file {p} is empty (0 bytes); it was probably not fully written or copied.")
+    return p
+
+
+@contextmanager
+def _atomic(path: str | Path, suffix: str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success rename it onto ``path``."""
+    final = Path(path).expanduser()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+        raise InputError(
+            f"Cannot read {path} as an image ({first}). Use a NRRD, NIfTI, MHA/MHD file or a "
+            "DICOM series folder."
+        ) from None
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+    if img.GetDimension() == 2 or (img.GetDimension() == 3 and min(img.GetSize()) < 2):
+        raise InputError(
+            f"{path} is a 2D image (size {img.GetSize()}). Load a 3D CT or MR volume with at "
+            "least 2 slices, not a single slice (for DICOM, pass the folder holding the whole series)."
+        )
+    if img.GetDimension() != 3:
+        raise InputError(f"{path} is a {img.GetDimension()}D image of size {img.GetSize()}; load one 3D volume.")
+    return img
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """The largest DICOM series in ``folder`` (slices ordered by GDCM by position)."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(f"No DICOM series found in the folder {folder}. Pick a folder of .dcm slices or an image file.")
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
+    try:
+        return Volume.from_sitk(img)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+# -- volumes ------------------------------------------------------------------------------------
+def read_volume(path: str | Path) -> Volume:
+    """Read a 3D image (.nrrd/.nhdr, .nii/.nii.gz, .mha/.mhd, DICOM series folder) → Volume.
+
+    A ``.seg.nrrd`` gives its layer-0 labelmap. Non-finite voxels are replaced by the smallest
+    finite value. InputError for a missing, empty, unreadable, 2D, all-NaN or constant image.
+    """
+    p = _check_file(path)
+    if _suffix(p) == ".seg.nrrd":
+        return read_segmentation(p).labelmap
+    vol = _volume_from_sitk(_read_sitk(p), p)
+    a = vol.array
+    if np.issubdtype(a.dtype, np.floating):
+        finite = np.isfinite(a)
+        if not finite.any():
+            raise InputError(f"{p} holds no valid numbers (every voxel is NaN or infinite). Re-export the image.")
+        if not finite.all():
+            a = np.where(finite, a, a[finite].min()).astype(a.dtype)
+            vol = vol.with_array(a)
+    lo, hi = a.min(), a.max()
+    if lo == hi:
+        raise InputError(
+            f"{p} is blank: every voxel has the value {lo}. Check that the right file or series was exported."
+        )
+    return vol
+
+
+def write_volume(vol: Volume, path: str | Path) -> Path:
+    """Write ``vol`` to .nrrd / .nii / .nii.gz / .mha (compressed, atomic); returns the path."""
+    p = Path(path).expanduser()
+    suf = _suffix(p)
+    if suf not in WRITE_SUFFIXES:
+        raise InputError(f"Cannot write {p.name}: use one of {', '.join(WRITE_SUFFIXES)} (or write_segmentation for .seg.nrrd).")
+    img = vol.to_sitk()
+    with _atomic(p, suf) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+    return p
+
+
+# -- segmentations ------------------------------------------------------------------------------
+def _from_ijk(voxels: np.ndarray, ijk_to_lps: np.ndarray) -> Volume:
+    """slicerio voxels (i, j, k) + 4×4 IJK→LPS → Volume (z, y, x)."""
+    m = np.asarray(ijk_to_lps, float)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    return Volume(np.ascontiguousarray(voxels.transpose(2, 1, 0)), spacing, m[:3, 3], m[:3, :3] / spacing)
+
+
+def _is_slicer_segmentation(p: Path) -> bool:
+    """True for a .seg.nrrd or a .nrrd whose header holds Slicer ``SegmentN_`` fields."""
+    if _suffix(p) == ".seg.nrrd":
+        return True
+    if _suffix(p) != ".nrrd":
+        return False
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(p))
+    except Exception:  # not a readable NRRD header: let the image reader report it
+        return False
+    return any(re.match(r"Segment\d+_", k) for k in header)
+
+
+def _read_seg_nrrd(p: Path) -> Segmentation:
+    """A Slicer segmentation (layers, segment metadata) via slicerio."""
+    import slicerio
+
+    try:
+        seg = slicerio.read_segmentation(str(p))
+    except Exception as e:  # slicerio/pynrrd raise IOError, NRRDError, ValueError ...
+        raise InputError(f"Cannot read {p} as a segmentation ({str(e)[:200]}). Save it from Slicer as .seg.nrrd.") from None
+    voxels = np.asarray(seg["voxels"])
+    layers = [voxels] if voxels.ndim == 3 else list(voxels)
+    vols = [_from_ijk(v, seg["ijkToLPS"]) for v in layers]
+    from slicerio.segmentation import terminology_entry_to_string
+
+    infos = []
+    for i, s in enumerate(seg.get("segments", [])):
+        term = terminology_entry_to_string(s["terminology"]) if "terminology" in s else None
+        color = tuple(float(c) for c in s.get("color", segment_info(s.get("name", ""), 1).color))
+        infos.append(SegmentInfo(s.get("name", s.get("id", f"Segment {i + 1}")), int(s.get("labelValue", 1)),
+                                 color, term, int(s.get("layer", 0))))  # type: ignore[arg-type]
+    return Segmentation(vols[0], infos, vols[1:])
+
+
+def _labelmap_segmentation(p: Path) -> Segmentation:
+    """A plain integer labelmap file → segments "Label 1", "Label 2", ... (by label value)."""
+    vol = _volume_from_sitk(_read_sitk(p), p)
+    a = vol.array
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise InputError(f"{p} is not a labelmap: it holds non-integer values. Pass a label image or a .seg.nrrd.")
+        vol = vol.with_array(a.astype(np.int32))
+    values = [int(v) for v in np.unique(vol.array) if v != 0]
+    return Segmentation(vol, [segment_info(f"Label {v}", v) for v in values])
+
+
+def read_segmentation(path: str | Path) -> Segmentation:
+    """Read a Slicer .seg.nrrd (names, label values, colours, layers, terminology) or a plain
+    labelmap image (segments "Label <value>")."""
+    p = _check_file(path)
+    return _read_seg_nrrd(p) if p.is_file() and _is_slicer_segmentation(p) else _labelmap_segmentation(p)
+
+
+def _on_reference(mask: Volume, reference: Volume) -> Volume:
+    """Put ``mask`` on ``reference``'s grid when it is a sub-/super-extent of it (same spacing,
+    direction, whole-voxel offset); GeometryError otherwise."""
+    if mask.same_grid(reference):
+        return mask
+    shift = reference.physical_to_index(mask.origin)
+    if (np.allclose(mask.spacing, reference.spacing, atol=1e-3)
+            and np.allclose(mask.direction, reference.direction, atol=1e-3)
+            and np.allclose(shift, np.round(shift), atol=1e-2)):
+        out = resample_to(mask, reference, is_label=True)
+        return out.with_array(out.array.astype(np.uint8))
+    reference.check_same_grid(mask, "image and label")
+    raise GeometryError("The image and label do not share a voxel grid.")  # pragma: no cover
+
+
+def read_segment_mask(path: str | Path, segment: str | None = None, reference: Volume | None = None) -> Volume:
+    """uint8 0/1 mask (z, y, x) of one segment (case-insensitive name; None = the only or the
+    first non-empty segment), optionally put on ``reference``'s grid (see :func:`_on_reference`)."""
+    seg = read_segmentation(path)
+    if segment is None:
+        if not seg.segments:
+            raise SegmentNotFoundError(f"{path} holds no segments (the label is empty). Draw or export the label first.")
+        masks = [seg.mask(s.name) for s in seg.segments]
+        mask = next((m for m in masks if m.array.any()), masks[0])
+    else:
+        mask = seg.mask(segment)
+    return mask if reference is None else _on_reference(mask, reference)
+
+
+def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], segments: Sequence[SegmentInfo]) -> Path:
+    """Write a Slicer .seg.nrrd (atomic). ``labelmap`` is one Volume (layer 0) or one per layer,
+    all on one grid; each :class:`SegmentInfo` names a label value in its layer."""
+    import slicerio
+    from slicerio.segmentation import terminology_entry_from_string
+
+    p = Path(path).expanduser()
+    if not p.name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"A segmentation file name must end in .seg.nrrd, got {p.name}.")
+    layers = [labelmap] if isinstance(labelmap, Volume) else list(labelmap)
+    for lm in layers[1:]:
+        layers[0].check_same_grid(lm, "segmentation layers")
+    for k, lm in enumerate(layers):
+        if not np.issubdtype(lm.array.dtype, np.integer) and lm.array.dtype != bool:
+            raise InputError(f"Labelmap layer {k} must hold integers, got {lm.array.dtype}.")
+        known = {s.label_value for s in segments if s.layer == k}
+        extra = sorted(set(int(v) for v in np.unique(lm.array)) - known - {0})
+        if extra:
+            raise InputError(f"Label values {extra} in layer {k} have no SegmentInfo; describe every label.")
+    if any(s.layer >= len(layers) or s.layer < 0 for s in segments):
+        raise InputError(f"A segment refers to a layer outside 0..{len(layers) - 1}.")
+    top = max((int(lm.array.max()) for lm in layers), default=0)
+    dtype = np.uint8 if top <= 255 else np.uint16
+    vox = np.stack([lm.array.astype(dtype).transpose(2, 1, 0) for lm in layers])
+    segs = []
+    for i, s in enumerate(segments):
+        d = {"id": f"Segment_{i + 1}", "name": s.name, "labelValue": int(s.label_value), "layer": int(s.layer),
+             "color": [float(c) for c in s.color], "nameAutoGenerated": False, "colorAutoGenerated": False}
+        if s.terminology:
+            d["terminology"] = terminology_entry_from_string(s.terminology)
+        segs.append(d)
+    seg = {"voxels": vox[0] if len(layers) == 1 else vox, "ijkToLPS": layers[0].index_to_physical_matrix,
+           "containedRepresentationNames": ["Binary labelmap"], "segments": segs}
+    with _atomic(p, ".seg.nrrd") as tmp:
+        slicerio.write_segmentation(str(tmp), seg, compression_level=6)
+    return p
+
+

@@ -1,0 +1,1 @@
+"""Losses and voxel-tuple samplers (no networks, no data)."""

@@ -1,0 +1,674 @@
+"""Model packages: a JSON card + safetensors weights, a local registry, pipelines, safe loading.
+
+A *model package* is a folder (or a ``.zip`` of one) holding
+
+- ``model.json``: the card, validated against ``model_card.schema.json`` (shipped beside this
+  file): name, method, role (``localizer`` / ``refiner`` / ``joint``), modality (``ct`` / ``mr``
+  / ``any``), method ``config``, ``data`` recipe (spacing, slab, patch, normalisation, region),
+  ``training`` / ``validation`` summaries, ``intended_use``, ``demo``, and the fields
+  :func:`save_package` fills in: ``format``, ``engine_version``, ``weights_sha256``,
+  ``weights_bytes``, ``weights_dtype``, ``created``;
+- ``weights.safetensors``: the state dict. Never a pickle (DESIGN.md rule 6).
+
+Loading checks the card against the schema, then the size and SHA-256 of the weights *before*
+any byte of them is deserialised; only safetensors is parsed (no pickle, no code execution).
+
+Registry: installed packages live in ``models_home() / "models"`` (``$VOXMETRIC_HOME`` or
+``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (or
+``$VOXMETRIC_BUNDLED_MODELS``). Bundled packages are listed first and win on equal names.
+
+A *pipeline* names one localizer and one refiner: a file ``<name>.pipeline.json`` (or
+``pipeline.json``) ``{"name": ..., "localizer": MODEL, "refiner": MODEL}`` in either models
+folder. Without a name, :func:`resolve_pipeline` takes the first localizer and the first refiner
+for the image's modality (bundled before installed, exact modality before ``any``; a ``joint``
+model may fill either slot).
+
+Modality policy (:func:`check_modality`): a ``ct`` model on an MR image, or an ``mr`` model on
+a CT image, raises :class:`ModelError`; with ``strict=False`` (the user's explicit
+"allow modality mismatch") it only warns. A model whose modality is ``any`` accepts both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, ModelError
+
+FORMAT = "voxmetric-model/1"
+CARD = "model.json"
+WEIGHTS = "weights.safetensors"
+PIPELINE_SUFFIX = ".pipeline.json"
+ROLES = ("localizer", "refiner", "joint")
+MODALITIES = ("ct", "mr", "any")
+if TYPE_CHECKING:  # torch is imported where tensors are handled: listing models stays fast
+    import torch
+
+SCHEMA_PATH = Path(__file__).with_name("model_card.schema.json")
+DEFAULT_INTENDED_USE = "research use only; not for clinical use"
+
+
+@dataclass
+class ModelPackage:
+    """A loaded, verified package: ``card`` (dict), ``state_dict`` (name -> CPU tensor, floats as
+    float32) and the ``path`` it came from."""
+
+    card: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+    @property
+    def role(self) -> str:
+        return self.card["role"]
+
+    @property
+    def modality(self) -> str:
+        return self.card["modality"]
+
+    @property
+    def method(self) -> str:
+        return self.card["method"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry (card fields only; weights not read)."""
+
+    name: str
+    role: str
+    modality: str
+    method: str
+    path: Path
+    bundled: bool
+    demo: bool
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """A named pipeline file: model names of its two stages."""
+
+    name: str
+    localizer: str
+    refiner: str
+    path: Path
+
+
+# ---- card schema ---------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def card_schema() -> dict[str, Any]:
+    """The JSON Schema of ``model.json`` (``voxmetric/model_card.schema.json``)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_card(card: Mapping[str, Any], where: str | Path = "model card") -> None:
+    """Raise :class:`ModelError` listing every schema violation of ``card``."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(card_schema())
+    errors = sorted(validator.iter_errors(dict(card)), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  - {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ModelError(
+            f"{where} is not a valid VoxMetric model card:\n" + "\n".join(lines)
+            + "\nFix model.json, or re-export the model with this engine (voxmetric.models.save_package)."
+        )
+
+
+def _jsonable(card: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep, JSON-clean copy of ``card`` (tuples -> lists, numpy scalars -> numbers, Path -> str)."""
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
+            return o.item()
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        if is_dataclass(o) and not isinstance(o, type):
+            return {f.name: getattr(o, f.name) for f in fields(o)}
+        raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+    try:
+        return json.loads(json.dumps(dict(card), default=default, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"the model card cannot be written as JSON ({e}); use plain numbers, strings, lists and dicts") from e
+
+
+# ---- save ----------------------------------------------------------------------------------
+def _weights_bytes(state_dict: Mapping[str, Any], half: bool) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    if not state_dict:
+        raise ModelError("the state dict is empty: there are no weights to save")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(
+                f"state dict entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "put non-tensor settings in the card's config instead"
+            )
+        t = value.detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.to(torch.float16)
+        tensors[str(key)] = t.clone(memory_format=torch.contiguous_format)  # no shared storage
+    return save(tensors, metadata={"format": "pt"})
+
+
+def _complete_card(card: Mapping[str, Any], weights: bytes, half: bool) -> dict[str, Any]:
+    from . import __version__
+
+    full = _jsonable(card)
+    full.setdefault("intended_use", DEFAULT_INTENDED_USE)
+    full.setdefault("demo", False)
+    full.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    full.update(
+        format=FORMAT,
+        engine_version=__version__,
+        weights_sha256=hashlib.sha256(weights).hexdigest(),
+        weights_bytes=len(weights),
+        weights_dtype="float16" if half else "float32",
+    )
+    return full
+
+
+def _card_text(card: Mapping[str, Any]) -> str:
+    return json.dumps(card, indent=2, sort_keys=False) + "\n"
+
+
+def _check_free(target: Path, overwrite: bool) -> None:
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ModelError(
+            f"{target} already exists; choose another output path, remove it first, or pass overwrite=True"
+        )
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` onto ``target``; an existing target is kept until the move succeeded."""
+    _check_free(target, overwrite)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        _remove_path(old)
+
+
+def _write_package(target: Path, card: Mapping[str, Any], weights: bytes, overwrite: bool) -> Path:
+    """Write a package folder (or ``.zip`` when ``target`` ends in .zip) atomically."""
+    target = Path(target)
+    _check_free(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = _card_text(card)
+    if target.suffix.lower() == ".zip":
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(CARD, text)
+                zf.writestr(WEIGHTS, weights)
+            os.chmod(tmp, 0o644)
+            _replace(tmp, target, overwrite)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for fname, data in ((WEIGHTS, weights), (CARD, text.encode("utf-8"))):
+            with open(tmp / fname, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        _replace(tmp, target, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_package(
+    out_dir: str | Path,
+    card: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    half: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model package to ``out_dir`` (a folder, or a ``.zip`` file) and return its path.
+
+    ``card`` holds at least name, method, role, modality, config, data; ``format``,
+    ``engine_version``, ``weights_sha256``, ``weights_bytes``, ``weights_dtype`` are filled in,
+    ``created`` / ``intended_use`` / ``demo`` default to now / research-only / False. The card
+    is validated before anything is written. ``half=True`` stores floating tensors as float16
+    (half the size; :func:`load_package` returns them as float32). The package is assembled in
+    a temporary folder and renamed into place; an existing ``out_dir`` is an error unless
+    ``overwrite=True``.
+    """
+    target = Path(out_dir)
+    _check_free(target, overwrite)
+    weights = _weights_bytes(state_dict, half)
+    full = _complete_card(card, weights, half)
+    validate_card(full, "the model card to save")
+    return _write_package(target, full, weights, overwrite)
+
+
+# ---- load ----------------------------------------------------------------------------------
+_REINSTALL = "Copy or install the package again from its original source; never edit its files by hand."
+
+
+def _parse_card(text: bytes | str, where: str) -> dict[str, Any]:
+    try:
+        card = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{where} is not valid JSON ({e}). {_REINSTALL}") from e
+    if not isinstance(card, dict):
+        raise ModelError(f"{where} must hold a JSON object, not {type(card).__name__}. {_REINSTALL}")
+    validate_card(card, where)
+    return card
+
+
+def _zip_members(zf: zipfile.ZipFile, path: Path) -> tuple[str, str]:
+    cards = [n for n in zf.namelist() if n == CARD or n.endswith("/" + CARD)]
+    if not cards:
+        raise ModelError(f"{path} holds no {CARD}: a model package zip must contain {CARD} and {WEIGHTS}")
+    card = min(cards, key=lambda n: n.count("/"))
+    return card, card[: -len(CARD)] + WEIGHTS
+
+
+def _package_kind(path: Path) -> str:
+    if path.is_dir():
+        return "dir"
+    if path.is_file() and zipfile.is_zipfile(path):
+        return "zip"
+    if path.suffix.lower() == ".zip" and path.is_file():
+        raise ModelError(f"{path} is not a readable zip file (truncated or damaged). {_REINSTALL}")
+    if not path.exists():
+        raise ModelError(f"model package {path} does not exist; give the folder (or .zip) that holds {CARD} and {WEIGHTS}")
+    raise ModelError(f"{path} is not a model package: give a folder (or .zip) that holds {CARD} and {WEIGHTS}")
+
+
+def _normalise_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    return p.parent if p.name == CARD and p.is_file() else p
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The validated card of a package folder or zip, without reading the weights."""
+    p = _normalise_path(path)
+    if _package_kind(p) == "dir":
+        if not (p / CARD).is_file():
+            raise ModelError(f"{p} has no {CARD}: a model package is a folder with {CARD} and {WEIGHTS}")
+        return _parse_card((p / CARD).read_bytes(), str(p / CARD))
+    try:
+        with zipfile.ZipFile(p) as zf:
+            card_name, _ = _zip_members(zf, p)
+            return _parse_card(zf.read(card_name), f"{p}:{card_name}")
+    except zipfile.BadZipFile as e:
+        raise ModelError(f"{p} is a damaged zip file ({e}). {_REINSTALL}") from e
+
+
+def _check_weights(card: Mapping[str, Any], data: bytes | None, size: int, where: str) -> None:
+    expected = int(card["weights_bytes"])
+    if size != expected:
+        state = "truncated" if size < expected else "longer than recorded"
+        raise ModelError(
+            f"{where} is {state}: {size} bytes, but model.json records {expected} bytes and "
+            f"SHA-256 {card['weights_sha256'][:16]}... The weights are incomplete or were replaced. {_REINSTALL}"
+        )
+    if data is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != card["weights_sha256"]:
+            raise ModelError(
+                f"{where} failed its SHA-256 check (model.json records {card['weights_sha256'][:16]}..., "
+                f"the file hashes to {got[:16]}...): the weights were modified or corrupted and will not be "
+                f"loaded. {_REINSTALL}"
+            )
+
+
+def read_verified(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """``(card, weights bytes)`` of a package after the schema, size and SHA-256 checks.
+
+    Nothing is deserialised; raises :class:`ModelError` on a missing, truncated or tampered file.
+    """
+    p = _normalise_path(path)
+    card = read_card(p)
+    if _package_kind(p) == "dir":
+        wpath = p / WEIGHTS
+        if not wpath.is_file():
+            raise ModelError(f"{p} has no {WEIGHTS}: the package is incomplete. {_REINSTALL}")
+        where = str(wpath)
+        _check_weights(card, None, wpath.stat().st_size, where)
+        data = wpath.read_bytes()
+    else:
+        with zipfile.ZipFile(p) as zf:
+            card_name, wname = _zip_members(zf, p)
+            where = f"{p}:{wname}"
+            try:
+                info = zf.getinfo(wname)
+            except KeyError:
+                raise ModelError(f"{p} has no {wname}: the package is incomplete. {_REINSTALL}") from None
+            _check_weights(card, None, info.file_size, where)
+            try:
+                data = zf.read(wname)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise ModelError(f"{where} cannot be read from the zip ({e}). {_REINSTALL}") from e
+    _check_weights(card, data, len(data), where)
+    return card, data
+
+
+def _deserialise(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    import torch
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as e:  # SafetensorError, and whatever a hostile header provokes
+        raise ModelError(
+            f"{where} is not a valid safetensors file ({e}). VoxMetric loads only safetensors weights, "
+            "never pickles; export the weights with voxmetric.models.save_package."
+        ) from e
+    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in tensors.items()}
+
+
+def load_package(path: str | Path) -> ModelPackage:
+    """Load a package folder or zip: card schema check, then size + SHA-256 check of the
+    weights, then safetensors parsing (float16/bfloat16 tensors come back as float32)."""
+    p = _normalise_path(path)
+    card, data = read_verified(p)
+    return ModelPackage(card=card, state_dict=_deserialise(data, f"{p} ({WEIGHTS})"), path=p)
+
+
+# ---- modality ------------------------------------------------------------------------------
+def check_modality(card: Mapping[str, Any] | ModelPackage, modality: str, strict: bool = True) -> None:
+    """Refuse a CT model on an MR image (and vice versa); ``any`` models accept both.
+
+    ``modality`` is the image's: ``"ct"`` or ``"mr"``. ``strict=False`` turns the refusal into
+    a ``UserWarning`` (the user explicitly allowed the mismatch).
+    """
+    if isinstance(card, ModelPackage):
+        card = card.card
+    if modality not in ("ct", "mr"):
+        raise ConfigError(f"image modality must be 'ct' or 'mr', not {modality!r}")
+    model_modality = card.get("modality", "any")
+    if model_modality in ("any", modality):
+        return
+    message = (
+        f"model {card.get('name', '?')!r} was trained on {model_modality.upper()} images but the image is "
+        f"{modality.upper()}"
+    )
+    if strict:
+        raise ModelError(
+            f"{message}. Pick a {modality.upper()} model (voxmetric models list), or allow the mismatch "
+            "explicitly if you know what you are doing."
+        )
+    warnings.warn(f"{message}; results may be meaningless.", UserWarning, stacklevel=2)
+
+
+# ---- build ---------------------------------------------------------------------------------
+def _config_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    """``cls(**values)`` with JSON lists turned back into tuples where the dataclass uses tuples."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config fields {unknown}")
+    out = dict(values)
+    for key, value in values.items():
+        f = known[key]
+        default = f.default if f.default is not MISSING else None
+        if isinstance(value, list) and (isinstance(default, tuple) or str(f.type).startswith(("tuple", "Tuple"))):
+            out[key] = tuple(value)
+    return cls(**out)
+
+
+def build_model(pkg: ModelPackage) -> tuple[Any, Any, torch.nn.Module]:
+    """``(method, cfg, model)``: the card's method from ``voxmetric.methods``, its config
+    dataclass filled from ``card["config"]``, and the network with the weights loaded, in eval
+    mode on the CPU."""
+    from .methods import available_methods, get_method
+
+    card = pkg.card
+    try:
+        method = get_method(card["method"])
+    except ConfigError as e:
+        raise ModelError(
+            f"model {card['name']!r} needs method {card['method']!r}, which this engine does not have "
+            f"(available: {', '.join(available_methods())}). Update voxmetric."
+        ) from e
+    values = dict(card.get("config", {}))
+    try:
+        if hasattr(method, "config_from_dict"):  # registry methods: typed coercion, unknown-field check
+            cfg = method.config_from_dict(values)
+        else:
+            cfg = _config_from_dict(method.config_cls, values)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ModelError(
+            f"the config of model {card['name']!r} does not fit method {card['method']!r} ({e}); the package "
+            "was made by another engine version. Update voxmetric or re-export the model."
+        ) from e
+    try:
+        model = method.build(cfg)
+        model.load_state_dict(pkg.state_dict, strict=True)
+    except (TypeError, ValueError, RuntimeError, ConfigError) as e:
+        raise ModelError(
+            f"the weights of model {card['name']!r} do not fit method {card['method']!r} with its config ({e}). "
+            "The package is inconsistent; re-export it."
+        ) from e
+    return method, cfg, model.eval()
+
+
+# ---- registry ------------------------------------------------------------------------------
+def models_home() -> Path:
+    """``$VOXMETRIC_HOME`` or ``~/.voxmetric``; installed models live in its ``models`` folder."""
+    env = os.environ.get("VOXMETRIC_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".voxmetric"
+
+
+def models_dir() -> Path:
+    """Folder of installed (user) packages: ``models_home() / "models"``."""
+    return models_home() / "models"
+
+
+def bundled_models_dir() -> Path:
+    """Folder of bundled packages: ``$VOXMETRIC_BUNDLED_MODELS`` or ``<repo>/Resources/Models``."""
+    env = os.environ.get("VOXMETRIC_BUNDLED_MODELS")
+    if env:
+        return Path(env).expanduser()
+    import voxmetric
+
+    return Path(voxmetric.__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def _scan(folder: Path, bundled: bool) -> list[ModelInfo]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith(".") or not ((child / CARD).is_file() or child.suffix.lower() == ".zip"):
+            continue
+        try:
+            card = read_card(child)
+        except ModelError as e:
+            warnings.warn(f"skipping model package {child}: {e}", UserWarning, stacklevel=3)
+            continue
+        out.append(ModelInfo(card["name"], card["role"], card["modality"], card["method"], child, bundled, card["demo"]))
+    return out
+
+
+def list_models() -> list[ModelInfo]:
+    """Bundled packages, then installed ones (cards only; weights are checked when loaded)."""
+    return _scan(bundled_models_dir(), True) + _scan(models_dir(), False)
+
+
+def _names_hint(models: list[ModelInfo]) -> str:
+    if not models:
+        return f"no models are installed (folder {models_dir()}); install one with `voxmetric models install PATH`"
+    return "available: " + ", ".join(m.name for m in models)
+
+
+def find_model(name: str | Path) -> ModelInfo:
+    """The registry entry called ``name``; failing that, ``name`` as a package path."""
+    models = list_models()
+    for m in models:
+        if m.name == str(name):
+            return m
+    p = _normalise_path(name)
+    if p.exists() and ((p / CARD).is_file() or p.suffix.lower() == ".zip"):
+        card = read_card(p)
+        return ModelInfo(card["name"], card["role"], card["modality"], card["method"], p, False, card["demo"])
+    raise ModelError(f"no model called {str(name)!r}; {_names_hint(models)}")
+
+
+def install(path: str | Path, name: str | None = None) -> ModelInfo:
+    """Verify the package at ``path`` (schema, SHA-256, safetensors) and copy it atomically into
+    :func:`models_dir` as ``<name>`` (default: the card's name). Refuses an existing name."""
+    src = _normalise_path(path)
+    card, data = read_verified(src)
+    _deserialise(data, f"{src} ({WEIGHTS})")  # a valid safetensors file, not only a matching hash
+    if name is not None:
+        card = dict(card, name=name)
+        validate_card(card, f"the card renamed to {name!r}")
+    taken = [m for m in list_models() if m.name == card["name"]]
+    if taken:
+        where = "bundled" if taken[0].bundled else f"installed at {taken[0].path}"
+        raise ModelError(
+            f"a model called {card['name']!r} is already {where}; remove it first "
+            f"(`voxmetric models remove {card['name']}`) or install under another name (--name)"
+        )
+    target = models_dir() / card["name"]
+    _write_package(target, card, data, overwrite=False)
+    return ModelInfo(card["name"], card["role"], card["modality"], card["method"], target, False, card["demo"])
+
+
+def remove(name: str) -> Path:
+    """Delete the installed package ``name`` and return its former path; bundled ones are refused."""
+    models = list_models()
+    match = [m for m in models if m.name == name]
+    if not match:
+        raise ModelError(f"no model called {name!r}; {_names_hint(models)}")
+    if any(m.bundled for m in match):
+        raise ModelError(
+            f"{name!r} is a bundled model ({match[0].path}) and cannot be removed; it ships with VoxMetric"
+        )
+    path = match[0].path
+    trash = path.with_name(f".{path.name}.removed-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)  # atomic disappearance from the registry, then delete
+    _remove_path(trash)
+    return path
+
+
+# ---- pipelines -----------------------------------------------------------------------------
+def list_pipelines() -> list[PipelineInfo]:
+    """Named pipelines from ``*.pipeline.json`` / ``pipeline.json`` files in both models folders."""
+    out = []
+    for folder in (bundled_models_dir(), models_dir()):
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or not (f.name == "pipeline.json" or f.name.endswith(PIPELINE_SUFFIX)):
+                continue
+            try:
+                d = json.loads(f.read_text(encoding="utf-8"))
+                info = PipelineInfo(str(d["name"]), str(d["localizer"]), str(d["refiner"]), f)
+            except (ValueError, KeyError, TypeError) as e:
+                warnings.warn(
+                    f"skipping pipeline file {f}: needs JSON {{'name', 'localizer', 'refiner'}} ({e})",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            out.append(info)
+    return out
+
+
+def write_pipeline(name: str, localizer: str, refiner: str, overwrite: bool = False) -> Path:
+    """Save pipeline ``name`` = (localizer model, refiner model) in :func:`models_dir`."""
+    loc, ref = find_model(localizer), find_model(refiner)
+    for m, role in ((loc, "localizer"), (ref, "refiner")):
+        if m.role not in (role, "joint"):
+            raise ModelError(f"model {m.name!r} is a {m.role}, not a {role}; pick a {role} model")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"pipeline name {name!r} must be a plain non-empty file name")
+    target = models_dir() / f"{name}{PIPELINE_SUFFIX}"
+    _check_free(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"name": name, "localizer": loc.name, "refiner": ref.name}, fh, indent=2)
+        os.chmod(tmp, 0o644)
+        _replace(Path(tmp), target, overwrite)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _default_model(models: list[ModelInfo], role: str, modality: str, strict: bool) -> ModelInfo:
+    eligible = [m for m in models if m.role in (role, "joint")]
+    for wanted in (modality, "any"):
+        for m in eligible:
+            if m.modality == wanted:
+                return m
+    if not strict and eligible:
+        check_modality({"name": eligible[0].name, "modality": eligible[0].modality}, modality, strict=False)
+        return eligible[0]
+    raise ModelError(
+        f"no {role} model for {modality.upper()} images is installed; install a package "
+        f"(`voxmetric models install PATH`) or train one (`voxmetric train ...`). {_names_hint(models)}"
+    )
+
+
+def resolve_pipeline(name: str | None, modality: str, strict: bool = True) -> tuple[Path, Path]:
+    """``(localizer package path, refiner package path)`` for pipeline ``name`` or, when ``name``
+    is None, the default pipeline for ``modality`` ("ct" / "mr"); modality policy as in
+    :func:`check_modality` (``strict=False`` warns instead of refusing)."""
+    if modality not in ("ct", "mr"):
+        raise ConfigError(f"image modality must be 'ct' or 'mr', not {modality!r}")
+    if name is None:
+        models = list_models()
+        loc = _default_model(models, "localizer", modality, strict)
+        ref = _default_model(models, "refiner", modality, strict)
+        return loc.path, ref.path
+    pipelines = list_pipelines()
+    match = [p for p in pipelines if p.name == name]
+    if not match:
+        have = ", ".join(p.name for p in pipelines) or "none"
+        raise ModelError(
+            f"no pipeline called {name!r} (pipelines: {have}); create a {name}{PIPELINE_SUFFIX} file "
+            f"in {models_dir()} or leave the pipeline empty to use the default"
+        )
+    loc, ref = find_model(match[0].localizer), find_model(match[0].refiner)
+    for m in (loc, ref):
+        check_modality({"name": m.name, "modality": m.modality}, modality, strict=strict)
+    return loc.path, ref.path

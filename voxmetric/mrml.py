@@ -1,0 +1,346 @@
+"""The only bridge between the engine and Slicer's MRML scene.
+
+Converts volume nodes ↔ :class:`~voxmetric.volume.Volume`, markups ROI nodes ↔
+:class:`~voxmetric.volume.Box`, and binary masks ↔ segments of a segmentation node.
+Slicer works in RAS, the engine in LPS (DESIGN.md, Conventions); the flip happens here and
+nowhere else. Parent (linear) transforms are honoured: what the engine sees is the node's
+geometry in world coordinates. Works in Slicer and with the ``slicer-core`` wheel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import GeometryError, InputError, SegmentNotFoundError
+from .io import PROSTATE, segment_info
+from .volume import Box, Volume
+
+#: RAS ↔ LPS (its own inverse), homogeneous 4×4 and 3×3.
+_FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+_FLIP3 = _FLIP4[:3, :3]
+
+#: The output segment's description (SNOMED CT 41216001 terminology, colour): one source,
+#: voxmetric.io, shared with the .seg.nrrd writer.
+PROSTATE_TERMINOLOGY: str = PROSTATE.terminology or ""
+PROSTATE_COLOR: tuple[float, float, float] = PROSTATE.color
+
+
+# -- matrices ---------------------------------------------------------------------------------
+def _to_np(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def _to_vtk(a: np.ndarray) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    for i in range(4):
+        for j in range(4):
+            m.SetElement(i, j, float(a[i, j]))
+    return m
+
+
+def _node_to_world(node) -> np.ndarray:
+    """4×4 RAS matrix of the node's parent transform chain (identity when untransformed).
+
+    Raises InputError for a non-linear transform (grid, B-spline, thin-plate)."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(
+            f"'{node.GetName()}' is under the non-linear transform '{parent.GetName()}'. "
+            "Harden the transform on the node (Data module → right-click → Harden transform) "
+            "or remove it, then try again."
+        )
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return _to_np(m)
+
+
+def _split_columns(lin: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """3×3 matrix → (column norms, orthonormal columns); GeometryError on shear."""
+    norms = np.linalg.norm(lin, axis=0)
+    if np.any(norms <= 0):
+        raise GeometryError(f"{what} has a degenerate (zero-length) axis.")
+    axes = lin / norms
+    if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-4):
+        raise GeometryError(
+            f"{what} is sheared by its parent transform, so it has no orthogonal voxel grid. "
+            "Remove the shear from the transform (or harden and resample the volume) first."
+        )
+    return norms, axes
+
+
+# -- volumes ----------------------------------------------------------------------------------
+def _ijk_to_world_lps(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return _FLIP4 @ _node_to_world(node) @ _to_np(m)
+
+
+def volume_from_node(node) -> Volume:
+    """Voxels and world geometry (LPS) of a scalar or labelmap volume node.
+
+    The array is a copy (z, y, x); a linear parent transform is applied to the geometry
+    (voxels are not resampled); a non-linear one raises InputError."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("Select a scalar volume (CT or MR image, or a labelmap) as input.")
+    image = node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"The volume '{node.GetName()}' has no voxels loaded. Load the image first.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(
+            f"The volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components "
+            "per voxel (colour or vector image); select a scalar CT or MR volume."
+        )
+    dims = image.GetDimensions()
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
+    affine = _ijk_to_world_lps(node)
+    spacing, direction = _split_columns(affine[:3, :3], f"The volume '{node.GetName()}'")
+    return Volume(array, spacing, affine[:3, 3], direction)
+
+
+def _vtk_ready(array: np.ndarray) -> np.ndarray:
+    """Cast to a voxel type Slicer displays: bool→uint8, float16→float32, 64-bit int→int32."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.dtype == np.float16:
+        return a.astype(np.float32)
+    if a.dtype.kind in "iu" and a.dtype.itemsize == 8:
+        info = np.iinfo(np.int32)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise InputError("Voxel values do not fit in 32-bit integers; convert the image to float.")
+        return a.astype(np.int32)
+    if a.dtype.kind not in "iuf":
+        raise InputError(f"Voxel type {a.dtype} cannot be shown in Slicer; use integers or floats.")
+    return np.ascontiguousarray(a)
+
+
+def node_from_volume(scene, vol: Volume, name: str, node=None):
+    """Create (or update ``node``) a vtkMRMLScalarVolumeNode holding ``vol``.
+
+    ``vol`` geometry is taken as world LPS; an existing ``node`` under a linear transform gets
+    the local geometry that puts it there. Returns the node."""
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    world = _FLIP4 @ vol.index_to_physical_matrix  # IJK → world RAS
+    local = np.linalg.inv(_node_to_world(node)) @ world
+    image = vtk.vtkImageData()
+    image.SetDimensions(*(int(v) for v in vol.size_xyz))
+    vtk_array = numpy_support.numpy_to_vtk(_vtk_ready(vol.array).ravel(), deep=True)
+    image.GetPointData().SetScalars(vtk_array)
+    node.SetIJKToRASMatrix(_to_vtk(local))
+    node.SetAndObserveImageData(image)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+# -- ROI boxes --------------------------------------------------------------------------------
+def box_from_roi(roi_node) -> Box:
+    """World box (LPS) of a markups ROI node, rotation and parent transform included."""
+    if roi_node is None or not roi_node.IsA("vtkMRMLMarkupsROINode"):
+        raise InputError("Select a markups ROI (box) node.")
+    _node_to_world(roi_node)  # rejects a non-linear parent transform with a clear message
+    object_to_world = _to_np(roi_node.GetObjectToWorldMatrix())
+    size = np.zeros(3)
+    roi_node.GetSizeWorld(size)
+    if np.any(size <= 0):
+        raise InputError(f"The ROI '{roi_node.GetName()}' is empty (size {tuple(size)} mm); "
+                         "place or resize it around the prostate.")
+    center = np.zeros(3)
+    roi_node.GetCenterWorld(center)
+    _, axes_ras = _split_columns(object_to_world[:3, :3], f"The ROI '{roi_node.GetName()}'")
+    return Box(_FLIP3 @ center, size, _FLIP3 @ axes_ras)
+
+
+def roi_from_box(scene, box: Box, name: str, node=None):
+    """Create (or update ``node``) a vtkMRMLMarkupsROINode covering ``box`` (world LPS).
+
+    An existing node keeps its parent transform; its local centre/axes/size are set so that
+    the ROI lands on ``box`` in world coordinates. Returns the node."""
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    world = np.eye(4)
+    world[:3, :3] = _FLIP3 @ box.axes
+    world[:3, 3] = _FLIP3 @ box.center
+    local = np.linalg.inv(_node_to_world(node)) @ world
+    stretch, axes = _split_columns(local[:3, :3], f"The ROI '{node.GetName()}'")
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes
+    object_to_node[:3, 3] = local[:3, 3]
+    node.SetSize(*(float(v) for v in box.size * stretch))
+    node.SetAndObserveObjectToNodeMatrix(_to_vtk(object_to_node))
+    return node
+
+
+# -- segments ---------------------------------------------------------------------------------
+def _segment_names(seg_node) -> list[tuple[str, str]]:
+    """[(segment id, name)] in display order."""
+    seg = seg_node.GetSegmentation()
+    ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+    return [(i, seg.GetSegment(i).GetName()) for i in ids]
+
+
+def _find_segment(seg_node, name: str) -> str | None:
+    for sid, sname in _segment_names(seg_node):
+        if sname.casefold() == name.casefold():
+            return sid
+    return None
+
+
+def _unique_name(seg_node, name: str) -> str:
+    """``name`` if unused, else "name 2", "name 3", … (case-insensitive)."""
+    taken = {n.casefold() for _, n in _segment_names(seg_node)}
+    if name.casefold() not in taken:
+        return name
+    k = 2
+    while f"{name} {k}".casefold() in taken:
+        k += 1
+    return f"{name} {k}"
+
+
+def _new_segmentation_node(scene, reference_volume_node):
+    seg_node = scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode",
+        scene.GenerateUniqueName(f"{reference_volume_node.GetName()} segmentation"),
+    )
+    seg_node.CreateDefaultDisplayNodes()
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    parent_transform = reference_volume_node.GetParentTransformNode()
+    if parent_transform is not None:
+        seg_node.SetAndObserveTransformNodeID(parent_transform.GetID())
+    # Same folder / study as the input volume in the subject hierarchy.
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is not None:
+        volume_item = sh.GetItemByDataNode(reference_volume_node)
+        parent = sh.GetItemParent(volume_item) if volume_item else sh.GetSceneItemID()
+        seg_item = sh.GetItemByDataNode(seg_node)
+        if seg_item:  # Slicer's application adds an item for every new data node
+            sh.SetItemParent(seg_item, parent)
+        else:  # bare MRML (slicer-core): create it
+            sh.CreateItem(parent, seg_node)
+    return seg_node
+
+
+def _mask_image(mask: Volume | np.ndarray, reference_volume_node) -> slicer.vtkOrientedImageData:
+    """uint8 0/1 oriented image on the reference volume's local voxel grid (RAS)."""
+    ref = volume_from_node(reference_volume_node)
+    if isinstance(mask, Volume):
+        mask.check_same_grid(ref, "mask and reference volume")
+        array = mask.array
+    else:
+        array = np.asarray(mask)
+        if array.shape != ref.shape:
+            raise GeometryError(
+                f"The mask has shape {array.shape} but the reference volume "
+                f"'{reference_volume_node.GetName()}' has {ref.shape} (z, y, x). "
+                "Paste the result back onto the input volume's grid first."
+            )
+    binary = (np.asarray(array) > 0).astype(np.uint8)
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*(int(v) for v in ref.size_xyz))
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(binary.ravel(), deep=True))
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    reference_volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    image.SetGeometryFromImageToWorldMatrix(ijk_to_ras)
+    return image
+
+
+def write_mask_segment(
+    seg_node,
+    mask: Volume | np.ndarray,
+    reference_volume_node,
+    name: str = "Prostate",
+    replace: bool = False,
+    scene=None,
+    *,
+    color: tuple[float, float, float] | None = None,
+    terminology: str | None = None,
+) -> tuple[object, str]:
+    """Write a binary ``mask`` (z, y, x) on the reference volume's grid as a segment.
+
+    ``seg_node`` None creates a segmentation node with the reference volume as reference
+    geometry, under the volume's parent transform and subject-hierarchy parent (its study).
+    An existing segment called ``name`` is never overwritten silently: by default a new one
+    "name 2", "name 3", … is added; ``replace=True`` replaces that segment's voxels in place
+    (its id, colour and terminology are refreshed, not duplicated).
+    ``color`` / ``terminology`` default to :func:`voxmetric.io.segment_info` for ``name``
+    (SNOMED CT 41216001 and the fixed colour for "Prostate"; also bladder, rectum, …).
+    Returns ``(segmentation node, segment id)``."""
+    if reference_volume_node is None:
+        raise InputError("A reference volume (the segmented image) is needed to write a segment.")
+    scene = scene or reference_volume_node.GetScene()
+    if scene is None:
+        raise InputError(f"The volume '{reference_volume_node.GetName()}' is not in a scene.")
+    image = _mask_image(mask, reference_volume_node)
+    info = segment_info(name, 1)
+    color = tuple(color) if color is not None else info.color
+    terminology = terminology if terminology is not None else info.terminology
+    if seg_node is None:
+        seg_node = _new_segmentation_node(scene, reference_volume_node)
+    else:
+        if seg_node.GetDisplayNode() is None:
+            seg_node.CreateDefaultDisplayNodes()
+        if not seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole()):
+            seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    # Put the mask into the segmentation node's coordinate system.
+    ref_parent = reference_volume_node.GetParentTransformNode()
+    seg_parent = seg_node.GetParentTransformNode()
+    if ref_parent is not seg_parent:
+        _node_to_world(reference_volume_node)
+        _node_to_world(seg_node)
+        to_seg = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(ref_parent, seg_parent, to_seg)
+        slicer.vtkOrientedImageDataResample.TransformOrientedImage(image, to_seg)
+
+    segmentation = seg_node.GetSegmentation()
+    segment_id = _find_segment(seg_node, name) if replace else None
+    if segment_id is None:
+        segment_id = segmentation.AddEmptySegment("", _unique_name(seg_node, name), list(color))
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetColor(*color)
+    segment.SetNameAutoGenerated(False)  # our name and colour: Slicer must not replace them
+    segment.SetColorAutoGenerated(False)
+    if terminology:
+        segment.SetTerminology(terminology)
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, seg_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
+    if not ok:
+        raise GeometryError(f"Slicer could not write the mask into segment '{segment.GetName()}'.")
+    return seg_node, segment_id
+
+
+def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Volume:
+    """uint8 0/1 mask (z, y, x) of a segment (case-insensitive name) on the reference
+    volume's grid, with the reference's world geometry (as :func:`volume_from_node`)."""
+    if seg_node is None or not seg_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError("Select a segmentation node.")
+    segment_id = _find_segment(seg_node, segment_name)
+    if segment_id is None:
+        names = [n for _, n in _segment_names(seg_node)]
+        raise SegmentNotFoundError(
+            f"No segment '{segment_name}' in '{seg_node.GetName()}'. Available segments: "
+            f"{', '.join(repr(n) for n in names) or '(none)'}. Pick one of these names."
+        )
+    ref = volume_from_node(reference_volume_node)
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    merged = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
+        seg_node, reference_volume_node, ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged
+    )
+    extent = merged.GetExtent()
+    want = (0, int(ref.size_xyz[0]) - 1, 0, int(ref.size_xyz[1]) - 1, 0, int(ref.size_xyz[2]) - 1)
+    scalars = merged.GetPointData().GetScalars() if merged.GetPointData() else None
+    if tuple(extent) != want or scalars is None:
+        raise GeometryError(
+            f"Segment '{segment_name}' could not be exported on the grid of "
+            f"'{reference_volume_node.GetName()}' (extent {tuple(extent)} vs {want})."
+        )
+    labels = numpy_support.vtk_to_numpy(scalars).reshape(ref.shape)
+    return ref.with_array((labels > 0).astype(np.uint8))

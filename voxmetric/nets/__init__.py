@@ -1,0 +1,27 @@
+"""Network architectures only (no losses, no data). Every net returns (logits, embedding)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from voxmetric.errors import ConfigError
+from voxmetric.nets.unet2d import UNet2D
+from voxmetric.nets.unetpp import UNetPlusPlus2D
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet2d": UNet2D, "unetpp2d": UNetPlusPlus2D}
+
+
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Build the network registered as ``name`` (case-insensitive) with constructor ``kwargs``."""
+    key = name.lower()
+    if key not in NETWORKS:
+        raise ConfigError(f"Unknown network {name!r}; choose one of: {', '.join(sorted(NETWORKS))}.")
+    try:
+        return NETWORKS[key](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"Bad arguments for network {name!r}: {exc}.") from exc
+
+
+__all__ = ["NETWORKS", "UNet2D", "UNetPlusPlus2D", "build_network"]

@@ -1,0 +1,539 @@
+"""Method-agnostic trainer (DESIGN.md rule 4): optimiser, poly schedule, AMP, validation,
+checkpoints with exact resume, JSON-line events and PyTorch DDP under ``torchrun``.
+
+Defaults follow METHODS.md §2.6: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (I-22), "poly"
+decay with power 0.9 (I-23), batch 30 per process.
+
+Checkpoints (``<out>/checkpoints/last.safetensors`` and ``best.safetensors``) are single
+safetensors files: the tensors are the model and optimiser state, the JSON header metadata holds
+everything else (configs, iteration, scheduler, scaler, RNG states of every rank, best score).
+No pickle is written or read. Batch ``t`` of rank ``r`` depends only on (seed, t, r), so a run
+resumed from iteration ``t`` draws the same patches as one that was never stopped; on the CPU
+the resumed weights equal the uninterrupted ones bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from . import __version__
+from .errors import ConfigError, DeviceError, InputError, VoxMetricError
+
+Emit = Callable[[dict[str, Any]], None]
+CHECKPOINT_FORMAT = "voxmetric-checkpoint/1"
+OPTIMIZERS = ("sgd", "adam")
+NORMALISATION = {"ct": "HU window [-200, 250] -> [0, 255]", "mr": "percentiles [0.5, 99.5] -> [0, 255]"}
+
+
+def print_json(event: Mapping[str, Any]) -> None:
+    """Default ``emit``: one JSON object per line on stdout."""
+    sys.stdout.write(json.dumps(_finite(event)) + "\n")
+    sys.stdout.flush()
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None, tuples lists, numpy scalars Python ones."""
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (METHODS.md §2.6)."""
+
+    iterations: int = 10000
+    batch_size: int = 30
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    amp: bool = True
+    val_every: int = 500
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    val_batch: int = 16
+    val_margin_mm: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise ConfigError(f"The learning rate must be positive, got {self.lr}.")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {self.workers}.")
+
+
+@dataclass
+class TrainResult:
+    """``state_dict``: CPU weights for the package (best validation DSC; the last weights when
+    there was no validation or on ranks other than 0). ``metrics``: validation summary of those
+    weights. ``card_fields``: method, role, config, modality, data, training, validation."""
+
+    state_dict: dict[str, Tensor]
+    metrics: dict[str, Any]
+    card_fields: dict[str, Any]
+    iteration: int
+    best_iteration: int | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+# ---- devices and processes -------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    DeviceError when CUDA (or GPU N) is asked for but absent."""
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"Device {name!r} was asked for, but this machine has no usable CUDA GPU "
+                              f"(torch {torch.__version__}). Use --device cpu or --device auto.")
+        dev = torch.device(text)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"GPU {dev.index} does not exist; this machine has {torch.cuda.device_count()} "
+                              f"GPU(s) (cuda:0 … cuda:{torch.cuda.device_count() - 1}).")
+        return dev
+    raise DeviceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_from_env() -> _Dist:
+    """Rank/world from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    return _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---- RNG --------------------------------------------------------------------------------------
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """All global RNG states as JSON-ready lists."""
+    npst = np.random.get_state()
+    py = random.getstate()
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+        "python": [py[0], list(py[1]), py[2]],
+    }
+
+
+def _set_rng_state(st: Mapping[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    if st.get("cuda") and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in st["cuda"]])
+    n = st["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = st["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+# ---- data order ---------------------------------------------------------------------------------
+def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: torch.device) -> Iterator[dict]:
+    """Endless batches for this rank from iteration ``start`` on. Item indices are global
+    (``data.make_loader``): batch ``t`` depends only on (seed, t, rank, world), so a resumed
+    run draws exactly the patches an uninterrupted one would."""
+    from .data import make_loader
+
+    yield from make_loader(dataset, cfg.batch_size, device, cfg.workers, start_item=start * cfg.batch_size * dist.world,
+                           seed=cfg.seed, rank=dist.rank, world_size=dist.world)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    """Atomically write tensors + JSON metadata into one safetensors file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        save_file(flat, tmp, metadata={"voxmetric": json.dumps(_finite(meta))})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, metadata)`` of a checkpoint written by the trainer. InputError if unreadable."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["voxmetric"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise InputError(f"Cannot read the checkpoint {path} ({exc}); it is damaged or not a VoxMetric "
+                         "checkpoint. Start again without --resume in a new output folder.") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a VoxMetric checkpoint (format {meta.get('format')!r}).")
+    return tensors, meta
+
+
+def _optimizer_split(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors, rest = {}, {}
+    for idx, st in state["state"].items():
+        for key, value in st.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                rest.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": rest}
+
+
+def _optimizer_join(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---- validation ---------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict_volume(method: Any, model: nn.Module, image: np.ndarray, slab: int, device: torch.device,
+                   batch: int = 16) -> np.ndarray:
+    """Foreground probability (Z,Y,X) float32 of a normalised image (Z,Y,X): every axial slice
+    with its ``slab`` neighbours (edge slices replicated, I-15), ``batch`` slabs at a time."""
+    from .data import whole_slices
+
+    slabs = whole_slices(np.asarray(image, dtype=np.float32), slab)  # (Z, slab, Y, X) view
+    out = np.empty(image.shape, dtype=np.float32)
+    for i in range(0, image.shape[0], batch):
+        x = torch.from_numpy(np.ascontiguousarray(slabs[i:i + batch])).to(device)
+        out[i:i + batch] = method.predict(model, x).float().cpu().numpy()
+    return out
+
+
+def _validation_region(mask: np.ndarray, region: str, margin_vox: int) -> tuple[slice, ...]:
+    """The label's bounding box + margin (stage-2 refiners) or the whole prepared case."""
+    if region != "label_box":
+        return (slice(None),) * 3
+    nz = np.nonzero(mask)
+    return tuple(slice(max(0, int(a.min()) - margin_vox), int(a.max()) + 1 + margin_vox) for a in nz)
+
+
+def validate(method: Any, model: nn.Module, cases: Sequence[Any], recipe: Any, device: torch.device,
+             cfg: TrainConfig, emit: Emit | None = None) -> dict[str, Any]:
+    """Whole-case inference on prepared cases → {"dsc", "hd95", "asd" (means), "cases": [...]}."""
+    from .metrics import evaluate_masks, summarize
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i, case in enumerate(cases):
+            mask = np.asarray(case.mask.array) > 0
+            spacing = np.asarray(case.image.spacing_zyx, dtype=float)
+            box = _validation_region(mask, recipe.region, int(round(cfg.val_margin_mm / float(spacing.min()))))
+            prob = predict_volume(method, model, np.asarray(case.image.array, dtype=np.float32)[box],
+                                  recipe.slab, device, cfg.val_batch)
+            m = evaluate_masks(prob > 0.5, mask[box], spacing)
+            rows.append({"id": case.id, "dsc": m["dsc"], "hd95": m["hd95"], "asd": m["asd"]})
+            if emit:
+                emit({"event": "progress", "stage": "validation", "done": i + 1, "total": len(cases),
+                      "message": f"validated {case.id}"})
+    finally:
+        model.train(was_training)
+    summary = summarize(rows, keys=("dsc", "hd95", "asd"))
+    out: dict[str, Any] = {k: summary[k]["mean"] for k in ("dsc", "hd95", "asd")}
+    out["failed"] = int(summary["hd95"]["n_inf"])
+    out["cases"] = rows
+    return out
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+def _prepare(records: Sequence[Any], recipe: Any, cache: Path, emit: Emit, what: str) -> list[Any]:
+    from .data import prepare_case
+
+    out = []
+    for i, rec in enumerate(records):
+        case = rec if hasattr(rec, "mask") and hasattr(rec, "image") and not isinstance(rec.image, (str, Path)) \
+            else prepare_case(rec, recipe, cache_dir=cache)
+        if not np.any(np.asarray(case.mask.array)):
+            raise InputError(f"The label of case {case.id!r} is empty after preparation; draw the segment "
+                             "or leave the case out.")
+        out.append(case)
+        emit({"event": "progress", "stage": f"prepare {what}", "done": i + 1, "total": len(records),
+              "message": f"prepared {case.id}"})
+    return out
+
+
+def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, recipe: Any, train: Sequence[Any],
+                 val: Sequence[Any], dist: _Dist, device: torch.device, seconds: float,
+                 validation: dict[str, Any] | None, best_it: int | None, last_loss: float | None) -> dict[str, Any]:
+    modalities = sorted({str(c.modality).lower() for c in train if c.modality})
+    modality = modalities[0] if len(modalities) == 1 else "any"
+    data = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("augment",)}
+    data["normalisation"] = NORMALISATION.get(modality, NORMALISATION)
+    val_fields = {}
+    if validation:
+        val_fields = {k: validation[k] for k in ("dsc", "hd95", "asd", "failed")}
+        val_fields.update(iteration=best_it, cases=len(val), per_case=validation["cases"])
+    return _finite({
+        "method": method.name, "role": method.role, "config": method.config_to_dict(mcfg),
+        "modality": modality, "data": data,
+        "training": {"cases": len(train), "case_ids": [c.id for c in train], "val_case_ids": [c.id for c in val],
+                     "iterations": cfg.iterations, "batch_size": cfg.batch_size, "world_size": dist.world,
+                     "optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
+                     "weight_decay": cfg.weight_decay, "poly_power": cfg.poly_power, "seed": cfg.seed,
+                     "amp": cfg.amp and device.type == "cuda", "device": device.type, "seconds": round(seconds, 1),
+                     "final_loss": last_loss, "engine_version": __version__},
+        "validation": val_fields,
+    })
+
+
+def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Sequence[Any],
+          val_cases: Sequence[Any], out_dir: str | Path, emit: Emit = print_json,
+          resume: bool = False) -> TrainResult:
+    """Train ``method`` with ``method_cfg`` on ``train_cases``; validate on ``val_cases``.
+
+    Cases are ``data.CaseRecord`` s (prepared here, cached in ``<out_dir>/cache``) or
+    ``data.PreparedCase`` s. Checkpoints go to ``<out_dir>/checkpoints``; ``resume=True``
+    continues exactly from ``last.safetensors``. Under ``torchrun`` every rank calls this; rank 0
+    alone writes checkpoints and emits events. Events are dicts with key ``"event"``.
+    """
+    dist = _dist_from_env()
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
+    say: Emit = emit if dist.main else (lambda e: None)
+    if not train_cases:
+        raise InputError("No training cases; give at least one case with a label.")
+    if resume and not last_path.exists():
+        raise ConfigError(f"Nothing to resume: {last_path} does not exist. Start without --resume.")
+    if not resume and last_path.exists():
+        raise ConfigError(f"{out_dir} already holds a training run ({last_path}); pass --resume to continue "
+                          "it or choose another output folder.")
+    device = resolve_device(train_cfg.device)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
+    own_group = False
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    try:
+        return _train(method, method_cfg, train_cfg, train_cases, val_cases, out_dir, say, resume, dist,
+                      device, last_path, best_path)
+    except VoxMetricError as exc:
+        say({"event": "error", "message": str(exc), "type": type(exc).__name__})
+        raise
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any], val_cases: Sequence[Any],
+           out_dir: Path, say: Emit, resume: bool, dist: _Dist, device: torch.device,
+           last_path: Path, best_path: Path) -> TrainResult:
+    t0 = time.monotonic()
+    recipe = method.data_recipe(mcfg)
+    cache = out_dir / "cache"
+    # rank 0 fills the preparation cache first; the other ranks then read it
+    if not dist.main:
+        torch.distributed.barrier()
+    train_prep = _prepare(train_cases, recipe, cache, say, "training cases")
+    val_prep = _prepare(val_cases, recipe, cache, say, "validation cases") if dist.main else []
+    if dist.main and dist.world > 1:
+        torch.distributed.barrier()
+
+    from .data import SlabPatchDataset
+
+    _seed_all(cfg.seed)  # identical initial weights on every rank
+    dataset = SlabPatchDataset(train_prep, recipe, seed=cfg.seed)
+    model = method.build(mcfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.iterations
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total) ** cfg.poly_power)
+    amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    start, best_score, best_it, best_val = 0, -math.inf, None, None
+    _seed_all(cfg.seed + 1000003 * dist.rank)  # per-rank stream for sampling/augmentation
+    if resume:
+        tensors, meta = load_checkpoint(last_path)
+        if meta["method"] != method.name or meta["config"] != method.config_to_dict(mcfg):
+            raise ConfigError(f"The checkpoint in {last_path.parent} was made by {meta['method']} with config "
+                              f"{meta['config']}; resume with the same method and settings.")
+        if meta["train_config"]["iterations"] != cfg.iterations:
+            say({"event": "log", "message": f"iterations changed from {meta['train_config']['iterations']} "
+                 f"to {cfg.iterations}: the learning-rate schedule follows the new total"})
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
+        sched.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        rngs = meta["rng"]
+        if len(rngs) != dist.world:
+            say({"event": "log", "message": f"checkpoint from {len(rngs)} process(es), now {dist.world}: "
+                 "the random streams continue, but not bit-for-bit"})
+        _set_rng_state(rngs[dist.rank % len(rngs)])
+        start, best_score, best_it = meta["iteration"], meta["best_score"], meta["best_iteration"]
+        best_val = meta.get("best_validation")
+        best_score = -math.inf if best_score is None else best_score
+        say({"event": "log", "message": f"resumed from {last_path} at iteration {start}"})
+
+    net: nn.Module = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net.train()
+
+    def checkpoint(path: Path, iteration: int, gather: bool = True) -> None:
+        """Write a checkpoint (rank 0). ``gather``: collect every rank's RNG state (a collective
+        call: all ranks must make it; the best-model checkpoint skips it)."""
+        rng = _rng_state()
+        if dist.world > 1 and gather:
+            gathered: list[Any] = [None] * dist.world
+            torch.distributed.all_gather_object(gathered, rng)
+            rngs = gathered
+        else:
+            rngs = [rng]
+        if not dist.main:
+            return
+        opt_tensors, opt_meta = _optimizer_split(opt.state_dict())
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
+        meta = {"format": CHECKPOINT_FORMAT, "engine_version": __version__, "method": method.name,
+                "config": method.config_to_dict(mcfg), "train_config": dataclasses.asdict(cfg),
+                "iteration": iteration, "optimizer": opt_meta, "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rngs,
+                "best_score": best_score if math.isfinite(best_score) else None, "best_iteration": best_it,
+                "best_validation": best_val, "world_size": dist.world}
+        _save_checkpoint(path, tensors, meta)
+        say({"event": "checkpoint", "iteration": iteration, "path": str(path), "kind": path.stem})
+
+    say({"event": "log", "message": f"training {method.name} on {len(train_prep)} case(s), {len(dataset)} "
+         f"patches, validating on {len(val_prep)}; device {device}, {dist.world} process(es)"
+         if hasattr(dataset, "__len__") else f"training {method.name} on {device}"})
+    losses: list[float] = []
+    window: list[Tensor] = []
+    tick = time.monotonic()
+    batches = _batches(dataset, cfg, dist, start, device)
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
+    for it in range(start, total):
+        batch = next(batches)
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        with autocast():
+            loss, logs = method.training_step(net, batch, mcfg, it)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        window.append(loss.detach())
+        done = it + 1
+        if done % cfg.log_every == 0 or done == total:
+            values = torch.stack(window).float().cpu()
+            if not torch.isfinite(values).all():
+                raise VoxMetricError(f"The loss became {values[-1].item()} at iteration {done}; training "
+                                     "diverged. Lower the learning rate (--lr) or turn off AMP.")
+            losses.extend(values.tolist())
+            now = time.monotonic()
+            say({"event": "iteration", "iteration": done, "total": total, "loss": float(values.mean()),
+                 "lr": sched.get_last_lr()[0], "it_per_s": len(window) / max(now - tick, 1e-9),
+                 **{k: float(v) for k, v in logs.items()}})
+            window, tick = [], now
+        if val_prep and (done % cfg.val_every == 0 or done == total):
+            result = validate(method, model, val_prep, recipe, device, cfg, say)
+            score = result["dsc"] if math.isfinite(result["dsc"]) else -1.0
+            is_best = score > best_score
+            say({"event": "validation", "iteration": done, **result, "best": is_best})
+            if is_best:
+                best_score, best_it, best_val = score, done, _finite(result)
+                checkpoint(best_path, done, gather=False)
+        if done % cfg.checkpoint_every == 0 or done == total:
+            checkpoint(last_path, done)
+
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if dist.main and best_it is not None and best_path.exists():
+        tensors, _ = load_checkpoint(best_path)
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    seconds = time.monotonic() - t0
+    fields = _card_fields(method, mcfg, cfg, recipe, train_prep, val_prep, dist, device, seconds, best_val,
+                          best_it, losses[-1] if losses else None)
+    metrics = fields["validation"]
+    say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "best_iteration": best_it,
+         "metrics": {k: metrics.get(k) for k in ("dsc", "hd95", "asd")} if metrics else {}})
+    return TrainResult(state, metrics, fields, total, best_it, losses)
+
+
+def split_cases(cases: Sequence[Any], val_cases: int | None = None, val_fraction: float | None = None,
+                seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """Random train/validation split (seeded). ``val_cases`` (a count) wins over ``val_fraction``
+    (default 0.1, at least one case). ConfigError when too few cases remain for training."""
+    n = len(cases)
+    if val_cases is None:
+        frac = 0.1 if val_fraction is None else float(val_fraction)
+        if not 0.0 <= frac < 1.0:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {frac}.")
+        val_cases = 0 if frac == 0 else max(1, int(round(frac * n)))
+    if val_cases < 0:
+        raise ConfigError(f"--val-cases must be 0 or more, got {val_cases}.")
+    if n - val_cases < 1:
+        raise ConfigError(f"{n} case(s) are too few for {val_cases} validation case(s) and at least one "
+                          "training case; add cases or pass --val-cases 0 to train without validation.")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[:val_cases].tolist())
+    return [c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx]
