@@ -106,9 +106,12 @@ class Segmentation:
 
     def mask(self, name: str) -> Volume:
         """uint8 0/1 mask (z, y, x) of segment ``name`` (case-insensitive)."""
-        s = self.find(name)
-        lm = self.layer(s.layer)
-        return lm.with_array((lm.array == s.label_value).astype(np.uint8))
+        return self.mask_of(self.find(name))
+
+    def mask_of(self, info: SegmentInfo) -> Volume:
+        """uint8 0/1 mask (z, y, x) of the segment described by ``info``."""
+        lm = self.layer(info.layer)
+        return lm.with_array((lm.array == info.label_value).astype(np.uint8))
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ def read_segment_mask(path: str | Path, segment: str | None = None, reference: V
     if segment is None:
         if not seg.segments:
             raise SegmentNotFoundError(f"{path} holds no segments (the label is empty). Draw or export the label first.")
-        masks = [seg.mask(s.name) for s in seg.segments]
+        masks = [seg.mask_of(s) for s in seg.segments]
         mask = next((m for m in masks if m.array.any()), masks[0])
     else:
         mask = seg.mask(segment)

@@ -134,7 +134,7 @@ def test_crop_paste_rotated_box_dice() -> None:
     cut = crop(vol, box, (1.0, 1.0, 1.0), is_label=True)
     np.testing.assert_allclose(cut.direction, rotation(0, 0, 30))
     back = paste(cut, vol)
-    assert dice(back, vol.array) >= 0.98
+    assert dice(back, vol.array) >= 0.99  # linear + 0.5 threshold; plain nearest gives 0.988
     soft = paste(crop(vol.with_array(vol.array.astype(np.float32)), box, (1, 1, 1)), vol, is_label=False)
     assert soft.dtype == np.float32 and dice(soft >= 0.5, vol.array) >= 0.98
     # Outside the box: nothing.
