@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +135,14 @@ def test_validate_ok_and_segment_missing(folder):
         D.validate_cases(D.load_cases(folder)[:1])
 
 
+def test_validate_unreadable_header(tmp_path):
+    img, lab = synthetic_case()
+    vio.write_volume(img, tmp_path / "a.nrrd")
+    (tmp_path / "a_label.nrrd").write_bytes(b"this is no image")
+    with pytest.raises(InputError, match="^Case 'a': Cannot read the header of .*a_label.nrrd"):
+        D.validate_cases(D.load_cases(tmp_path))
+
+
 def test_validate_geometry_mismatch(tmp_path):
     img, lab = synthetic_case()
     vio.write_volume(img, tmp_path / "a.nrrd")
@@ -165,15 +172,21 @@ def test_empty_label(tmp_path):
     rec = D.load_cases(tmp_path, segment="prostate")[0]
     with pytest.raises(InputError, match="Case 'a': the segment 'prostate' in a.seg.nrrd is empty"):
         D.prepare_case(rec)
+    # Slicer records an empty segment's extent as "0 -1 0 -1 0 -1": caught from the header alone
+    import slicerio
+
+    seg = {"voxels": np.zeros(lab.array.shape[::-1], np.uint8), "ijkToLPS": lab.index_to_physical_matrix,
+           "segments": [{"id": "Segment_1", "name": "Prostate", "labelValue": 1, "layer": 0, "extent": [0, -1, 0, -1, 0, -1]}]}
+    slicerio.write_segmentation(str(tmp_path / "a.seg.nrrd"), seg)
+    with pytest.raises(InputError, match="^Case 'a': segment 'Prostate' in a.seg.nrrd is empty"):
+        D.validate_cases(D.load_cases(tmp_path, segment="Prostate"))
 
 
 # ---- preprocessing and cache ----------------------------------------------------------------
 def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
     rec = D.load_cases(folder, segment="Prostate")[0]
     cache = tmp_path / "cache"
-    t0 = time.perf_counter()
     case = D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
-    t_first = time.perf_counter() - t0
     assert case.id == "case001" and case.modality == "ct"
     assert np.allclose(case.image.spacing, 1.0) and case.image.same_grid(case.mask)
     a = case.image.array
@@ -191,9 +204,7 @@ def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
         raise AssertionError("the cache was not used")
 
     monkeypatch.setattr(vio, "read_volume", no_read)
-    t0 = time.perf_counter()
     again = D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
-    assert time.perf_counter() - t0 < t_first
     assert files[0].stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(again.image.array, a)
     np.testing.assert_array_equal(again.mask.array, case.mask.array)
@@ -281,7 +292,7 @@ def test_patches_shapes_fg_and_geometry():
         np.testing.assert_array_equal(decode(img[0, 8, 8].item())[0], max(zc - 1, 0))
         np.testing.assert_array_equal(decode(img[2, 8, 8].item())[0], min(zc + 1, 19))
         fg_centre += lab[8, 8].item()
-    assert 0.45 <= fg_centre / 200 <= 0.8  # 50% forced + random hits in a small region
+    assert 0.45 <= fg_centre / 200 <= 0.68  # 50% forced + ~11% random hits (measured 0.565 on 400)
     ds_all = D.SlabPatchDataset([case], D.DataRecipe(patch=16, per_case=50, fg_fraction=1.0, augment=False), seed=0)
     assert all(ds_all[i]["label"][8, 8] == 1 for i in range(50))
 
@@ -386,3 +397,23 @@ def test_shared_promise12_manifest(shared_data, tmp_path):
     assert case.modality == "mr" and 0.8 * 18109 < case.mask.array.sum() < 1.2 * 18109
     item = D.SlabPatchDataset([case], D.DataRecipe(per_case=4), seed=0)[0]
     assert item["image"].shape == (3, 64, 64)
+
+
+def test_bilinear_and_nearest_match_scipy():
+    """The hand-written patch samplers equal scipy's map_coordinates (zero outside)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 20, 30), dtype=np.float32)
+    for lo, hi in ((-4.0, 24.0), (2.0, 15.0)):
+        y, x = rng.uniform(lo, hi, (16, 16)), rng.uniform(lo, hi + 8, (16, 16))
+        ref = np.stack([ndimage.map_coordinates(a[k], [y, x], order=1, mode="grid-constant", cval=0.0,
+                                                prefilter=False) for k in range(3)])
+        np.testing.assert_allclose(D._bilinear(a, np.arange(3), y, x), ref, atol=1e-6)
+        near = ndimage.map_coordinates(a[1], [np.rint(y), np.rint(x)], order=0, mode="grid-constant", cval=0.0)
+        np.testing.assert_array_equal(D._nearest(a, 1, y, x), near)
+    iy, ix = np.meshgrid(np.arange(-2, 5), np.arange(25, 33), indexing="ij")
+    out = D._bilinear(a, np.array([0, 2]), iy.astype(float), ix.astype(float))  # integer points: exact copy
+    inside = (iy >= 0) & (ix < 30)
+    np.testing.assert_array_equal(out[1][inside], a[2][iy[inside], ix[inside]])
+    assert (out[:, ~inside] == 0).all()
