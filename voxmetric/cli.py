@@ -85,6 +85,307 @@ def _run_models(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train ---------------------------------------------------------------------------------
+_TRAIN_ARGS = ("method", "cases", "segment", "out", "work_dir", "name", "overwrite", "device", "iterations",
+               "batch_size", "lr", "optimizer", "momentum", "weight_decay", "val_cases", "val_fraction",
+               "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .methods import available_methods, config_fields, method_classes
+
+    p = sub.add_parser(
+        "train", help="train a method on labelled cases and write a model package",
+        description="Train a method (e.g. MetricUNet-HCP) on labelled cases; the result is a model package "
+                    "(model.json + weights.safetensors). Under torchrun every process trains one data shard (DDP).")
+    p.add_argument("--method", required=True, help="one of: " + ", ".join(available_methods()))
+    p.add_argument("--cases", required=True, help="folder of image + label pairs, or a manifest.json")
+    p.add_argument("--segment", help="segment to learn, e.g. Prostate (default: the manifest's or the only one)")
+    p.add_argument("--out", required=True, help="model package folder to write")
+    p.add_argument("--work-dir", help="checkpoints and cache (default: OUT.work)")
+    p.add_argument("--name", help="model name in the card (default: the --out folder name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package at --out")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--iterations", type=int, default=10000, help="training iterations (default 10000)")
+    p.add_argument("--batch-size", type=int, default=30, help="patches per iteration and process (default 30)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.01 for sgd, 0.001 for adam), poly decay")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-cases", type=int, help="number of held-out validation cases (0 = none)")
+    val.add_argument("--val-fraction", type=float, help="fraction of cases held out (default 0.1, at least one)")
+    p.add_argument("--val-every", type=int, default=500, help="validate every N iterations (default 500)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N iterations (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --work-dir")
+    p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events on stdout, no progress bar")
+    g = p.add_argument_group("method settings (fields of the method's config; default: the method's preset)")
+    seen: set[str] = set(_TRAIN_ARGS)
+    for cls in method_classes():
+        for spec in config_fields(cls.config_cls):
+            if spec.name in seen:
+                continue
+            seen.add(spec.name)
+            flag = "--" + spec.name.replace("_", "-")
+            if spec.type is bool:
+                g.add_argument(flag, dest=f"m_{spec.name}", nargs="?", const="true", metavar="true|false", help=spec.help)
+            else:
+                g.add_argument(flag, dest=f"m_{spec.name}", metavar=spec.name.upper(), help=spec.help)
+    p.set_defaults(func=_run_train)
+
+
+def _train_printer(emit_json: bool) -> Callable[[dict], None]:
+    """Events → JSON lines on stdout, or a progress bar and short messages on stderr."""
+    if emit_json:
+        from .training import print_json
+
+        return print_json
+    bar = _progress_printer()
+
+    def show(e: dict) -> None:
+        kind = e.get("event")
+        if kind == "iteration":
+            bar(e["iteration"], e["total"], f"loss {e['loss']:.4f} lr {e['lr']:.2e}")
+        elif kind == "progress":
+            bar(e["done"], e["total"], str(e.get("message", "")))
+        elif kind == "validation":
+            f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+            sys.stderr.write(f"\nvalidation @ {e['iteration']}: DSC {f(e['dsc'])}  HD95 {f(e['hd95'])} mm  "
+                             f"ASD {f(e['asd'])} mm{'  (best)' if e.get('best') else ''}\n")
+        elif kind in ("log", "done"):
+            sys.stderr.write(f"{e.get('message') or kind}\n" if kind == "log" else
+                             f"done: {e['iteration']} iterations in {e['seconds']:.0f} s, model at {e.get('package')}\n")
+
+    return show
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    import os
+    import re
+    from pathlib import Path
+
+    from . import models
+    from .data import load_cases, validate_cases
+    from .errors import ConfigError
+    from .methods import config_fields, get_method
+    from .training import TrainConfig, resolve_device, split_cases, train
+
+    method = get_method(a.method)
+    own = {s.name for s in config_fields(method.config_cls)}
+    given = {k[2:]: v for k, v in vars(a).items() if k.startswith("m_") and v is not None}
+    alien = sorted(set(given) - own)
+    if alien:
+        raise ConfigError(f"--{alien[0].replace('_', '-')} is not a setting of {method.name}; its settings are: "
+                          + ", ".join("--" + n.replace("_", "-") for n in sorted(own)) + ".")
+    mcfg = method.make_config(given)
+    lr = a.lr if a.lr is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
+    tcfg = TrainConfig(iterations=a.iterations, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
+                       momentum=a.momentum, weight_decay=a.weight_decay, amp=not a.no_amp, val_every=a.val_every,
+                       checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers)
+    resolve_device(a.device)
+    out = Path(a.out)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if out.exists() and not a.overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite to replace it.")
+    name = a.name or re.sub(r"[^A-Za-z0-9._+-]", "-", out.name.removesuffix(".zip")).lstrip("._+-")[:64] or "model"
+    records = load_cases(a.cases, a.segment)
+    validate_cases(records)
+    train_cases, val_cases = split_cases(records, a.val_cases, a.val_fraction, seed=a.seed)
+    emit = _train_printer(a.events_jsonl)
+    held: list[dict] = []
+
+    def relay(e: dict) -> None:  # hold "done" back until the package is written
+        (held.append if e.get("event") == "done" else emit)(e)
+
+    work = Path(a.work_dir) if a.work_dir else out.with_name(out.name + ".work")
+    result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume)
+    if rank0:
+        card = {"name": name, **result.card_fields,
+                "description": f"{method.name}: {method.description}; trained with `voxmetric train`."}
+        path = models.save_package(out, card, result.state_dict, overwrite=a.overwrite)
+        for e in held:
+            emit({**e, "package": str(path)})
+    return 0
+
+
+# ---- evaluate ------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="DSC, PPV, SEN, ASD, HD, HD95 (mm) of predicted labels against references")
+    p.add_argument("--pred", required=True, help="predicted label file or folder (cases matched by file name)")
+    p.add_argument("--ref", required=True, help="reference label file or folder (or a folder with manifest.json)")
+    p.add_argument("--segment", help="segment name in both (default: the only / first non-empty segment)")
+    p.add_argument("--images", help="reference image file or folder: read both labels onto the image grid")
+    p.add_argument("--hd95", choices=["directed", "pooled"], default="directed",
+                   help="HD95 definition: max of the two directed 95th percentiles (default) or pooled")
+    p.add_argument("--out", help="folder for metrics.csv and metrics.json")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(a: argparse.Namespace) -> int:
+    import warnings
+
+    from .metrics import evaluate_files, format_table, summarize, write_report
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = evaluate_files(a.pred, a.ref, a.segment, reference_images=a.images, hd95_definition=a.hd95)
+    for w in caught:
+        sys.stderr.write(f"warning: {w.message}\n")
+    summary = summarize(rows)
+    print(format_table(rows, summary))
+    if a.out:
+        meta = {"pred": a.pred, "ref": a.ref, "segment": a.segment, "images": a.images}
+        csv_path, json_path = write_report(a.out, rows, summary, meta=meta, hd95_definition=a.hd95)
+        print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+# ---- segment / demo ------------------------------------------------------------------------
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="two-stage prostate segmentation of an image (or a folder of images)")
+    p.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, DICOM folder) or a folder of images")
+    p.add_argument("-o", "--output", required=True, help="output .seg.nrrd (a folder when INPUT is a folder)")
+    p.add_argument("--model", help="pipeline or refiner model name (default: the first for the modality)")
+    p.add_argument("--roi-file", help="ROI .mrk.json to refine in (skips localisation)")
+    p.add_argument("--roi-out", help="where to write the ROI .mrk.json (default: beside the output)")
+    p.add_argument("--stage", choices=["all", "localize", "refine"], default="all")
+    p.add_argument("--roi-rule", choices=["extent", "fixed"], default="extent",
+                   help="extent: coarse mask extent + 15 mm (60–128 mm); fixed: 128 mm cube on the centroid")
+    p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
+    p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events instead of a progress bar")
+    p.set_defaults(func=_run_segment)
+
+
+def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], object]:
+    """modality -> Pipeline, loaded once per modality."""
+    from .models import load_pipeline
+    from .pipeline import PipelineConfig
+    from .training import resolve_device
+
+    device = resolve_device(a.device)
+    config = PipelineConfig(roi_rule=a.roi_rule, largest_component=not a.no_postprocess,
+                            fill_holes=not a.no_postprocess)
+    cache: dict[str, object] = {}
+
+    def get(modality: str) -> object:
+        if modality not in cache:
+            cache[modality] = load_pipeline(a.model, modality, device, config)
+        return cache[modality]
+
+    return get
+
+
+def _run_segment(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import InputError
+    from .pipeline import image_files, segment_file
+
+    src = Path(a.input)
+    if not src.exists():
+        raise InputError(f"{src} does not exist. Give an image file or a folder of images.")
+    if a.stage == "refine" and not a.roi_file:
+        raise InputError("--stage refine needs --roi-file ROI.mrk.json (run --stage localize first, or draw an ROI).")
+
+    def event(e: dict) -> None:
+        print(json.dumps(e), flush=True)
+
+    bar = _progress_printer()
+    pipelines = _segment_pipelines(a)
+    single = src.is_file() or not any(src.iterdir()) or not any(
+        f.name.lower().endswith((".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr")) for f in src.iterdir())
+    if single:  # a file or a DICOM series folder
+        progress = (lambda d, t, m: event({"event": "progress", "done": d, "total": t, "message": m})) \
+            if a.events_jsonl else bar
+        s = segment_file(pipelines, src, a.output, stage=a.stage, modality=a.modality, roi_file=a.roi_file,
+                         roi_out=a.roi_out, progress=progress)
+        if a.events_jsonl:
+            event({"event": "done", "found": s["found"], "confidence": s["confidence"], "timings": s["timings"],
+                   "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation")})
+        else:
+            if not s["found"]:
+                print(s["message"])
+            print(f"{'wrote ' + s['segmentation'] + ' and ' if 'segmentation' in s else 'wrote '}{s['roi']} "
+                  f"(found: {s['found']}, confidence {s['confidence']:.2f}; "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings"].items()) + ")")
+        return 0
+    files = image_files(src)
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, f in enumerate(files):
+        stem = f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem
+        if a.events_jsonl:
+            event({"event": "progress", "done": i, "total": len(files), "message": f.name})
+        else:
+            bar(i, len(files), f.name)
+        results.append(segment_file(pipelines, f, out / f"{stem}.seg.nrrd", stage=a.stage, modality=a.modality,
+                                    roi_file=a.roi_file))
+    if a.events_jsonl:
+        event({"event": "done", "found": all(r["found"] for r in results), "cases": len(results),
+               "not_found": [r["image"] for r in results if not r["found"]],
+               "timings": {"total": round(sum(r["timings"]["total"] for r in results), 3)}})
+    else:
+        bar(len(files), len(files), "done")
+        for r in results:
+            print(f"{Path(r['image']).name}: found {r['found']}, {r['timings']['total']:.1f} s")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="segment a synthetic CT phantom with the bundled demo models and score it")
+    p.add_argument("--out", default="voxmetric-demo", help="output folder (default ./voxmetric-demo)")
+    p.add_argument("--seed", type=int, default=12345, help="phantom seed (default 12345, not a training seed)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import io, metrics, models, phantom
+    from .errors import ModelError
+    from .pipeline import _write_json, overview_png
+    from .training import resolve_device
+
+    try:
+        pipe = models.load_pipeline(None, "ct", resolve_device(a.device))
+    except ModelError as e:
+        raise ModelError(f"The demo needs the bundled demo models in {models.bundled_models_dir()} ({e}). "
+                         "Create them with `python Resources/Models/train_demo_models.py`.") from e
+    out = Path(a.out)
+    print(f"phantom seed {a.seed}: generating a synthetic pelvic CT")
+    case = phantom.make_case(a.seed, "ct")
+    truth = case.labels.array == phantom.LABELS["Prostate"]
+    res = pipe.segment(case.image, progress=_progress_printer())
+    m = metrics.evaluate_masks(res.mask.array, truth, case.image.spacing_zyx)
+    io.write_volume(case.image, out / "phantom.nrrd")
+    io.write_segmentation(out / "phantom_truth.seg.nrrd", case.labels.with_array(truth.astype("uint8")), [io.PROSTATE])
+    io.write_segmentation(out / "prediction.seg.nrrd", res.mask, [io.PROSTATE])
+    from .markups import write_roi
+
+    write_roi(res.box, out / "prediction_roi.mrk.json")
+    report = {"seed": a.seed, "models": [pipe.localizer.name, pipe.refiner.name], "found": res.found,
+              "confidence": round(res.confidence, 4), "metrics": {k: round(float(v), 4) for k, v in m.items()},
+              "timings": {k: round(v, 3) for k, v in res.timings.items()}}
+    _write_json(out / "metrics.json", report)
+    png = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array,
+                       f"phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm")
+    print(f"models: {pipe.localizer.name} -> {pipe.refiner.name} (demo models trained on synthetic phantoms, "
+          "not for clinical use)")
+    print(f"found: {res.found} (confidence {res.confidence:.2f})")
+    print(f"DSC {m['dsc']:.3f}   HD95 {m['hd95']:.2f} mm   ASD {m['asd']:.2f} mm")
+    print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
+    print(f"wrote {out / 'phantom.nrrd'}, {out / 'prediction.seg.nrrd'}, {out / 'prediction_roi.mrk.json'}, "
+          f"{out / 'metrics.json'}, {png}")
+    return 0
+
+
 # ---- helpers -------------------------------------------------------------------------------
 def _progress_printer() -> Callable[[int, int, str], None]:
     """A callback ``(done, total, message)`` that draws a one-line progress bar on stderr."""
@@ -99,7 +400,8 @@ def _progress_printer() -> Callable[[int, int, str], None]:
     return show
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_models]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_models, _add_train, _add_evaluate,
+                                                                 _add_segment, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -350,7 +350,11 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
-    say: Emit = emit if dist.main else (lambda e: None)
+
+    def say(event: dict[str, Any]) -> None:  # strict JSON values; rank 0 speaks for all
+        if dist.main:
+            emit(_finite(event))
+
     if not train_cases:
         raise InputError("No training cases; give at least one case with a label.")
     if resume and not last_path.exists():
@@ -506,6 +510,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         if done % cfg.checkpoint_every == 0 or done == total:
             checkpoint(last_path, done)
 
+    if dist.world > 1:  # DDP syncs BatchNorm buffers at each forward; align the last update too
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, 0)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if dist.main and best_it is not None and best_path.exists():
         tensors, _ = load_checkpoint(best_path)

@@ -49,8 +49,9 @@ class MetricUNetConfig:
     spacing_mm: float = _f(1.0, "isotropic resampling spacing (mm)")
     slab: int = _f(3, "adjacent axial slices per input (odd)")
     patch: int = _f(64, "training patch size (pixels)")
-    per_case: int = _f(500, "training patches per case")
-    augment: bool = _f(False, "random augmentation of patches (off in the paper, §2.2)")
+    per_case: int = _f(500, "training patches per case per epoch")
+    fg_fraction: float = _f(0.5, "fraction of patches centred on a prostate voxel")
+    augment: bool = _f(True, "flips, ±10° rotations, ±10% intensity jitter (the paper used none, §2.2)")
 
     def __post_init__(self) -> None:
         bad = [s for s in self.strategies if s not in STRATEGIES]
@@ -64,6 +65,8 @@ class MetricUNetConfig:
         for name in ("k", "m", "base", "embed_channels", "slab", "patch", "per_case"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
         for name in ("sigma", "eps", "beta", "lam", "tau"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}.")
@@ -109,7 +112,8 @@ class MetricUNet(Method):
         from ..data import DataRecipe
 
         return DataRecipe(spacing_mm=cfg.spacing_mm, slab=cfg.slab, patch=cfg.patch,
-                          per_case=cfg.per_case, region="label_box", augment=cfg.augment)
+                          per_case=cfg.per_case, region="label_box", fg_fraction=cfg.fg_fraction,
+                          augment=cfg.augment)
 
     def build(self, cfg: MetricUNetConfig) -> "nn.Module":
         from ..nets import build_network
