@@ -8,9 +8,24 @@ from torch import nn
 
 from voxmetric.errors import ConfigError
 from voxmetric.nets.unet2d import UNet2D
-from voxmetric.nets.unetpp import UNetPlusPlus2D
 
-NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet2d": UNet2D, "unetpp2d": UNetPlusPlus2D}
+
+def _unetpp(**kwargs: Any) -> nn.Module:
+    from voxmetric.nets.unetpp import UNetPlusPlus2D
+
+    return UNetPlusPlus2D(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``UNetPlusPlus2D`` is imported on first use: MONAI takes seconds to import."""
+    if name == "UNetPlusPlus2D":
+        from voxmetric.nets.unetpp import UNetPlusPlus2D
+
+        return UNetPlusPlus2D
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet2d": UNet2D, "unetpp2d": _unetpp}
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
