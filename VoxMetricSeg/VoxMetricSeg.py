@@ -4,8 +4,6 @@ Thin by design (DESIGN.md rule 3): the widget wires the .ui to a parameter node,
 a child process through VoxMetricSegLib.SegmentLogic, and the self-test body is shared with pytest.
 """
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -109,6 +107,7 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        self._fillModels()  # models trained or installed meanwhile appear at once
         self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
@@ -228,7 +227,7 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
         if self.engine is None:
             from VoxMetricSegLib import SegmentLogic
 
-            self.engine = SegmentLogic(python=_pythonSlicer())
+            self.engine = SegmentLogic()
         return True
 
     def ensureDependencies(self, device: str) -> bool:
@@ -277,13 +276,6 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
         return _("Running on the CPU (no GPU): expect about 10–60 s per scan…")
 
 
-def _pythonSlicer() -> str:
-    """The PythonSlicer launcher beside Slicer (falls back to this interpreter)."""
-    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else (shutil.which(name) or sys.executable)
-
-
 class VoxMetricSegTest(ScriptedLoadableModuleTest):
     """Runs the same body as Testing/Python/test_seg_module.py, here on Slicer's own scene."""
 
@@ -295,5 +287,5 @@ class VoxMetricSegTest(ScriptedLoadableModuleTest):
         from VoxMetricSegLib import SegmentLogic
         from VoxMetricSegLib.selftest import run_localize_move_refine
 
-        result = run_localize_move_refine(slicer.mrmlScene, SegmentLogic(python=_pythonSlicer()))
+        result = run_localize_move_refine(slicer.mrmlScene, SegmentLogic())
         self.delayDisplay(f"Localize → move ROI → Refine passed: Dice {result['dice']:.3f}")

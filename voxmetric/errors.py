@@ -15,7 +15,7 @@ class GeometryError(VoxMetricError):
     """Two images that must share a grid do not (size, spacing, origin or direction)."""
 
 
-class SegmentNotFoundError(VoxMetricError):
+class SegmentNotFoundError(InputError):
     """A segment name is not in a segmentation; the message lists the available names."""
 
 

@@ -11,12 +11,27 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+ENGINE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds ``voxmetric/``
+
+
+def engine_python() -> str:
+    """The interpreter for engine child processes: ``PythonSlicer`` inside Slicer (beside the
+    running interpreter or on PATH), else the running interpreter."""
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    if Path(sys.executable).name == name:
+        return sys.executable
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    return (shutil.which(name) if "slicer" in sys.modules else None) or sys.executable
 
 
 class Job:
@@ -29,7 +44,7 @@ class Job:
 
     def __init__(self, args: Sequence[str], python: str | None = None, cwd: str | Path | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self.command = [python or sys.executable, "-m", "voxmetric", *map(str, args)]
+        self.command = [python or engine_python(), "-m", "voxmetric", *map(str, args)]
         self.events: "queue.Queue[dict]" = queue.Queue()
         self.cancelled = False
         self._stderr: list[str] = []
@@ -40,7 +55,7 @@ class Job:
             popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         self.process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-            cwd=cwd, env={**os.environ, **(env or {})}, **popen_kw,
+            cwd=cwd, env=_child_env(env), **popen_kw,
         )
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -107,3 +122,11 @@ class Job:
         else:  # Windows: taskkill /T kills the tree
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
         self.process.wait()
+
+
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """This environment plus ``extra``, with the engine's folder first on PYTHONPATH so the
+    child imports the same ``voxmetric`` as the parent."""
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ENGINE_ROOT, env.get("PYTHONPATH", "")) if p)
+    return env

@@ -344,3 +344,69 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Vol
         )
     labels = numpy_support.vtk_to_numpy(scalars).reshape(ref.shape)
     return ref.with_array((labels > 0).astype(np.uint8))
+
+
+# -- training curves --------------------------------------------------------------------------
+#: Columns of a training-curve table: the iteration, the mean training loss, the validation DSC.
+LOSS_COLUMNS: tuple[str, ...] = ("iteration", "loss", "dsc")
+_SERIES_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16))
+
+
+def loss_table(scene, name: str, columns: tuple[str, ...] | list[str] = LOSS_COLUMNS):
+    """A new vtkMRMLTableNode called ``name`` with float64 ``columns`` (the first one is the
+    x axis, e.g. the iteration) and no rows."""
+    if not columns:
+        raise InputError("A training-curve table needs at least one column.")
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    for column in columns:
+        array = vtk.vtkDoubleArray()
+        array.SetName(str(column))
+        node.AddColumn(array)
+    return node
+
+
+def append_rows(table_node, rows, key: str = "iteration") -> int:
+    """Add ``rows`` (mappings column name → number) to a :func:`loss_table` node; returns the
+    row count. A row whose ``key`` equals the last row's merges into it (a validation DSC at the
+    iteration just logged fills that row's "dsc"); cells a row does not give stay NaN.
+    Unknown column names raise InputError."""
+    table = table_node.GetTable()
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    for row in rows:
+        unknown = sorted(set(row) - set(names))
+        if unknown:
+            raise InputError(f"The table '{table_node.GetName()}' has no column(s) {unknown}; it has {names}.")
+        n = table.GetNumberOfRows()
+        last = float(table.GetColumnByName(key).GetValue(n - 1)) if n and key in names else None
+        if last is None or key not in row or float(row[key]) != last:
+            table.InsertNextBlankRow(float("nan"))
+            n += 1
+        for column, value in row.items():
+            table.GetColumnByName(column).SetValue(n - 1, float("nan") if value is None else float(value))
+    table.Modified()
+    table_node.Modified()
+    return table.GetNumberOfRows()
+
+
+def loss_chart(scene, table_node, name: str, x_column: str = "iteration"):
+    """A vtkMRMLPlotChartNode plotting every other column of ``table_node`` against
+    ``x_column``: the first as a line (the loss), the rest as markers (sparse validation
+    values; NaN cells are not drawn). Returns the chart node."""
+    table = table_node.GetTable()
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    if x_column not in names:
+        raise InputError(f"The table '{table_node.GetName()}' has no column '{x_column}'.")
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart.SetTitle(name)
+    chart.SetXAxisTitle(x_column)
+    for k, column in enumerate(c for c in names if c != x_column):
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {column}")
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName(x_column)
+        series.SetYColumnName(column)
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetLineStyle(series.LineStyleSolid if k == 0 else series.LineStyleNone)
+        series.SetMarkerStyle(series.MarkerStyleNone if k == 0 else series.MarkerStyleCircle)
+        series.SetColor(*_SERIES_COLORS[k % len(_SERIES_COLORS)])
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart

@@ -7,14 +7,12 @@ tree. All node conversions go through :mod:`voxmetric.mrml`; nothing here import
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import voxmetric
 from voxmetric import mrml
 from voxmetric.errors import VoxMetricError
 from voxmetric.io import read_segment_mask, write_volume
@@ -41,15 +39,13 @@ class StageResult:
 class SegmentLogic:
     """Runs Localize / Refine / Segment Prostate for one volume node.
 
-    ``python``: the interpreter for the child process (Slicer: ``PythonSlicer``; tests:
-    ``sys.executable``). ``env``: extra environment (e.g. ``VOXMETRIC_HOME``).
+    ``python``: the interpreter for the child process (default: PythonSlicer inside Slicer,
+    else this interpreter). ``env``: extra environment (e.g. ``VOXMETRIC_HOME``).
     """
 
     def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
         self.python = python
-        engine_root = str(Path(voxmetric.__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (engine_root, os.environ.get("PYTHONPATH", "")) if p)
-        self.env = {"PYTHONPATH": path, **(env or {})}
+        self.env = dict(env or {})
         self.workdir: Path | None = None
         self.job: Job | None = None
 

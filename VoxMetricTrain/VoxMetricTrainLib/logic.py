@@ -1,0 +1,332 @@
+"""VoxMetricTrain logic: labelled cases → ``voxmetric train`` child process → live loss curve →
+model package installed into the user's models folder (so VoxMetricSeg lists it at once).
+
+Cases come from the scene (volume node + segmentation node + segment name per case, exported
+to ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd`` and a ``manifest.json``) or from a folder/manifest.
+Every training run lives in ``<models home>/training/<model name>/`` (``run.json`` with the
+settings, ``cases/``, ``work/`` with checkpoints, ``model/`` with the package), so Resume works
+after a cancel, a crash or a Slicer restart. The engine runs as ``python -m voxmetric train …
+--events-jsonl`` (:class:`voxmetric.jobs.Job`); its JSON-line events feed a table node (columns
+iteration, loss, dsc) that a plot chart node shows. Nothing here imports Slicer, VTK or Qt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voxmetric import models, mrml
+from voxmetric.errors import ConfigError, InputError, VoxMetricError
+from voxmetric.io import segment_info, write_segmentation, write_volume
+from voxmetric.jobs import Job
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+RUN_FILE = "run.json"
+DEVICES = ("auto", "cpu", "cuda")
+MODALITIES = ("auto", "ct", "mr")
+
+
+@dataclass
+class CasePair:
+    """One labelled case in the scene: a scalar volume node, a segmentation node and the name
+    of the segment to learn (case-insensitive)."""
+
+    volume_node: Any
+    segmentation_node: Any
+    segment: str = "Prostate"
+
+
+@dataclass
+class Update:
+    """What the GUI should show for one event (None = leave as is)."""
+
+    percent: int | None = None
+    status: str | None = None
+    log: str | None = None
+
+
+def pairs_from_scene(scene, segment: str = "Prostate") -> list[CasePair]:
+    """Every segmentation node that holds ``segment`` (case-insensitive) paired with its
+    reference-geometry volume (the volume it was drawn on), in scene order."""
+    pairs = []
+    for k in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        seg_node = scene.GetNthNodeByClass(k, "vtkMRMLSegmentationNode")
+        volume = seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole())
+        name = _segment_name(seg_node, segment)
+        if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and name is not None:
+            pairs.append(CasePair(volume, seg_node, name))
+    return pairs
+
+
+def _segment_name(seg_node, wanted: str) -> str | None:
+    """The segment's own spelling of ``wanted`` (case-insensitive), or None."""
+    seg = seg_node.GetSegmentation()
+    names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+    return next((n for n in names if n.casefold() == wanted.strip().casefold()), None)
+
+
+def export_cases(pairs: Sequence[CasePair], folder: str | Path, modality: str = "auto",
+                 progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write each pair as ``caseNNN.nrrd`` (the volume) + ``caseNNN.seg.nrrd`` (the segment as
+    label 1 on the volume's grid, spelt as in the scene, SNOMED-coded by
+    :func:`voxmetric.io.segment_info`) and a ``manifest.json``;
+    returns the manifest. ``modality`` "auto" guesses per volume from its intensities.
+    InputError for a missing node, an empty segment or a pair listed twice."""
+    from voxmetric.data import CaseRecord, guess_modality, write_manifest
+
+    if modality not in MODALITIES:
+        raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
+    if not pairs:
+        raise InputError("No training cases: add at least two (volume, segmentation, segment) rows.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[tuple[str, str, str]] = set()
+    records = []
+    for i, pair in enumerate(pairs):
+        row = f"Row {i + 1}"
+        if pair.volume_node is None or pair.segmentation_node is None:
+            raise InputError(f"{row}: pick both a volume and a segmentation.")
+        if not pair.segment or not pair.segment.strip():
+            raise InputError(f"{row}: type the name of the segment to learn (e.g. Prostate).")
+        key = (pair.volume_node.GetID(), pair.segmentation_node.GetID(), pair.segment.strip().casefold())
+        if key in seen:
+            raise InputError(f"{row} repeats '{pair.volume_node.GetName()}' / '{pair.segmentation_node.GetName()}' "
+                             f"/ '{pair.segment}'; remove the duplicate row.")
+        seen.add(key)
+        image = mrml.volume_from_node(pair.volume_node)
+        mask = mrml.mask_from_segment(pair.segmentation_node, pair.segment.strip(), pair.volume_node)
+        segment = _segment_name(pair.segmentation_node, pair.segment) or pair.segment.strip()
+        if not mask.array.any():
+            raise InputError(f"{row}: segment '{pair.segment}' of '{pair.segmentation_node.GetName()}' is empty "
+                             f"on '{pair.volume_node.GetName()}'; draw it or remove the row.")
+        cid = f"case{i:03d}"
+        write_volume(image, folder / f"{cid}.nrrd")
+        write_segmentation(folder / f"{cid}.seg.nrrd", mask, [segment_info(segment, 1)])
+        records.append(CaseRecord(cid, folder / f"{cid}.nrrd", folder / f"{cid}.seg.nrrd", segment,
+                                  guess_modality(image) if modality == "auto" else modality))
+        if progress is not None:
+            progress(i + 1, len(pairs), f"exported {cid} ({pair.volume_node.GetName()})")
+    return write_manifest(records, folder / "manifest.json")
+
+
+class TrainLogic:
+    """Starts, follows, cancels and resumes one training run at a time.
+
+    ``python``: interpreter of the child process (Slicer: ``PythonSlicer``; tests:
+    ``sys.executable``). ``env``: extra environment for it. The models home
+    (``VOXMETRIC_HOME``) is read when a run starts and handed to the child, so the parent
+    (which installs the package) and the child agree on it.
+    """
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.extra_env = dict(env or {})
+        self.job: Job | None = None
+        self.run_dir: Path | None = None
+        self.name: str | None = None
+        self.events: list[dict] = []
+        self.table_node: Any = None
+        self.chart_node: Any = None
+
+    # -- where runs live -------------------------------------------------------------------------
+    @staticmethod
+    def runs_dir() -> Path:
+        """``<models home>/training``: one folder per model name."""
+        return models.models_home() / "training"
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def _env(self) -> dict[str, str]:
+        return {"VOXMETRIC_HOME": str(models.models_home()), **self.extra_env}
+
+    # -- starting ----------------------------------------------------------------------------------
+    def start(self, scene, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
+              iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
+              extra_args: Sequence[str] = ()) -> Job:
+        """Check the settings, export scene cases (if ``cases`` is a list of :class:`CasePair`),
+        write ``run.json`` and start training in a child process. ``scene`` gets a loss table
+        and a chart (None: no nodes). ``extra_args``: more ``voxmetric train`` flags, e.g. the
+        method's settings (``--base 16``) or ``--val-every 100``."""
+        from voxmetric.methods import get_method
+
+        if self.busy:
+            raise VoxMetricError("A training run is in progress; cancel it first.")
+        method = get_method(method).name  # ConfigError listing the methods on a typo
+        name = self._check_name(name)
+        if device not in DEVICES and not str(device).startswith("cuda:"):
+            raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+        if int(iterations) < 1 or int(batch_size) < 1:
+            raise ConfigError("Iterations and batch size must be at least 1.")
+        run = self.runs_dir() / name
+        checkpoints = run / "work" / "checkpoints"
+        if (checkpoints / "last.safetensors").exists():
+            raise ConfigError(f"A training run called '{name}' was interrupted ({run}). Press Resume to "
+                              "continue it, or choose another model name.")
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise ConfigError(f"{checkpoints} holds checkpoints of an earlier run that cannot be resumed; "
+                              "choose another model name (or delete that folder).")
+        from_folder = isinstance(cases, (str, Path))
+        if from_folder and (not str(cases).strip() or not Path(cases).expanduser().exists()):
+            raise InputError(f"The cases folder or manifest '{cases}' does not exist; pick a folder of "
+                             "image + .seg.nrrd pairs or a manifest.json.")
+        if run.exists():  # an earlier attempt that stopped before its first checkpoint: nothing to keep
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        if from_folder:
+            cases_arg = str(Path(cases).expanduser().resolve())
+        else:
+            cases_arg = str(export_cases(cases, run / "cases", modality))
+        settings = {"method": method, "cases": cases_arg, "segment": segment.strip(), "name": name,
+                    "iterations": int(iterations), "batch_size": int(batch_size), "device": device,
+                    "extra_args": [str(a) for a in extra_args]}
+        _write_json(run / RUN_FILE, settings)
+        return self._launch(scene, run, settings, resume=False)
+
+    def resume(self, scene, name: str, iterations: int | None = None, device: str | None = None) -> Job:
+        """Continue the interrupted run ``name`` from its last checkpoint with the settings it
+        was started with (``iterations`` / ``device`` may change)."""
+        if self.busy:
+            raise VoxMetricError("A training run is in progress; cancel it first.")
+        run = self.runs_dir() / self._check_name(name, installed_ok=True)
+        try:
+            settings = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigError(f"There is no training run called '{name}' to resume (looked in {run}). "
+                              "Press Train to start one.") from None
+        if (run / "model").exists():
+            raise ConfigError(f"The training run '{name}' has finished already; its model is in {run / 'model'}. "
+                              "Choose another model name and press Train to train again.")
+        if not (run / "work" / "checkpoints" / "last.safetensors").exists():
+            raise ConfigError(f"The training run '{name}' stopped before its first checkpoint; press Train "
+                              "to start it again.")
+        if iterations is not None:
+            settings["iterations"] = int(iterations)
+        if device is not None:
+            settings["device"] = device
+        _write_json(run / RUN_FILE, settings)
+        return self._launch(scene, run, settings, resume=True)
+
+    def _check_name(self, name: str, installed_ok: bool = False) -> str:
+        name = (name or "").strip()
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"Model name {name!r} is not valid: use 1–64 letters, digits, '.', '_', '+' or '-', "
+                              "starting with a letter or digit (e.g. MyProstateCT).")
+        if not installed_ok and any(m.name == name for m in models.list_models()):
+            raise ConfigError(f"A model called '{name}' is already installed; choose another model name "
+                              f"(or remove it with `voxmetric models remove {name}`).")
+        return name
+
+    def _launch(self, scene, run: Path, s: dict, resume: bool) -> Job:
+        args = ["train", "--method", s["method"], "--cases", s["cases"], "--out", str(run / "model"),
+                "--work-dir", str(run / "work"), "--name", s["name"], "--iterations", str(s["iterations"]),
+                "--batch-size", str(s["batch_size"]), "--device", s["device"], "--events-jsonl"]
+        if s.get("segment"):
+            args += ["--segment", s["segment"]]
+        args += list(s.get("extra_args", []))
+        if resume:
+            args.append("--resume")
+        self.run_dir, self.name, self.events = run, s["name"], []
+        title = f"{s['name']} training curve"
+        same_table = resume and self.table_node is not None and self.table_node.GetScene() is scene \
+            and self.table_node.GetName() == title
+        if scene is not None and not same_table:  # a resumed run continues its own curve
+            self.table_node = mrml.loss_table(scene, title)
+            self.chart_node = mrml.loss_chart(scene, self.table_node, title)
+        self.job = Job(args, python=self.python, env=self._env())
+        return self.job
+
+    # -- following ---------------------------------------------------------------------------------
+    def handle(self, event: dict) -> Update:
+        """Record ``event``, add its numbers to the loss table, and say what to show."""
+        self.events.append(event)
+        kind = event.get("event")
+        if kind == "iteration":
+            it, total = int(event["iteration"]), max(int(event["total"]), 1)
+            self._rows([{"iteration": it, "loss": event.get("loss")}])
+            text = f"iteration {it}/{total}: loss {_num(event.get('loss'), 4)}  ({_num(event.get('it_per_s'), 1)} it/s)"
+            return Update(int(100 * it / total), text, text)
+        if kind == "validation":
+            self._rows([{"iteration": int(event["iteration"]), "dsc": event.get("dsc")}])
+            text = (f"validation at iteration {event['iteration']}: DSC {_num(event.get('dsc'), 3)}, "
+                    f"HD95 {_num(event.get('hd95'), 1)} mm" + ("  (best so far)" if event.get("best") else ""))
+            return Update(None, text, text)
+        if kind == "progress":
+            text = f"{event.get('stage', 'working')}: {event.get('done')}/{event.get('total')} {event.get('message', '')}"
+            return Update(None, text.strip(), None)
+        if kind == "checkpoint":
+            return Update(None, None, f"checkpoint ({event.get('kind')}) at iteration {event.get('iteration')}")
+        if kind == "log":
+            return Update(None, None, str(event.get("message", "")))
+        if kind == "error":
+            return Update(None, str(event.get("message")), f"error: {event.get('message')}")
+        if kind == "done":
+            return Update(100, f"finished {event.get('iteration')} iterations in {_num(event.get('seconds'), 0)} s; "
+                          "installing the model…", f"done: package {event.get('package')}")
+        if kind == "exit":
+            if event.get("cancelled"):
+                return Update(None, "Cancelled. Press Resume to continue from the last checkpoint.", "cancelled")
+            if event.get("returncode") != 0:
+                return Update(None, None, (event.get("stderr") or "").strip() or f"exit code {event.get('returncode')}")
+        return Update()
+
+    def _rows(self, rows: list[dict]) -> None:
+        if self.table_node is not None:
+            mrml.append_rows(self.table_node, rows)
+
+    def finish(self, events: Sequence[dict] | None = None) -> models.ModelInfo | None:
+        """After the child exited: install the package into the models folder and return its
+        registry entry; None when cancelled. VoxMetricError with the engine's message on failure."""
+        events = self.events if events is None else events
+        exit_event = next((e for e in reversed(events) if e.get("event") == "exit"), None)
+        if exit_event is None:
+            raise VoxMetricError("The training process has not finished yet.")
+        if exit_event.get("cancelled"):
+            return None
+        if exit_event.get("returncode") != 0:
+            errors = [str(e.get("message", "")) for e in events if e.get("event") == "error"]
+            tail = (exit_event.get("stderr") or "").strip().splitlines()[-1:]
+            raise VoxMetricError(f"Training failed: {errors[-1] if errors else ' '.join(tail) or 'no message'}")
+        assert self.run_dir is not None and self.name is not None
+        return models.install(self.run_dir / "model", name=self.name)
+
+    def run(self, scene, *args: Any, resume: bool = False, timeout: float | None = None,
+            **kw: Any) -> tuple[models.ModelInfo | None, list[dict]]:
+        """Start (or resume) and wait, handling every event (scripts, self-tests; the GUI polls).
+        Returns (installed model, events)."""
+        (self.resume if resume else self.start)(scene, *args, **kw)
+        assert self.job is not None
+        end = None if timeout is None else time.monotonic() + timeout
+        while not any(e.get("event") == "exit" for e in self.events):
+            if end is not None and time.monotonic() > end:
+                self.cancel()
+            for event in self.job.poll_events():
+                self.handle(event)
+            time.sleep(0.05)
+        return self.finish(), list(self.events)
+
+    def cancel(self) -> None:
+        """Kill the running training (and its data-loader workers); Resume continues it."""
+        if self.job is not None:
+            self.job.cancel()
+
+
+def _num(value: Any, digits: int) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
