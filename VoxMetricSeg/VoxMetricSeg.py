@@ -245,7 +245,7 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
         if hasattr(slicer, "packaging"):
             slicer.packaging.pip_ensure(slicer.packaging.load_requirements(REQUIREMENTS), requester="VoxMetric")
         else:
-            missing = [r for r in REQUIREMENTS.read_text().split() if r and not r.startswith("#")]
+            missing = [r for r in REQUIREMENTS.read_text(encoding="utf-8").split() if r and not r.startswith("#")]
             try:
                 import safetensors, slicerio  # noqa: F401
             except ImportError:

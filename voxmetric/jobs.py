@@ -54,7 +54,8 @@ class Job:
         else:
             popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+            errors="replace", bufsize=1,
             cwd=cwd, env=_child_env(env), **popen_kw,
         )
         self._threads = [
@@ -127,6 +128,6 @@ class Job:
 def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
     """This environment plus ``extra``, with the engine's folder first on PYTHONPATH so the
     child imports the same ``voxmetric`` as the parent."""
-    env = {**os.environ, **(extra or {})}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ENGINE_ROOT, env.get("PYTHONPATH", "")) if p)
     return env

@@ -45,7 +45,7 @@ def read_roi(path: str | Path) -> Box:
     """Read the first ROI of a ``.mrk.json`` file as an LPS :class:`Box`."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         rois = [m for m in doc.get("markups", []) if m.get("type") == "ROI"]
     except (OSError, ValueError, AttributeError) as e:
         raise InputError(f"Cannot read the ROI file {path}: {e}. Save the ROI from Slicer as a "

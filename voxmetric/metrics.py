@@ -251,7 +251,7 @@ def _files_by_case(source: str | Path, what: str, labels: bool) -> dict[str, Pat
     manifest = src if src.is_file() and src.name.endswith(".json") else src / "manifest.json"
     if manifest.is_file():
         try:
-            cases = json.loads(manifest.read_text())["cases"]
+            cases = json.loads(manifest.read_text(encoding="utf-8"))["cases"]
             key = "label" if labels else "image"
             return {str(c["id"]): manifest.parent / c[key] for c in cases if c.get(key)}
         except (ValueError, KeyError, TypeError) as e:

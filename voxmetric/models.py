@@ -672,3 +672,32 @@ def resolve_pipeline(name: str | None, modality: str, strict: bool = True) -> tu
     for m in (loc, ref):
         check_modality({"name": m.name, "modality": m.modality}, modality, strict=strict)
     return loc.path, ref.path
+
+
+# ---- inference pipelines -----------------------------------------------------------------------
+def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: Any = None,
+                  strict: bool = True) -> Any:
+    """A ready :class:`voxmetric.pipeline.Pipeline` for ``modality`` ("ct" / "mr").
+
+    ``name``: a pipeline name (:func:`list_pipelines`), or a refiner / joint model name or
+    package path (paired with the default localizer), or None for the default pipeline
+    (:func:`resolve_pipeline`). ``config``: a ``PipelineConfig`` (None = defaults). Both packages
+    are verified (schema + SHA-256) and built in eval mode on ``device``.
+    """
+    from .pipeline import Pipeline, Stage
+
+    if name is not None and not any(p.name == name for p in list_pipelines()):
+        ref = find_model(name)
+        if ref.role not in ("refiner", "joint"):
+            raise ModelError(f"model {ref.name!r} is a {ref.role}; give a refiner model or a pipeline name")
+        check_modality({"name": ref.name, "modality": ref.modality}, modality, strict=strict)
+        loc_path = _default_model(list_models(), "localizer", modality, strict).path
+        ref_path = ref.path
+    else:
+        loc_path, ref_path = resolve_pipeline(name, modality, strict=strict)
+    stages = []
+    for path in (loc_path, ref_path):
+        pkg = load_package(path)
+        method, cfg, model = build_model(pkg)
+        stages.append(Stage(method, cfg, model, pkg.name))
+    return Pipeline(stages[0], stages[1], modality, config, device)

@@ -720,7 +720,7 @@ def write_cases(
         cases.append({"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": mod, "segment": "Prostate"})
     manifest = folder / "manifest.json"
     tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": cases}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": cases}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, manifest)
     if progress is not None:
         progress(int(n), int(n), "done")

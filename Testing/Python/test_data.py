@@ -72,7 +72,7 @@ def test_manifest_round_trip(folder, tmp_path):
     recs = D.load_cases(folder)
     recs[0].segment, recs[0].modality = "Prostate", "ct"
     out = D.write_manifest(recs, tmp_path / "m" / "manifest.json")
-    text = json.loads(out.read_text())
+    text = json.loads(out.read_text(encoding="utf-8"))
     assert text["format"] == "voxmetric-cases/1" and text["cases"][0]["segment"] == "Prostate"
     assert Path(text["cases"][0]["image"]).is_absolute()  # outside the manifest's folder
     again = D.load_cases(out, segment="Label 1")
@@ -80,7 +80,7 @@ def test_manifest_round_trip(folder, tmp_path):
     assert [r.segment for r in again] == ["Prostate", "Label 1"]  # manifest first, then the flag
     # paths inside the manifest's folder are relative; a folder holding manifest.json uses it
     rel = D.write_manifest([D.CaseRecord("x", tmp_path / "sub" / "x.nrrd", tmp_path / "x.seg.nrrd")], tmp_path / "mm.json")
-    assert json.loads(rel.read_text())["cases"][0] == {"id": "x", "image": "sub/x.nrrd", "label": "x.seg.nrrd"}
+    assert json.loads(rel.read_text(encoding="utf-8"))["cases"][0] == {"id": "x", "image": "sub/x.nrrd", "label": "x.seg.nrrd"}
     D.write_manifest(recs[:1], folder / "sub" / "manifest.json")
     assert [r.id for r in D.load_cases(folder / "sub")] == ["case001"]
 

@@ -232,11 +232,11 @@ def test_report_files_and_table(tmp_path):
     text = format_table(rows)
     assert "c1" in text and "mean ± std" in text and "median" in text
     csv_path, json_path = write_report(tmp_path, rows, meta={"segment": "Prostate"})
-    doc = json.loads(json_path.read_text())
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
     assert doc["format"] == "voxmetric-metrics/1" and doc["segment"] == "Prostate"
     assert doc["cases"][1]["hd"] == "inf" and doc["summary"]["hd"]["n_inf"] == 1
     assert doc["definitions"]["hd95_definition"] == "directed"
-    lines = csv_path.read_text().splitlines()
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("case,dsc,") and len(lines) == 3 and ",inf," in lines[2]
 
 
@@ -296,10 +296,10 @@ def test_cli_evaluate_end_to_end(case_folders, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert "case1" in text and "mean ± std" in text
-    doc = json.loads((out / "metrics.json").read_text())
+    doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert doc["summary"]["dsc"]["mean"] == pytest.approx(0.9)
     assert doc["summary"]["hd"]["median"] == pytest.approx(1.25)
-    assert (out / "metrics.csv").read_text().count("\n") == 3
+    assert (out / "metrics.csv").read_text(encoding="utf-8").count("\n") == 3
     rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--segment", "Liver"])
     assert rc == 2 and "Liver" in capsys.readouterr().err
     rc = main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(ref_dir)])

@@ -193,7 +193,7 @@ def test_schema_violations_refused_on_save(tmp_path, change, where):
 
 def test_schema_violations_refused_on_load(tmp_path):
     out = M.save_package(tmp_path / "pkg", card(), tiny_state())
-    c = json.loads((out / "model.json").read_text())
+    c = json.loads((out / "model.json").read_text(encoding="utf-8"))
     del c["method"]
     c["weights_sha256"] = "xyz"
     (out / "model.json").write_text(json.dumps(c))
@@ -226,7 +226,7 @@ def test_pickle_renamed_to_safetensors_is_not_executed(tmp_path, via_torch_save)
     else:
         w.write_bytes(pickle.dumps({"conv.weight": _Evil(marker)}))
     # an attacker who also rewrites the card's hash still gets nowhere
-    c = json.loads((out / "model.json").read_text())
+    c = json.loads((out / "model.json").read_text(encoding="utf-8"))
     c["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
     c["weights_bytes"] = w.stat().st_size
     (out / "model.json").write_text(json.dumps(c))
@@ -344,7 +344,7 @@ def test_default_and_named_pipelines(home):
         assert M.resolve_pipeline(None, "mr", strict=False) == (loc_ct, ref_any)
 
     path = M.write_pipeline("fast", "a-loc-ct", "b-ref-any")
-    assert json.loads(path.read_text()) == {"name": "fast", "localizer": "a-loc-ct", "refiner": "b-ref-any"}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"name": "fast", "localizer": "a-loc-ct", "refiner": "b-ref-any"}
     assert [p.name for p in M.list_pipelines()] == ["fast"]
     assert M.resolve_pipeline("fast", "ct") == (loc_ct, ref_any)
     with pytest.raises(ModelError, match="trained on CT"):

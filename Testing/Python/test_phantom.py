@@ -114,7 +114,7 @@ def test_write_cases_round_trip(tmp_path):
     io = pytest.importorskip("voxmetric.io")
     calls = []
     manifest = write_cases(tmp_path / "ph", 2, "ct", seed=5, progress=lambda d, t, m: calls.append((d, t)), **COARSE)
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     assert data["format"] == "voxmetric-cases/1" and len(data["cases"]) == 2
     assert calls[-1] == (2, 2)
     for i, entry in enumerate(data["cases"]):

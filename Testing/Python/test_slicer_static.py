@@ -24,7 +24,7 @@ def test_modules_found():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_ui_name_used_exists(module):
-    source = (ROOT / module / f"{module}.py").read_text()
+    source = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     widgets = _ui_widgets(ROOT / module / "Resources" / "UI" / f"{module}.ui")
     assert used, "the widget uses no ui names?"
@@ -33,7 +33,7 @@ def test_every_ui_name_used_exists(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_parameter_names_match_the_parameter_node(module):
-    source = (ROOT / module / f"{module}.py").read_text()
+    source = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     wrapped = [c for c in tree.body if isinstance(c, ast.ClassDef)
                and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)]
@@ -46,18 +46,18 @@ def test_parameter_names_match_the_parameter_node(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_cmake_lists_every_module_file(module):
-    cmake = (ROOT / module / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module)
+    cmake = (ROOT / module / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", module)
     listed = set(re.findall(r"[\w/]+\.(?:py|ui|png)", cmake))
     present = {str(p.relative_to(ROOT / module)) for p in (ROOT / module).rglob("*")
                if p.suffix in (".py", ".ui", ".png") and "__pycache__" not in p.parts}
     assert present == listed, f"not in CMake: {sorted(present - listed)}; missing files: {sorted(listed - present)}"
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f"add_subdirectory({module})" in top
 
 
 def test_extension_metadata():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         assert re.search(rf"set\({key} \"[^\"]+\"\)", top), key
@@ -67,7 +67,7 @@ def test_extension_metadata():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_file_is_thin_and_layered(module):
-    source = (ROOT / module / f"{module}.py").read_text()
+    source = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
     assert len(source.splitlines()) < 400
     tree = ast.parse(source)
     top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
@@ -77,5 +77,5 @@ def test_module_file_is_thin_and_layered(module):
     assert not {"safetensors", "slicerio", "monai"} & top_imports
     lib = ROOT / module / f"{module}Lib"
     for py in lib.glob("*.py"):
-        text = py.read_text()
+        text = py.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(slicer|vtk|qt|ctk)\b", text, re.M), f"{py} imports Slicer directly"
