@@ -1,0 +1,537 @@
+"""Two-stage inference (METHODS.md §2.3, §2.4, §6.1): localise → ROI :class:`Box` → refine → mask.
+
+Stage 1 (:meth:`Pipeline.localize`): the training preprocessing of the localizer
+(``data.preprocess_image``: 1 mm, body crop, intensity normalisation, then the localizer's
+spacing, 4 mm), every axial slice as a 5-slice slab (edge slices replicated, I-15) in batches,
+coarse mask = probability > 0.5, its largest 3D component (I-12) gives the centroid (LPS mm)
+and the extent. ROI rules: ``"extent"`` (default) = the component's extent + ``margin_mm`` per
+side, each side clamped to [``min_size_mm``, ``max_size_mm``]; ``"fixed"`` = a
+``fixed_size_mm`` cube on the centroid (the paper's 128 mm). The box axes are the scan's axes,
+reordered and sign-flipped to point along +LPS (:func:`oriented`), so the box is aligned with
+the scan grid and its slabs are axial whatever the scan's axis order or flips.
+
+Femoral-head averaging of the centre (I-12/I-13) is **not** used: the localizer has no
+femoral-head class, and a threshold-based femoral-head finder is not robust to the metal hip
+prosthesis of real CT (see ``../shared/data/pelvis_ct``); the centre is the coarse mask's.
+
+When no prostate is found (no component, a component smaller than ``min_volume_mm3``, or a mean
+probability below ``min_confidence``; the confidence is the mean probability over the kept
+component, so with the default threshold and ``min_confidence`` 0.5 only the volume decides) the result says so (``found=False``, no exception) and
+holds a default ``fixed_size_mm`` box at the body centre in-plane, low in the pelvis (z), for
+the user to move.
+
+Stage 2 (:meth:`Pipeline.refine`): the volume is resampled onto the box grid at 1 mm (rotated
+boxes honoured) widened in-plane to at least one training patch (``patch × spacing`` mm: the
+network needs the context it was trained with), normalised, resampled to the refiner's spacing
+when it is not 1 mm (the order of the training preprocessing), padded in-plane to a multiple of 8, and
+every box slice is predicted as a 3-slice slab (batched, ``method.predict``); the probability is
+pasted back onto the input's grid (linear), thresholded at 0.5 and kept only inside the box.
+Post-processing: largest 3D component and hole filling (both configurable).
+
+CPU: ``torch.inference_mode``, ``channels_last``, batched slices, all cores. bf16 autocast is
+off by default (``bf16=True`` enables it; see the benchmark for whether it pays off).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from . import intensity
+from .errors import ConfigError, InputError
+from .volume import Box, Volume, crop, resample, resample_to
+
+Progress = Callable[[int, int, str], None]
+ROI_RULES = ("extent", "fixed")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :class:`Pipeline` (sizes in mm)."""
+
+    roi_rule: str = "extent"
+    margin_mm: float = 15.0
+    min_size_mm: float = 60.0
+    max_size_mm: float = 128.0
+    fixed_size_mm: float = 128.0
+    threshold: float = 0.5
+    min_volume_mm3: float = 2000.0
+    min_confidence: float = 0.5
+    largest_component: bool = True
+    fill_holes: bool = True
+    batch_size: int = 16
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.roi_rule not in ROI_RULES:
+            raise ConfigError(f"Unknown ROI rule {self.roi_rule!r}; use one of {', '.join(ROI_RULES)}.")
+        if self.margin_mm < 0 or not 0 < self.min_size_mm <= self.max_size_mm or self.fixed_size_mm <= 0:
+            raise ConfigError("ROI sizes must satisfy margin ≥ 0 and 0 < min size ≤ max size, fixed size > 0; got "
+                              f"margin {self.margin_mm}, min {self.min_size_mm}, max {self.max_size_mm}, "
+                              f"fixed {self.fixed_size_mm} mm.")
+        if not 0 < self.threshold < 1 or self.batch_size < 1:
+            raise ConfigError("threshold must lie in (0, 1) and batch_size be at least 1.")
+
+
+@dataclass
+class Stage:
+    """A loaded network: its :class:`voxmetric.methods.Method`, config and ``nn.Module``
+    (eval mode); ``name`` is the model package's name."""
+
+    method: Any
+    cfg: Any
+    model: Any
+    name: str = ""
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.method.data_recipe(self.cfg).spacing_mm)
+
+    @property
+    def slab(self) -> int:
+        return int(self.method.data_recipe(self.cfg).slab)
+
+
+@dataclass
+class LocalizeResult:
+    """Stage-1 result: ``box`` (LPS), ``confidence`` (mean probability of the kept component,
+    0 when none), ``found``, ``coarse_mask`` (uint8 Volume on the 4 mm preprocessed grid: the
+    kept component) and ``centroid`` (LPS mm, None when nothing was found)."""
+
+    box: Box
+    confidence: float
+    found: bool
+    coarse_mask: Volume
+    centroid: np.ndarray | None = None
+    message: str = ""
+
+
+@dataclass
+class SegmentResult:
+    """``mask``: uint8 0/1 Volume on the input's grid; ``timings``: seconds per stage."""
+
+    mask: Volume | None
+    box: Box
+    found: bool
+    confidence: float
+    timings: dict[str, float] = field(default_factory=dict)
+    localization: LocalizeResult | None = None
+    message: str = ""
+
+
+def _report(progress: Progress | None, lo: int, hi: int) -> Callable[[float, str], None]:
+    """Map a stage's fraction [0, 1] onto the overall percentage range [lo, hi]."""
+
+    def say(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(int(round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0))), 100, message)
+
+    return say
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean array (all False when empty)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def roi_from_mask(mask: Volume, config: PipelineConfig | None = None) -> tuple[Box, np.ndarray]:
+    """(ROI box, centroid LPS mm) of a non-empty coarse mask (uint8 Volume) by the config's rule:
+    "extent" = the mask's extent (voxel edges) + ``margin_mm`` per side, each side clamped to
+    [``min_size_mm``, ``max_size_mm``], centred on the extent; "fixed" = a ``fixed_size_mm``
+    cube on the centroid. Box axes = the mask grid's direction."""
+    cfg = config or PipelineConfig()
+    idx = np.argwhere(np.asarray(mask.array) > 0)  # (n, 3) z, y, x
+    if idx.size == 0:
+        raise InputError("The coarse mask is empty; there is no region to put a box around.")
+    centroid = mask.index_to_physical(idx.mean(0)[::-1])
+    if cfg.roi_rule == "fixed":
+        return Box(centroid, np.full(3, cfg.fixed_size_mm), mask.direction), centroid
+    lo, hi = idx.min(0)[::-1] - 0.5, idx.max(0)[::-1] + 0.5  # voxel edges (x, y, z)
+    size = np.clip((hi - lo) * mask.spacing + 2 * cfg.margin_mm, cfg.min_size_mm, cfg.max_size_mm)
+    return Box(mask.index_to_physical((lo + hi) / 2), size, mask.direction), centroid
+
+
+def canonical_box(box: Box) -> Box:
+    """The same region with its axes reordered and sign-flipped so that axis i points along +LPS
+    axis i as far as possible (x → left, y → posterior, z → superior): slabs are then axial and
+    anatomy has one orientation, whatever the scan's axis order and flips. Boxes tilted by about
+    45° (no unique matching) are returned unchanged."""
+    a = box.axes
+    order = [int(np.argmax(np.abs(a[i]))) for i in range(3)]
+    if sorted(order) != [0, 1, 2]:
+        return box
+    cols = a[:, order]
+    signs = np.where(np.diag(cols) < 0, -1.0, 1.0)
+    return Box(box.center, box.size[order], cols * signs)
+
+
+def oriented(volume: Volume) -> Volume:
+    """``volume`` with its array permuted / flipped so that its axes point along +LPS (lossless;
+    SimpleITK DICOMOrient "LPS"); the physical image is unchanged."""
+    import SimpleITK as sitk
+
+    if np.allclose(volume.direction, np.eye(3), atol=1e-6):
+        return volume
+    img = volume.to_sitk()
+    out = Volume.from_sitk(sitk.DICOMOrient(img, "LPS"))
+    return out if out.array.dtype == volume.array.dtype else out.with_array(out.array.astype(volume.array.dtype))
+
+
+def _index_bounds(vol: Volume, box: Box) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (z, y, x) index range of ``vol`` voxels that can lie inside ``box``; None if none."""
+    idx = vol.physical_to_index(box.corners)[:, ::-1]
+    lo = np.maximum(np.floor(idx.min(0)), 0).astype(int)
+    hi = np.minimum(np.ceil(idx.max(0)), np.array(vol.shape) - 1).astype(int)
+    return None if np.any(hi < lo) else (lo, hi)
+
+
+def _subgrid(vol: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
+    """An empty uint8 grid = voxels lo..hi (inclusive, z, y, x) of ``vol``."""
+    shape = tuple(int(v) for v in hi - lo + 1)
+    return Volume(np.zeros(shape, np.uint8), vol.spacing, vol.index_to_physical(lo[::-1].astype(float)),
+                  vol.direction)
+
+
+def _inside_box(grid: Volume, box: Box) -> np.ndarray:
+    """Boolean (z, y, x): voxel centres of ``grid`` inside ``box``."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    pts = grid.index_to_physical(np.stack([x, y, z], -1).astype(np.float64))
+    return box.contains(pts)
+
+
+class Pipeline:
+    """Localizer + refiner with :class:`PipelineConfig`; ``modality`` "ct", "mr" or None
+    (guessed per image); ``device`` a ``torch.device`` or name."""
+
+    def __init__(self, localizer: Stage | None, refiner: Stage | None, modality: str | None = None,
+                 config: PipelineConfig | None = None, device: Any = "cpu") -> None:
+        import torch
+
+        self.localizer, self.refiner = localizer, refiner
+        self.modality = None if modality in (None, "auto") else str(modality).lower()
+        if self.modality not in (None, "ct", "mr"):
+            raise ConfigError(f"Unknown modality {modality!r}; use auto, ct or mr.")
+        self.config = config or PipelineConfig()
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        for stage in (localizer, refiner):
+            if stage is not None:
+                stage.model.eval().to(self.device)
+                if self.device.type == "cpu":
+                    stage.model.to(memory_format=torch.channels_last)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def image_modality(self, volume: Volume) -> str:
+        """The pipeline's modality, or a guess from the intensities ("ct" when they look like HU)."""
+        if self.modality is not None:
+            return self.modality
+        return "ct" if intensity.looks_like_ct(volume.array) else "mr"
+
+    def _predict(self, stage: Stage, image: np.ndarray, say: Callable[[float, str], None], what: str) -> np.ndarray:
+        """Foreground probability (Z, Y, X) float32 of a normalised image (Z, Y, X): each slice
+        with its ``stage.slab`` neighbours (edge replication, I-15), in batches; H, W are padded
+        with 0 to a multiple of 8 and cropped back."""
+        import torch
+
+        from .data import whole_slices
+
+        z, h, w = image.shape
+        padded = np.pad(image.astype(np.float32, copy=False), ((0, 0), (0, (-h) % 8), (0, (-w) % 8)))
+        slabs = whole_slices(padded, stage.slab)
+        out = np.empty(image.shape, np.float32)
+        bs = self.config.batch_size
+        cuda = self.device.type == "cuda"
+        use_bf16 = self.config.bf16 or cuda
+        amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_bf16):
+            for i in range(0, z, bs):
+                x = torch.from_numpy(np.array(slabs[i:i + bs], dtype=np.float32)).to(self.device)  # a writable copy
+                if not cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                p = stage.method.predict(stage.model, x)
+                out[i:i + bs] = p[:, :h, :w].float().cpu().numpy()
+                say(min(i + bs, z) / z, f"{what}: slices {min(i + bs, z)}/{z}")
+        return out
+
+    # -- stage 1 -------------------------------------------------------------------------------------
+    def localize(self, volume: Volume, progress: Progress | None = None) -> LocalizeResult:
+        """Stage 1 on ``volume`` (see the module docstring); never raises for "not found"."""
+        if self.localizer is None:
+            raise ConfigError("This pipeline has no localizer model; give an ROI (--roi-file) or a pipeline with one.")
+        return self._localize(volume, _report(progress, 0, 100))
+
+    def _localize(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
+        from .data import preprocess_image
+
+        cfg = self.config
+        say(0.0, "localize: preprocessing")
+        prep, _ = preprocess_image(oriented(volume), self.image_modality(volume), self.localizer.spacing_mm)
+        say(0.1, "localize: coarse segmentation")
+        prob = self._predict(self.localizer, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
+        comp = largest_component(prob > cfg.threshold)
+        voxel_mm3 = float(np.prod(prep.spacing))
+        n = int(comp.sum())
+        confidence = float(prob[comp].mean()) if n else 0.0
+        coarse = prep.with_array(comp.astype(np.uint8))
+        found = n * voxel_mm3 >= cfg.min_volume_mm3 and confidence >= cfg.min_confidence
+        if not found:
+            why = ("no prostate-like region" if n == 0 else
+                   f"only a small ({n * voxel_mm3 / 1000:.1f} ml) or uncertain (confidence {confidence:.2f}) region")
+            say(1.0, "localize: not found")
+            return LocalizeResult(self.default_box(prep), confidence, False, coarse, None,
+                                  f"No prostate was found ({why}); the ROI box was placed in the low pelvis. "
+                                  "Move it over the prostate and run Refine.")
+        box, centroid = roi_from_mask(coarse, cfg)
+        say(1.0, "localize: done")
+        return LocalizeResult(box, confidence, True, coarse, centroid, "")
+
+    def default_box(self, body: Volume) -> Box:
+        """The "not found" box: ``fixed_size_mm`` cube at the body's in-plane centre and low in
+        the body along the patient's z (LPS superior), 1/6 of the body length (≥ 40 mm, at most
+        half) above its inferior end. ``body`` is a body-cropped volume."""
+        full = Box.from_volume_extent(body)
+        corners = full.corners
+        zmin, zmax = corners[:, 2].min(), corners[:, 2].max()
+        length = zmax - zmin
+        centre = full.center.copy()
+        centre[2] = zmin + min(max(length / 6.0, 40.0), length / 2.0)
+        return Box(centre, np.full(3, self.config.fixed_size_mm), body.direction)
+
+    # -- stage 2 -------------------------------------------------------------------------------------
+    def refine(self, volume: Volume, box: Box, progress: Progress | None = None) -> Volume:
+        """Stage 2: uint8 0/1 mask on ``volume``'s grid, non-zero only inside ``box``."""
+        if self.refiner is None:
+            raise ConfigError("This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
+        return self._refine(volume, box, _report(progress, 0, 100))
+
+    def _normaliser(self, volume: Volume, modality: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
+        """(fill value that maps to 0, function raw array → float32 [0, 255]) for ``volume``.
+        MR: the 0.5/99.5 percentiles over the body's bounding box, as in training."""
+        if modality == "ct":
+            return -1024.0, intensity.normalize_ct
+        a = np.asarray(volume.array)
+        bb = _index_bounds(volume, intensity.body_box(volume, "mr", margin_mm=0.0))
+        region = a if bb is None else a[tuple(slice(l, h + 1) for l, h in zip(*bb))]
+        lo, hi = (float(v) for v in np.percentile(region[::2, ::2, ::2], (0.5, 99.5)))
+        if not hi > lo:
+            hi = lo + 1.0
+        return lo, lambda x: ((np.clip(np.asarray(x, np.float32), lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+
+    def _refine(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> Volume:
+        cfg = self.config
+        say(0.0, "refine: resampling the ROI")
+        fill, norm = self._normaliser(volume, self.image_modality(volume))
+        sp = self.refiner.spacing_mm
+        # as in training (data.preprocess_image): 1 mm, normalise, then the refiner's spacing
+        # in-plane context of at least one training patch (the net never saw smaller images)
+        cbox = canonical_box(box)
+        recipe = self.refiner.method.data_recipe(self.refiner.cfg)
+        context = np.maximum(cbox.size, [recipe.patch * sp, recipe.patch * sp, 0.0])
+        roi = crop(volume, Box(cbox.center, context, cbox.axes), (1.0, 1.0, 1.0), is_label=False, fill=fill)
+        roi = roi.with_array(norm(roi.array))
+        if not np.isclose(sp, 1.0):
+            roi = resample(roi, (sp, sp, sp), is_label=False)
+        prob = self._predict(self.refiner, roi.array, lambda f, m: say(0.05 + 0.85 * f, m), "refine")
+        say(0.92, "refine: pasting back")
+        out = np.zeros(volume.shape, np.uint8)
+        bounds = _index_bounds(volume, box)
+        if bounds is not None:
+            sub = _subgrid(volume, *bounds)
+            soft = resample_to(roi.with_array(prob), sub, is_label=False, fill=0.0).array
+            mask = (soft >= cfg.threshold) & _inside_box(sub, box)
+            if cfg.largest_component and mask.any():
+                mask = largest_component(mask)
+            if cfg.fill_holes and mask.any():
+                mask = ndimage.binary_fill_holes(mask) & _inside_box(sub, box)
+            out[tuple(slice(l, h + 1) for l, h in zip(*bounds))] = mask
+        say(1.0, "refine: done")
+        return volume.with_array(out)
+
+    # -- both ------------------------------------------------------------------------------------------
+    def segment(self, volume: Volume, box: Box | None = None, progress: Progress | None = None,
+                stage: str = "all") -> SegmentResult:
+        """``stage`` "all": localise (unless ``box`` is given) then refine; "localize": stage 1
+        only (mask None); "refine": stage 2 in ``box`` (required). When stage 1 finds nothing
+        the mask is empty and ``found`` is False. Timings in seconds per stage and "total"."""
+        if stage not in ("all", "localize", "refine"):
+            raise ConfigError(f"Unknown stage {stage!r}; use all, localize or refine.")
+        if stage == "refine" and box is None:
+            raise InputError("Refine needs an ROI box: run the localize stage first or give an ROI file (--roi-file).")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        loc = None
+        found, confidence, message = True, 1.0, ""
+        if box is None:
+            split = 100 if stage == "localize" else 30
+            loc = self._localize_checked(volume, _report(progress, 0, split))
+            timings["localize"] = time.perf_counter() - t0
+            box, found, confidence, message = loc.box, loc.found, loc.confidence, loc.message
+        mask = None
+        if stage != "localize":
+            t1 = time.perf_counter()
+            if found:
+                mask = self._refine_checked(volume, box, _report(progress, 30 if loc else 0, 100))
+            else:
+                mask = volume.with_array(np.zeros(volume.shape, np.uint8))
+                if progress is not None:
+                    progress(100, 100, "not found: refinement skipped")
+            timings["refine"] = time.perf_counter() - t1
+        timings["total"] = time.perf_counter() - t0
+        return SegmentResult(mask, box, found, confidence, timings, loc, message)
+
+    def _localize_checked(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
+        if self.localizer is None:
+            raise ConfigError("This pipeline has no localizer model; give an ROI (--roi-file) or a pipeline with one.")
+        return self._localize(volume, say)
+
+    def _refine_checked(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> Volume:
+        if self.refiner is None:
+            raise ConfigError("This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
+        return self._refine(volume, box, say)
+
+    def with_config(self, **changes: Any) -> "Pipeline":
+        """The same networks with some :class:`PipelineConfig` fields changed."""
+        p = object.__new__(Pipeline)
+        p.__dict__.update(self.__dict__)
+        p.config = replace(self.config, **changes)
+        return p
+
+
+# ---- files -----------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def output_paths(output: str | Path) -> dict[str, Path]:
+    """Default companions of ``X.seg.nrrd``: ROI ``X_roi.mrk.json`` and timings ``X_timings.json``."""
+    out = Path(output)
+    name = out.name
+    stem = name[: -len(".seg.nrrd")] if name.lower().endswith(".seg.nrrd") else name.split(".")[0]
+    return {"segmentation": out, "roi": out.with_name(f"{stem}_roi.mrk.json"),
+            "timings": out.with_name(f"{stem}_timings.json")}
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files of a folder (sorted), without segmentations (.seg.nrrd) and DICOM."""
+    folder = Path(folder)
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.lower().endswith(".seg.nrrd")
+             and f.name.lower().endswith(IMAGE_SUFFIXES)]
+    if not files:
+        raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}. Give an image file or a folder of them.")
+    return files
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    import json
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: str | Path, output: str | Path, *,
+                 stage: str = "all", modality: str = "auto", roi_file: str | Path | None = None,
+                 roi_out: str | Path | None = None, timings_out: str | Path | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Segment one image file: read it, run ``stage`` (ROI from ``roi_file`` when given), write
+    the segmentation (``output``, a .seg.nrrd with segment "Prostate" on the input's grid; not
+    for ``stage="localize"``), the ROI ``.mrk.json`` and the timings JSON (defaults: beside
+    ``output``, see :func:`output_paths`). ``pipeline_for``: a Pipeline or a function modality →
+    Pipeline. Returns a summary dict (found, confidence, timings, paths, box)."""
+    from . import io
+    from .markups import read_roi, write_roi
+
+    t0 = time.perf_counter()
+    paths = output_paths(output)
+    if stage != "localize" and not paths["segmentation"].name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"The output must be a .seg.nrrd file, got {paths['segmentation'].name}.")
+    roi_path = Path(roi_out) if roi_out else paths["roi"]
+    timings_path = Path(timings_out) if timings_out else paths["timings"]
+    volume = io.read_volume(image)
+    box = read_roi(roi_file) if roi_file else None
+    mod = modality if modality in ("ct", "mr") else ("ct" if intensity.looks_like_ct(volume.array) else "mr")
+    pipe = pipeline_for if isinstance(pipeline_for, Pipeline) else pipeline_for(mod)
+    t_read = time.perf_counter() - t0
+    res = pipe.segment(volume, box=box, progress=progress, stage=stage)
+    t1 = time.perf_counter()
+    write_roi(res.box, roi_path)
+    written = {"roi": str(roi_path)}
+    if res.mask is not None:
+        io.write_segmentation(paths["segmentation"], res.mask, [io.PROSTATE])
+        written["segmentation"] = str(paths["segmentation"])
+    timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
+               "write": time.perf_counter() - t1}
+    timings["total"] = time.perf_counter() - t0
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    summary = {"image": str(image), "modality": mod, "stage": stage, "found": res.found,
+               "confidence": round(float(res.confidence), 4), "message": res.message, "timings": timings,
+               "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
+                       "axes": res.box.axes.ravel().tolist()},
+               "voxels": None if res.mask is None else int(res.mask.array.sum()), **written}
+    _write_json(timings_path, summary)
+    summary["timings_file"] = str(timings_path)
+    return summary
+
+
+def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | None = None,
+                 prediction: np.ndarray | None = None, title: str = "") -> Path:
+    """Three orthogonal slices (axial, coronal, sagittal of the image grid) through the box
+    centre, CT window [-200, 250] HU (MR: 1–99 percentiles), with the box outline (yellow),
+    the ground-truth contour (green) and the prediction contour (red). Written with
+    matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    a = np.asarray(image.array, np.float32)
+    ct = intensity.looks_like_ct(a)
+    vmin, vmax = (-200.0, 250.0) if ct else tuple(float(v) for v in np.percentile(a, (1, 99)))
+    c = np.clip(np.round(image.physical_to_index(box.center)).astype(int), 0, image.size_xyz - 1)  # x, y, z
+    corners = image.physical_to_index(box.corners)
+    lo, hi = corners.min(0), corners.max(0)  # x, y, z
+    sx, sy, sz = image.spacing
+    views = [  # (title, slicer, (column axis, row axis), aspect, row origin)
+        ("axial", lambda v: v[c[2]], (0, 1), sy / sx, "upper"),
+        ("coronal", lambda v: v[:, c[1], :], (0, 2), sz / sx, "lower"),
+        ("sagittal", lambda v: v[:, :, c[0]], (1, 2), sz / sy, "lower"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
+    for ax, (name, cut, (ci, ri), aspect, origin) in zip(axes, views):
+        ax.imshow(cut(a), cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, origin=origin, interpolation="nearest")
+        ax.add_patch(plt.Rectangle((lo[ci], lo[ri]), hi[ci] - lo[ci], hi[ri] - lo[ri], fill=False, ec="yellow", lw=1.2))
+        for m, colour in ((truth, "lime"), (prediction, "red")):
+            if m is not None and np.any(cut(np.asarray(m))):
+                ax.contour(cut(np.asarray(m)).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title or "yellow: ROI box · green: ground truth · red: prediction")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["IMAGE_SUFFIXES", "LocalizeResult", "Pipeline", "PipelineConfig", "ROI_RULES", "SegmentResult", "Stage",
+           "canonical_box", "image_files", "largest_component", "oriented", "output_paths", "overview_png", "roi_from_mask", "segment_file"]
