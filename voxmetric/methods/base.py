@@ -83,6 +83,36 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     raise ConfigError(f"Config field {name!r} has an unsupported type {tp!r} (use bool/int/float/str/tuple).")
 
 
+def param(default: Any, help: str) -> Any:
+    """A config field with a default and the help text the CLI and the Slicer UI show."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class SlabConfig:
+    """The data settings every 2.5D slab method shares (they make its :class:`DataRecipe`)."""
+
+    spacing_mm: float = param(1.0, "isotropic resampling spacing (mm)")
+    slab: int = param(3, "adjacent axial slices per input (odd)")
+    patch: int = param(64, "training patch size (pixels)")
+    per_case: int = param(500, "training patches per case per epoch")
+    fg_fraction: float = param(0.5, "fraction of patches centred on a prostate voxel")
+    augment: bool = param(True, "flips, ±10° rotations, ±10% intensity jitter of patches")
+
+    def __post_init__(self) -> None:
+        for name in ("slab", "patch", "per_case"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.slab % 2 == 0:
+            raise ConfigError(f"slab must be odd (the centre slice is labelled), got {self.slab}.")
+        if self.patch % 8:
+            raise ConfigError(f"patch must be a multiple of 8, got {self.patch}.")
+        if self.spacing_mm <= 0:
+            raise ConfigError(f"spacing_mm must be positive, got {self.spacing_mm}.")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -163,3 +193,28 @@ class Method:
     def predict(self, model: "nn.Module", x: "Tensor") -> "Tensor":
         """Foreground probability (B, H, W) for slabs x (B, slab, H, W) of any H, W."""
         raise NotImplementedError
+
+
+class SlabMethod(Method):
+    """A method whose network maps slabs (B, slab, H, W) to (logits, embedding) and whose
+    config is a :class:`SlabConfig`; ``region`` says where training patches are drawn."""
+
+    region: ClassVar[str] = "label_box"  # "label_box" (stage 2) | "body" (stage 1)
+    pad_multiple: ClassVar[int] = 16  # the network's input size must be a multiple of this
+
+    def data_recipe(self, cfg: SlabConfig) -> "DataRecipe":
+        from ..data import DataRecipe
+
+        return DataRecipe(spacing_mm=cfg.spacing_mm, slab=cfg.slab, patch=cfg.patch, per_case=cfg.per_case,
+                          region=self.region, fg_fraction=cfg.fg_fraction, augment=cfg.augment)
+
+    def predict(self, model: "nn.Module", x: "Tensor") -> "Tensor":
+        """Foreground probability (B, H, W) for x (B, slab, H, W); H, W are padded with
+        intensity 0 (I-14) to a multiple of ``pad_multiple`` and cropped back."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        n = self.pad_multiple
+        logits, _ = model(F.pad(x, (0, (-w) % n, 0, (-h) % n)))
+        return torch.softmax(logits.float(), dim=1)[:, 1, :h, :w]
