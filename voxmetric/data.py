@@ -423,6 +423,55 @@ def preprocess_image(image: Volume, modality: str | None = None, spacing_mm: flo
     return out, modality
 
 
+def preprocess_image_fast(image: Volume, modality: str | None = None, spacing_mm: float = 4.0,
+                          coarse_mm: float = 4.0) -> tuple[Volume, str]:
+    """:func:`preprocess_image` for inference at ``spacing_mm`` > 1 without the whole-scan 1 mm
+    copy (a 512×512×200 CT: ~1 s and ~0.3 GB instead of ~11 s and ~2.8 GB). The body box is found
+    on a ``coarse_mm`` copy of the native scan and snapped to the 1 mm crop bounds training uses;
+    the output grid is the one training's 1 mm crop resampled to ``spacing_mm`` has. Values: the
+    native voxels in that box interpolated at the 1 mm points training would use next to each
+    output voxel, normalised (MR: percentiles over the box), and combined with training's linear
+    weights (exact for integer ``spacing_mm``; otherwise one linear interpolation).
+    Returns (float32 [0, 255] volume, modality); at ``spacing_mm`` 1 it is :func:`preprocess_image`."""
+    modality = (modality or guess_modality(image)).lower()
+    if spacing_mm <= 1.0 or math.isclose(spacing_mm, 1.0):
+        return preprocess_image(image, modality, spacing_mm)
+    step = np.maximum(1, np.floor(coarse_mm / image.spacing)).astype(int)  # x, y, z: every step-th voxel
+    coarse = Volume(image.array[::step[2], ::step[1], ::step[0]], image.spacing * step, image.origin, image.direction)
+    body = intensity.body_box(coarse, modality)
+    # the 1 mm grid of volume.resample (same extent, centred) and training's crop bounds on it
+    n1 = np.maximum(1, np.round(image.size_xyz * image.spacing)).astype(int)
+    iso = Volume(np.broadcast_to(np.uint8(0), tuple(n1[::-1])), (1.0, 1.0, 1.0),
+                 image.origin - image.direction @ ((image.spacing - 1.0) / 2.0), image.direction)
+    lo, hi = _box_index_bounds(iso, body)
+    n = np.maximum(1, np.round((hi - lo + 1)[::-1] / spacing_mm)).astype(int)  # x, y, z
+    origin = iso.index_to_physical(lo[::-1].astype(float)) + image.direction @ np.full(3, (spacing_mm - 1.0) / 2.0)
+    grid = Volume(np.zeros(tuple(n[::-1]), np.uint8), (spacing_mm,) * 3, origin, image.direction)
+    # native voxels around that grid (+1 voxel for interpolation), normalised, resampled once
+    idx = image.physical_to_index(Box.from_volume_extent(grid).corners)[:, ::-1]
+    nlo = np.clip(np.floor(idx.min(0)) - 1, 0, np.array(image.shape) - 1).astype(int)
+    nhi = np.clip(np.ceil(idx.max(0)) + 1, 0, np.array(image.shape) - 1).astype(int)
+    sub = _crop_index(image, nlo, np.maximum(nhi, nlo))
+    if modality == "mr":  # training's percentiles: over the crop
+        sub = sub.with_array(np.asarray(intensity.normalize(sub.array, "mr"), dtype=np.float32))
+    src = sitk.Cast(sub.to_sitk(), sitk.sitkFloat32)
+    # training samples 1 mm points, normalises, then interpolates them linearly; on an integer
+    # spacing every output voxel sits at the same fraction f between 1 mm points, so it is the
+    # (1-f, f)-weighted sum of the normalised samples at the ≤ 8 nearby 1 mm points
+    frac = (spacing_mm - 1.0) / 2.0 % 1.0 if float(spacing_mm).is_integer() else 0.0
+    taps = [(-frac, 1.0 - frac), (1.0 - frac, frac)] if frac > 1e-6 else [(0.0, 1.0)]
+    out = np.zeros(grid.shape, np.float32)
+    for (dx, wx) in taps:
+        for (dy, wy) in taps:
+            for (dz, wz) in taps:
+                o = grid.origin + image.direction @ np.array([dx, dy, dz])
+                vals = sitk.GetArrayFromImage(sitk.Resample(src, [int(v) for v in grid.size_xyz], sitk.Transform(),
+                                                            sitk.sitkLinear, tuple(o), tuple(grid.spacing),
+                                                            tuple(image.direction.ravel()), 0.0, sitk.sitkFloat32))
+                out += (wx * wy * wz) * (vals if modality == "mr" else intensity.normalize_ct(vals))
+    return grid.with_array(out), modality
+
+
 def _file_signature(p: Path) -> list:
     p = Path(p).resolve()
     if p.is_dir():

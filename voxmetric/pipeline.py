@@ -1,8 +1,8 @@
 """Two-stage inference (METHODS.md §2.3, §2.4, §6.1): localise → ROI :class:`Box` → refine → mask.
 
-Stage 1 (:meth:`Pipeline.localize`): the training preprocessing of the localizer
-(``data.preprocess_image``: 1 mm, body crop, intensity normalisation, then the localizer's
-spacing, 4 mm), every axial slice as a 5-slice slab (edge slices replicated, I-15) in batches,
+Stage 1 (:meth:`Pipeline.localize`): the training preprocessing of the localizer (1 mm, body
+crop, intensity normalisation, then the localizer's spacing, 4 mm) on the same 4 mm grid but
+straight from the native scan (``data.preprocess_image_fast``: no whole-scan 1 mm copy), every axial slice as a 5-slice slab (edge slices replicated, I-15) in batches,
 coarse mask = probability > 0.5, its largest 3D component (I-12) gives the centroid (LPS mm)
 and the extent. ROI rules: ``"extent"`` (default) = the component's extent + ``margin_mm`` per
 side, each side clamped to [``min_size_mm``, ``max_size_mm``]; ``"fixed"`` = a
@@ -197,6 +197,17 @@ def _index_bounds(vol: Volume, box: Box) -> tuple[np.ndarray, np.ndarray] | None
     return None if np.any(hi < lo) else (lo, hi)
 
 
+def _around(vol: Volume, box: Box) -> Volume:
+    """The part of ``vol`` (a view, origin moved) that resampling inside ``box`` can read: the
+    voxels that can lie in it plus one for interpolation; ``vol`` itself when none does."""
+    b = _index_bounds(vol, box)
+    if b is None:
+        return vol
+    lo, hi = np.maximum(b[0] - 1, 0), np.minimum(b[1] + 1, np.array(vol.shape) - 1)
+    return Volume(vol.array[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1], vol.spacing,
+                  vol.index_to_physical(lo[::-1].astype(float)), vol.direction)
+
+
 def _subgrid(vol: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
     """An empty uint8 grid = voxels lo..hi (inclusive, z, y, x) of ``vol``."""
     shape = tuple(int(v) for v in hi - lo + 1)
@@ -274,11 +285,11 @@ class Pipeline:
         return self._localize(volume, _report(progress, 0, 100))
 
     def _localize(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
-        from .data import preprocess_image
+        from .data import preprocess_image_fast
 
         cfg = self.config
         say(0.0, "localize: preprocessing")
-        prep, _ = preprocess_image(oriented(volume), self.image_modality(volume), self.localizer.spacing_mm)
+        prep, _ = preprocess_image_fast(oriented(volume), self.image_modality(volume), self.localizer.spacing_mm)
         say(0.1, "localize: coarse segmentation")
         prob = self._predict(self.localizer, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
         comp = largest_component(prob > cfg.threshold)
@@ -340,7 +351,8 @@ class Pipeline:
         cbox = canonical_box(box)
         recipe = self.refiner.method.data_recipe(self.refiner.cfg)
         context = np.maximum(cbox.size, [recipe.patch * sp, recipe.patch * sp, 0.0])
-        roi = crop(volume, Box(cbox.center, context, cbox.axes), (1.0, 1.0, 1.0), is_label=False, fill=fill)
+        wide = Box(cbox.center, context, cbox.axes)
+        roi = crop(_around(volume, wide), wide, (1.0, 1.0, 1.0), is_label=False, fill=fill)  # only the box's voxels
         roi = roi.with_array(norm(roi.array))
         if not np.isclose(sp, 1.0):
             roi = resample(roi, (sp, sp, sp), is_label=False)

@@ -417,3 +417,16 @@ def test_bilinear_and_nearest_match_scipy():
     inside = (iy >= 0) & (ix < 30)
     np.testing.assert_array_equal(out[1][inside], a[2][iy[inside], ix[inside]])
     assert (out[:, ~inside] == 0).all()
+
+
+def test_preprocess_image_fast_matches_training_grid(folder):
+    """The inference shortcut (no whole-scan 1 mm copy) gives the training grid and close values."""
+    for rec in D.load_cases(folder)[:2]:  # a CT and an MR case
+        image = vio.read_volume(rec.image)
+        slow, m1 = D.preprocess_image(image, spacing_mm=4.0)
+        fast, m2 = D.preprocess_image_fast(image, spacing_mm=4.0, coarse_mm=1.0)
+        assert m1 == m2 and fast.same_grid(slow) and fast.array.dtype == np.float32
+        assert 0 <= fast.array.min() and fast.array.max() <= 255
+        assert np.abs(fast.array - slow.array).mean() < 0.1 * max(float(slow.array.std()), 1.0)
+    one, _ = D.preprocess_image_fast(image, spacing_mm=1.0)  # at 1 mm it is the training preprocessing
+    np.testing.assert_array_equal(one.array, D.preprocess_image(image, spacing_mm=1.0)[0].array)
