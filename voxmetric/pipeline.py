@@ -534,7 +534,8 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
                 ax.contour(cut(np.asarray(m)).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
         ax.set_title(name)
         ax.axis("off")
-    fig.suptitle(title or "yellow: ROI box · green: ground truth · red: prediction")
+    legend = "yellow: ROI box · green: ground truth · red: prediction"
+    fig.suptitle(f"{title}\n{legend}" if title else legend)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
