@@ -252,12 +252,14 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
                 if not slicer.util.confirmOkCancelDisplay(_("VoxMetric needs: {pkgs}. Install them now?").format(pkgs=", ".join(missing))):
                     return False
                 slicer.util.pip_install(" ".join(missing))
-        if device == "cuda":
-            import torch
+        from voxmetric.errors import DeviceError
+        from voxmetric.training import resolve_device
 
-            if not torch.cuda.is_available():
-                slicer.util.errorDisplay(_("GPU chosen but no CUDA device is available: choose 'auto' or 'cpu'."))
-                return False
+        try:
+            resolve_device(device)
+        except DeviceError as e:
+            slicer.util.errorDisplay(str(e), windowTitle=_("GPU not available"))
+            return False
         return True
 
     @staticmethod
@@ -269,9 +271,9 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def expectation(device: str) -> str:
-        import torch
+        from voxmetric.training import resolve_device
 
-        if device != "cpu" and torch.cuda.is_available():
+        if resolve_device(device).type == "cuda":
             return _("Running on the GPU…")
         return _("Running on the CPU (no GPU): expect about 10–60 s per scan…")
 
