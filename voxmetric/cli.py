@@ -168,7 +168,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import models
-    from .data import load_cases, validate_cases
+    from .cases import load_cases, validate_cases
     from .errors import ConfigError
     from .methods import config_fields, get_method
     from .training import TrainConfig, resolve_device, split_cases, train

@@ -341,7 +341,7 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
           resume: bool = False) -> TrainResult:
     """Train ``method`` with ``method_cfg`` on ``train_cases``; validate on ``val_cases``.
 
-    Cases are ``data.CaseRecord`` s (prepared here, cached in ``<out_dir>/cache``) or
+    Cases are ``cases.CaseRecord`` s (prepared here, cached in ``<out_dir>/cache``) or
     ``data.PreparedCase`` s. Checkpoints go to ``<out_dir>/checkpoints``; ``resume=True``
     continues exactly from ``last.safetensors``. Under ``torchrun`` every rank calls this; rank 0
     alone writes checkpoints and emits events. Events are dicts with key ``"event"``.

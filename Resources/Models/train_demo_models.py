@@ -46,7 +46,7 @@ def log(event: dict) -> None:
 
 
 def cases(work: Path, what: str, n: int, seed: int):
-    from voxmetric.data import load_cases
+    from voxmetric.cases import load_cases
     from voxmetric.phantom import write_cases
 
     folder = work / f"phantoms-{what}"

@@ -39,7 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from voxmetric import training  # noqa: E402
-from voxmetric.data import load_cases, prepare_cases  # noqa: E402
+from voxmetric.cases import load_cases  # noqa: E402
+from voxmetric.data import prepare_cases  # noqa: E402
 from voxmetric.methods import get_method  # noqa: E402
 from voxmetric.metrics import summarize  # noqa: E402
 from voxmetric.phantom import write_cases  # noqa: E402

@@ -130,7 +130,7 @@ def child_baseline(image: Path) -> dict:
     from monai.networks.nets import UNet
 
     from voxmetric import intensity, io
-    from voxmetric.volume import crop, resample
+    from voxmetric.volume import crop
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
-from voxmetric.data import SlabPatchDataset, load_cases, make_loader, prepare_case  # noqa: E402
+from voxmetric.cases import load_cases  # noqa: E402
+from voxmetric.data import SlabPatchDataset, make_loader, prepare_case  # noqa: E402
 from voxmetric.learning.metric import boundary_mask, sample_tuples, tuple_loss, voxel_metric_loss  # noqa: E402
 from voxmetric.methods import get_method  # noqa: E402
 from voxmetric.phantom import write_cases  # noqa: E402

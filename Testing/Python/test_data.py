@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from voxmetric import cases as C
 from voxmetric import data as D
 from voxmetric import io as vio
 from voxmetric.errors import ConfigError, GeometryError, InputError, SegmentNotFoundError, VoxMetricError
@@ -61,7 +62,7 @@ def folder(tmp_path_factory) -> Path:
 
 # ---- discovery and manifests ----------------------------------------------------------------
 def test_load_cases_folder(folder):
-    recs = D.load_cases(folder, segment="Prostate")
+    recs = C.load_cases(folder, segment="Prostate")
     assert [r.id for r in recs] == ["case001", "case002"]
     assert recs[0].image.name == "case001.nrrd" and recs[0].label.name == "case001.seg.nrrd"
     assert recs[1].image.name == "case002.nii.gz" and recs[1].label.name == "case002_label.nii.gz"
@@ -69,70 +70,70 @@ def test_load_cases_folder(folder):
 
 
 def test_manifest_round_trip(folder, tmp_path):
-    recs = D.load_cases(folder)
+    recs = C.load_cases(folder)
     recs[0].segment, recs[0].modality = "Prostate", "ct"
-    out = D.write_manifest(recs, tmp_path / "m" / "manifest.json")
+    out = C.write_manifest(recs, tmp_path / "m" / "manifest.json")
     text = json.loads(out.read_text(encoding="utf-8"))
     assert text["format"] == "voxmetric-cases/1" and text["cases"][0]["segment"] == "Prostate"
     assert Path(text["cases"][0]["image"]).is_absolute()  # outside the manifest's folder
-    again = D.load_cases(out, segment="Label 1")
+    again = C.load_cases(out, segment="Label 1")
     assert [(r.id, r.image, r.label, r.modality) for r in again] == [(r.id, r.image.resolve(), r.label.resolve(), r.modality) for r in recs]
     assert [r.segment for r in again] == ["Prostate", "Label 1"]  # manifest first, then the flag
     # paths inside the manifest's folder are relative; a folder holding manifest.json uses it
-    rel = D.write_manifest([D.CaseRecord("x", tmp_path / "sub" / "x.nrrd", tmp_path / "x.seg.nrrd")], tmp_path / "mm.json")
+    rel = C.write_manifest([C.CaseRecord("x", tmp_path / "sub" / "x.nrrd", tmp_path / "x.seg.nrrd")], tmp_path / "mm.json")
     assert json.loads(rel.read_text(encoding="utf-8"))["cases"][0] == {"id": "x", "image": "sub/x.nrrd", "label": "x.seg.nrrd"}
-    D.write_manifest(recs[:1], folder / "sub" / "manifest.json")
-    assert [r.id for r in D.load_cases(folder / "sub")] == ["case001"]
+    C.write_manifest(recs[:1], folder / "sub" / "manifest.json")
+    assert [r.id for r in C.load_cases(folder / "sub")] == ["case001"]
 
 
 def test_no_cases_found(tmp_path):
     with pytest.raises(InputError, match=r"No cases found.*case001\.seg\.nrrd.*_label"):
-        D.load_cases(tmp_path)
+        C.load_cases(tmp_path)
     (tmp_path / "x.seg.nrrd").write_bytes(b"")
     with pytest.raises(InputError, match="found only label files: x.seg.nrrd"):
-        D.load_cases(tmp_path)
+        C.load_cases(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
-        D.load_cases(tmp_path / "nope")
+        C.load_cases(tmp_path / "nope")
 
 
 def test_label_missing(tmp_path):
     img, _ = synthetic_case()
     vio.write_volume(img, tmp_path / "a.nrrd")
     with pytest.raises(InputError, match=r"1 case\(s\).*no label: a \(a\.nrrd\)"):
-        D.load_cases(tmp_path)
-    assert D.load_cases(tmp_path, require_labels=False)[0].label is None
+        C.load_cases(tmp_path)
+    assert C.load_cases(tmp_path, require_labels=False)[0].label is None
 
 
 def test_manifest_errors(tmp_path):
     m = tmp_path / "manifest.json"
     m.write_text("{not json")
     with pytest.raises(InputError, match="Cannot read the case manifest"):
-        D.load_cases(m)
+        C.load_cases(m)
     m.write_text(json.dumps({"cases": []}))
     with pytest.raises(InputError, match="not a VoxMetric case manifest.*voxmetric-cases/1"):
-        D.load_cases(m)
+        C.load_cases(m)
     m.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": [{"id": "c1", "image": "c1.nrrd", "label": "c1.seg.nrrd"}]}))
     with pytest.raises(InputError, match=r"c1: image .*c1\.nrrd does not exist; c1: label .* does not exist"):
-        D.load_cases(m)
+        C.load_cases(m)
     m.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": [{"image": "c1.nrrd", "modality": "pet"}]}))
     with pytest.raises(InputError, match="modality 'pet'"):
-        D.load_cases(m)
+        C.load_cases(m)
 
 
 # ---- eager validation -----------------------------------------------------------------------
 def test_validate_ok_and_segment_missing(folder):
-    recs = D.load_cases(folder, segment="Prostate")
+    recs = C.load_cases(folder, segment="Prostate")
     recs[1].segment = "Label 1"
-    D.validate_cases(recs)  # passes
-    bad = D.load_cases(folder, segment="Rectum")
+    C.validate_cases(recs)  # passes
+    bad = C.load_cases(folder, segment="Rectum")
     with pytest.raises(SegmentNotFoundError) as e:
-        D.validate_cases(bad)
+        C.validate_cases(bad)
     msg = str(e.value)
     assert "2 cases cannot be used" in msg
     assert "case 'case001': segment 'Rectum' is not in case001.seg.nrrd; its segments are: 'Prostate', 'Bladder'" in msg
     assert "case 'case002'" in msg and "'Label 1'" in msg
     with pytest.raises(SegmentNotFoundError, match="no segment name given.*several segments: 'Prostate', 'Bladder'"):
-        D.validate_cases(D.load_cases(folder)[:1])
+        C.validate_cases(C.load_cases(folder)[:1])
 
 
 def test_validate_unreadable_header(tmp_path):
@@ -140,7 +141,7 @@ def test_validate_unreadable_header(tmp_path):
     vio.write_volume(img, tmp_path / "a.nrrd")
     (tmp_path / "a_label.nrrd").write_bytes(b"this is no image")
     with pytest.raises(InputError, match="^Case 'a': Cannot read the header of .*a_label.nrrd"):
-        D.validate_cases(D.load_cases(tmp_path))
+        C.validate_cases(C.load_cases(tmp_path))
 
 
 def test_validate_geometry_mismatch(tmp_path):
@@ -151,11 +152,11 @@ def test_validate_geometry_mismatch(tmp_path):
     vio.write_volume(img, tmp_path / "b.nrrd")
     vio.write_volume(Volume(lab.array, spacing=SPACING, origin=lab.origin + 0.4), tmp_path / "b_label.nrrd")
     with pytest.raises(GeometryError) as e:
-        D.validate_cases(D.load_cases(tmp_path))
+        C.validate_cases(C.load_cases(tmp_path))
     msg = str(e.value)
     assert "case 'a': a.seg.nrrd is not on the image's voxel grid" in msg
     assert "image and label of case 'b' do not share a voxel grid: origin" in msg
-    rec = D.load_cases(tmp_path)[0]
+    rec = C.load_cases(tmp_path)[0]
     with pytest.raises(GeometryError, match="Case 'a':"):  # also when preparing without validation
         D.prepare_case(rec)
 
@@ -164,12 +165,12 @@ def test_empty_label(tmp_path):
     img, lab = synthetic_case()
     vio.write_volume(img, tmp_path / "a.nrrd")
     vio.write_volume(lab.with_array(np.zeros_like(lab.array)), tmp_path / "a_label.nrrd")
-    rec = D.load_cases(tmp_path)[0]
+    rec = C.load_cases(tmp_path)[0]
     with pytest.raises(VoxMetricError, match=r"Case 'a': .*a_label.nrrd .*empty"):
         D.prepare_case(rec)
     seg = lab.with_array(np.where(lab.array > 0, 2, 0).astype(np.uint8))  # Prostate (1) is empty
     write_seg(tmp_path / "a.seg.nrrd", seg, ("Prostate", "Bladder"))
-    rec = D.load_cases(tmp_path, segment="prostate")[0]
+    rec = C.load_cases(tmp_path, segment="prostate")[0]
     with pytest.raises(InputError, match="Case 'a': the segment 'prostate' in a.seg.nrrd is empty"):
         D.prepare_case(rec)
     # Slicer records an empty segment's extent as "0 -1 0 -1 0 -1": caught from the header alone
@@ -179,12 +180,12 @@ def test_empty_label(tmp_path):
            "segments": [{"id": "Segment_1", "name": "Prostate", "labelValue": 1, "layer": 0, "extent": [0, -1, 0, -1, 0, -1]}]}
     slicerio.write_segmentation(str(tmp_path / "a.seg.nrrd"), seg)
     with pytest.raises(InputError, match="^Case 'a': segment 'Prostate' in a.seg.nrrd is empty"):
-        D.validate_cases(D.load_cases(tmp_path, segment="Prostate"))
+        C.validate_cases(C.load_cases(tmp_path, segment="Prostate"))
 
 
 # ---- preprocessing and cache ----------------------------------------------------------------
 def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
-    rec = D.load_cases(folder, segment="Prostate")[0]
+    rec = C.load_cases(folder, segment="Prostate")[0]
     cache = tmp_path / "cache"
     case = D.prepare_case(rec, D.DataRecipe(), cache_dir=cache)
     assert case.id == "case001" and case.modality == "ct"
@@ -225,7 +226,7 @@ def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
 
 
 def test_prepare_mr_body_at_4mm(folder):
-    rec = D.load_cases(folder)[1]
+    rec = C.load_cases(folder)[1]
     case = D.prepare_case(rec, D.DataRecipe(spacing_mm=4.0, slab=5, region="body"))
     assert case.modality == "mr"  # guessed: no HU air
     assert np.allclose(case.image.spacing, 4.0) and case.image.same_grid(case.mask)
@@ -388,11 +389,11 @@ def test_whole_slices():
 def test_shared_promise12_manifest(shared_data, tmp_path):
     """Real MR cases (names fit no folder pattern) load through a manifest and prepare."""
     src = shared_data / "promise12_demo"
-    recs = [D.CaseRecord(f"case{i}", src / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz",
+    recs = [C.CaseRecord(f"case{i}", src / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz",
                          src / f"case{i}_prostate_label_UNKNOWN_SPACING.nii.gz", None, "mr") for i in (0, 1)]
-    m = D.write_manifest(recs, tmp_path / "manifest.json")
-    loaded = D.load_cases(m)
-    D.validate_cases(loaded)
+    m = C.write_manifest(recs, tmp_path / "manifest.json")
+    loaded = C.load_cases(m)
+    C.validate_cases(loaded)
     case = D.prepare_case(loaded[0], D.DataRecipe(), cache_dir=tmp_path / "cache")
     assert case.modality == "mr" and 0.8 * 18109 < case.mask.array.sum() < 1.2 * 18109
     item = D.SlabPatchDataset([case], D.DataRecipe(per_case=4), seed=0)[0]
@@ -421,7 +422,7 @@ def test_bilinear_and_nearest_match_scipy():
 
 def test_preprocess_image_fast_matches_training_grid(folder):
     """The inference shortcut (no whole-scan 1 mm copy) gives the training grid and close values."""
-    for rec in D.load_cases(folder)[:2]:  # a CT and an MR case
+    for rec in C.load_cases(folder)[:2]:  # a CT and an MR case
         image = vio.read_volume(rec.image)
         slow, m1 = D.preprocess_image(image, spacing_mm=4.0)
         fast, m2 = D.preprocess_image_fast(image, spacing_mm=4.0, coarse_mm=1.0)

@@ -33,7 +33,7 @@ def test_self_test_body_trains_and_installs_a_model(mrml_scene, tmp_path):
 
 def test_export_writes_scene_voxels_segments_and_manifest(mrml_scene, tmp_path):
     from voxmetric import mrml
-    from voxmetric.data import load_cases
+    from voxmetric.cases import load_cases
     from voxmetric.io import read_segmentation, read_volume
 
     pairs = add_phantom_cases(mrml_scene, 2, shape=(12, 40, 40))

@@ -292,7 +292,7 @@ def test_cli_cuda_absent(case_dir: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_cli_missing_segment_names_the_case(case_dir: Path, tmp_path: Path) -> None:
-    from voxmetric.data import load_cases, validate_cases
+    from voxmetric.cases import load_cases, validate_cases
 
     with pytest.raises(SegmentNotFoundError, match="Prostate"):
         validate_cases(load_cases(case_dir, "Kidney"))

@@ -81,7 +81,8 @@ def export_cases(pairs: Sequence[CasePair], folder: str | Path, modality: str = 
     :func:`voxmetric.io.segment_info`) and a ``manifest.json``;
     returns the manifest. ``modality`` "auto" guesses per volume from its intensities.
     InputError for a missing node, an empty segment or a pair listed twice."""
-    from voxmetric.data import CaseRecord, guess_modality, write_manifest
+    from voxmetric.cases import CaseRecord, write_manifest
+    from voxmetric.data import guess_modality
 
     if modality not in MODALITIES:
         raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from voxmetric import models, mrml
-from voxmetric.data import load_cases
+from voxmetric.cases import load_cases
 from voxmetric.errors import ConfigError
 from voxmetric.io import read_segment_mask, read_volume
 from voxmetric.phantom import LABELS, make_case
