@@ -130,10 +130,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 continue
             seen.add(spec.name)
             flag = "--" + spec.name.replace("_", "-")
+            text = spec.help.replace("%", "%%")  # argparse formats help strings with %
             if spec.type is bool:
-                g.add_argument(flag, dest=f"m_{spec.name}", nargs="?", const="true", metavar="true|false", help=spec.help)
+                g.add_argument(flag, dest=f"m_{spec.name}", nargs="?", const="true", metavar="true|false", help=text)
             else:
-                g.add_argument(flag, dest=f"m_{spec.name}", metavar=spec.name.upper(), help=spec.help)
+                g.add_argument(flag, dest=f"m_{spec.name}", metavar=spec.name.upper(), help=text)
     p.set_defaults(func=_run_train)
 
 
