@@ -98,12 +98,13 @@ class MetricUNet(SlabMethod):
 
     @staticmethod
     def metric_config(cfg: MetricUNetConfig) -> Any:
-        """The :class:`voxmetric.learning.metric.MetricLossConfig` of ``cfg``."""
+        """The :class:`voxmetric.learning.metric.MetricLossConfig` of ``cfg`` (its fields are a
+        subset of MetricUNetConfig's, copied by name)."""
+        from dataclasses import fields
+
         from ..learning.metric import MetricLossConfig
 
-        return MetricLossConfig(strategies=tuple(cfg.strategies), pair_term=cfg.pair_term, k=cfg.k, m=cfg.m,
-                                sigma=cfg.sigma, eps=cfg.eps, beta=cfg.beta, lam=cfg.lam, tau=cfg.tau,
-                                normalize=cfg.normalize)
+        return MetricLossConfig(**{f.name: getattr(cfg, f.name) for f in fields(MetricLossConfig)})
 
     def training_step(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: MetricUNetConfig,
                       step: int) -> tuple["Tensor", dict[str, "Tensor"]]:
