@@ -36,8 +36,9 @@ _EXPECTED_NAMES = (
 @dataclass
 class CaseRecord:
     """One case: ``image`` file (or DICOM folder), ``label`` file (None = unlabelled),
-    ``segment`` name inside the label (None = the only / first non-empty one), ``modality``
-    "ct" | "mr" (None = guess from the intensities)."""
+    ``segment`` name(s) inside the label, comma-separated for several classes ("Prostate,Bladder";
+    None = the only / first non-empty one), ``modality`` "ct" | "mr" (None = guess from the
+    intensities)."""
 
     id: str
     image: Path
@@ -45,11 +46,28 @@ class CaseRecord:
     segment: str | None = None
     modality: str | None = None
 
+    @property
+    def segments(self) -> tuple[str, ...]:
+        """The segment names, in class order (class k + 1 = ``segments[k]``)."""
+        return split_segments(self.segment)
+
+
+def split_segments(text: str | None) -> tuple[str, ...]:
+    """``"Prostate, Bladder"`` → ("Prostate", "Bladder"); None or "" → (). InputError on a
+    name given twice."""
+    names = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    low = [n.casefold() for n in names]
+    dup = sorted({n for n in names if low.count(n.casefold()) > 1})
+    if dup:
+        raise InputError(f"Segment {dup[0]!r} is listed twice in {text!r}; name each class once.")
+    return names
+
 
 def load_cases(source: str | Path, segment: str | None = None, *, require_labels: bool = True) -> list[CaseRecord]:
     """Cases from a folder (image + label pairs, or a ``manifest.json`` inside) or a manifest.
 
-    ``segment`` is used for every case whose manifest entry names none. Raises InputError when
+    ``segment`` (comma-separated names for several classes) is used for every case; it wins over
+    the segment a manifest entry names (the user's explicit choice). Raises InputError when
     nothing is found (saying which file names are expected) or when labels are missing.
     """
     path = Path(source).expanduser()
@@ -129,7 +147,7 @@ def read_manifest(path: str | Path, segment: str | None = None, *, require_label
         modality = entry.get("modality")
         if modality is not None and str(modality).lower() not in MODALITIES:
             raise InputError(f"Case '{case_id}' in {path}: modality {modality!r} is not one of {MODALITIES}.")
-        seg = entry.get("segment") or segment
+        seg = segment or entry.get("segment")
         records.append(CaseRecord(case_id, image, label, seg, modality and str(modality).lower()))
         if not image.exists():
             problems.append(f"{case_id}: image {image} does not exist")
@@ -247,19 +265,22 @@ def _check_record(r: CaseRecord, require_labels: bool) -> list[VoxMetricError]:
         shown = ", ".join(repr(n) for n in names) or "none"
         if not names:
             return [InputError(f"case '{r.id}': {label.name} holds no segments. Segment the case or remove it.")]
-        if r.segment is None and len(names) > 1:
+        if not r.segments and len(names) > 1:
             return [SegmentNotFoundError(
                 f"case '{r.id}': no segment name given and {label.name} holds several segments: {shown}. "
-                "Pass the segment to train on (--segment NAME or \"segment\" in the manifest).")]
-        idx = 0 if r.segment is None else _match_segment(names, r.segment)
-        if idx is None:
+                "Pass the segment(s) to train on (--segment NAME[,NAME...] or \"segment\" in the manifest).")]
+        wanted = r.segments or (names[0],)
+        found = [_match_segment(names, w) for w in wanted]
+        missing = [w for w, i in zip(wanted, found) if i is None]
+        if missing:
             return [SegmentNotFoundError(
-                f"case '{r.id}': segment '{r.segment}' is not in {label.name}; its segments are: {shown}. "
+                f"case '{r.id}': segment '{missing[0]}' is not in {label.name}; its segments are: {shown}. "
                 "Pick one of these names or rename the segment in Slicer.")]
-        ext = segments[idx].get("extent")
-        if ext is not None and len(ext) == 6 and any(ext[2 * k + 1] < ext[2 * k] for k in range(3)):
-            return [InputError(f"case '{r.id}': segment '{names[idx]}' in {label.name} is empty. "
-                               "Draw the segment or remove the case.")]
+        extents = [segments[i].get("extent") for i in found if i is not None]
+        if all(e is not None and len(e) == 6 and any(e[2 * k + 1] < e[2 * k] for k in range(3)) for e in extents):
+            what = f"segment {wanted[0]!r} in {label.name} is" if len(wanted) == 1 else \
+                f"segments {', '.join(repr(w) for w in wanted)} in {label.name} are"
+            return [InputError(f"case '{r.id}': {what} empty. Draw the segment or remove the case.")]
         if image is not None:
             spacing = np.linalg.norm(ijk[:3, :3], axis=0)
             direction = ijk[:3, :3] / spacing
@@ -278,12 +299,13 @@ def _check_record(r: CaseRecord, require_labels: bool) -> list[VoxMetricError]:
             image.check_same_grid(lab, what=f"image and label of case '{r.id}'")
         except GeometryError as e:
             return [e]
-    if r.segment is not None:  # a plain labelmap names its segments "Label <value>": needs the voxels
+    if r.segments:  # a plain labelmap names its segments "Label <value>": needs the voxels
         names = vio.read_segmentation(label).names
-        if _match_segment(names, r.segment) is None:
+        missing = [w for w in r.segments if _match_segment(names, w) is None]
+        if missing:
             shown = ", ".join(repr(n) for n in names) or "none (the label is empty)"
             return [SegmentNotFoundError(
-                f"case '{r.id}': segment '{r.segment}' is not in {label.name}; its segments are: {shown}. "
+                f"case '{r.id}': segment '{missing[0]}' is not in {label.name}; its segments are: {shown}. "
                 "A plain labelmap's segments are named 'Label <value>'; pass one of these names.")]
     return []
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import VoxMetricError
 
@@ -100,18 +101,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "(model.json + weights.safetensors). Under torchrun every process trains one data shard (DDP).")
     p.add_argument("--method", required=True, help="one of: " + ", ".join(available_methods()))
     p.add_argument("--cases", required=True, help="folder of image + label pairs, or a manifest.json")
-    p.add_argument("--segment", help="segment to learn, e.g. Prostate (default: the manifest's or the only one)")
+    p.add_argument("--segment", help="segment(s) to learn, comma-separated for a multi-class model, e.g. Prostate or "
+                                     "Prostate,Bladder,Rectum (default: the manifest's, or the only one)")
     p.add_argument("--out", required=True, help="model package folder to write")
     p.add_argument("--work-dir", help="checkpoints and cache (default: OUT.work)")
     p.add_argument("--name", help="model name in the card (default: the --out folder name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package at --out")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--iterations", type=int, default=10000, help="training iterations (default 10000)")
-    p.add_argument("--batch-size", type=int, default=30, help="patches per iteration and process (default 30)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.01 for sgd, 0.001 for adam), poly decay")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, help="items per iteration and process (default: the method's, "
+                                                   "30 for 2.5D slabs)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: the method's (sgd for MetricUNet)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's, else 0.01 for sgd, 0.001 for adam), "
+                                            "poly decay")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, help="default: the method's, else 1e-4")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-cases", type=int, help="number of held-out validation cases (0 = none)")
     val.add_argument("--val-fraction", type=float, help="fraction of cases held out (default 0.1, at least one)")
@@ -163,6 +167,22 @@ def _train_printer(emit_json: bool) -> Callable[[dict], None]:
     return show
 
 
+def train_config(method: Any, a: argparse.Namespace) -> Any:
+    """The TrainConfig of ``a``: flags the user gave, else the method's ``train_defaults``, else the
+    trainer's defaults (the learning rate follows the optimiser: 0.01 SGD, 0.001 Adam)."""
+    from .training import TrainConfig
+
+    d = method.train_defaults
+    pick = {k: getattr(a, k) if getattr(a, k) is not None else d.get(k) for k in
+            ("batch_size", "optimizer", "lr", "momentum", "weight_decay")}
+    pick["optimizer"] = pick["optimizer"] or "sgd"
+    if pick["lr"] is None:
+        pick["lr"] = 0.01 if pick["optimizer"] == "sgd" else 1e-3
+    given = {k: v for k, v in pick.items() if v is not None}
+    return TrainConfig(iterations=a.iterations, amp=not a.no_amp, val_every=a.val_every,
+                       checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers, **given)
+
+
 def _run_train(a: argparse.Namespace) -> int:
     import os
     import re
@@ -172,7 +192,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from .cases import load_cases, validate_cases
     from .errors import ConfigError
     from .methods import config_fields, get_method
-    from .training import TrainConfig, resolve_device, split_cases, train
+    from .training import resolve_device, split_cases, train
 
     method = get_method(a.method)
     own = {s.name for s in config_fields(method.config_cls)}
@@ -182,10 +202,7 @@ def _run_train(a: argparse.Namespace) -> int:
         raise ConfigError(f"--{alien[0].replace('_', '-')} is not a setting of {method.name}; its settings are: "
                           + ", ".join("--" + n.replace("_", "-") for n in sorted(own)) + ".")
     mcfg = method.make_config(given)
-    lr = a.lr if a.lr is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
-    tcfg = TrainConfig(iterations=a.iterations, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
-                       momentum=a.momentum, weight_decay=a.weight_decay, amp=not a.no_amp, val_every=a.val_every,
-                       checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers)
+    tcfg = train_config(method, a)
     resolve_device(a.device)
     out = Path(a.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -272,10 +289,14 @@ def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], object]:
     config = PipelineConfig(roi_rule=a.roi_rule, largest_component=not a.no_postprocess,
                             fill_holes=not a.no_postprocess)
     cache: dict[str, object] = {}
+    # a given ROI needs no localizer; localizing alone needs no refiner
+    stages = {"all": ("localizer", "refiner"), "localize": ("localizer",), "refine": ("refiner",)}[a.stage]
+    if a.roi_file and a.stage == "all":
+        stages = ("refiner",)
 
     def get(modality: str) -> object:
         if modality not in cache:
-            cache[modality] = load_pipeline(a.model, modality, device, config)
+            cache[modality] = load_pipeline(a.model, modality, device, config, stages=stages)
         return cache[modality]
 
     return get
@@ -364,10 +385,11 @@ def _run_demo(a: argparse.Namespace) -> int:
     case = phantom.make_case(a.seed, "ct")
     truth = case.labels.array == phantom.LABELS["Prostate"]
     res = pipe.segment(case.image, progress=_progress_printer())
-    m = metrics.evaluate_masks(res.mask.array, truth, case.image.spacing_zyx)
+    m = metrics.evaluate_masks(res.mask.array == 1 + res.classes.index("Prostate"), truth, case.image.spacing_zyx)
     io.write_volume(case.image, out / "phantom.nrrd")
     io.write_segmentation(out / "phantom_truth.seg.nrrd", case.labels.with_array(truth.astype("uint8")), [io.PROSTATE])
-    io.write_segmentation(out / "prediction.seg.nrrd", res.mask, [io.PROSTATE])
+    io.write_segmentation(out / "prediction.seg.nrrd", res.mask,
+                          [io.segment_info(n, k) for k, n in enumerate(res.classes, 1)])
     from .markups import write_roi
 
     write_roi(res.box, out / "prediction_roi.mrk.json")
@@ -375,7 +397,7 @@ def _run_demo(a: argparse.Namespace) -> int:
               "confidence": round(res.confidence, 4), "metrics": {k: round(float(v), 4) for k, v in m.items()},
               "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     _write_json(out / "metrics.json", report)
-    png = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array,
+    png = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array > 0,
                        f"phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm")
     print(f"models: {pipe.localizer.name} -> {pipe.refiner.name} (demo models trained on synthetic phantoms, "
           "not for clinical use)")

@@ -1,8 +1,8 @@
-"""Cached preprocessing and 2.5D slab-patch sampling of cases (:mod:`voxmetric.cases`).
+"""Cached preprocessing of cases (:mod:`voxmetric.cases`) for training and inference.
 
-:func:`prepare_case` resamples to 1 mm, normalises to [0, 255], crops to the body and caches
-the result; :class:`SlabPatchDataset` draws training slabs; :func:`whole_slices` builds the
-slabs for whole-slice inference (METHODS.md §2.2–2.4).
+:func:`prepare_case` resamples to 1 mm, normalises to [0, 255], crops to the body, resamples to
+the method's spacing and caches the result (METHODS.md §2.2). Training items are drawn from the
+prepared cases by :mod:`voxmetric.sampling`.
 
 Array order is (z, y, x) everywhere; spacings of :class:`~voxmetric.volume.Volume` are (x, y, z).
 """
@@ -14,15 +14,13 @@ import json
 import math
 import re
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import intensity
 from . import io as vio
@@ -31,52 +29,45 @@ from .errors import ConfigError, InputError, VoxMetricError
 from .volume import Box, Volume, resample, resample_to
 
 REGIONS = ("label_box", "body")
-PREP_VERSION = 1  # bump when the preprocessing changes: old cache entries are then ignored
+PREP_VERSION = 2  # bump when the preprocessing changes: old cache entries are then ignored
+DEFAULT_CLASSES = ("Prostate",)
 
 
 # ---- preprocessing with a cache -------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class DataRecipe:
-    """How a method wants its data: voxel size, slab depth, in-plane patch size, patches per
-    case per epoch, training region ("label_box" = label box + random margin in mm, stage 2;
-    "body" = whole body volume, stage 1), foreground fraction and augmentation."""
+    """How a method wants its cases prepared: voxel size ``spacing_mm``; ``region`` where its
+    training samples come from and where validation predicts ("label_box" = the labels' box +
+    a margin drawn from ``margin_mm`` per side, stage 2; "body" = the whole body, stage 1)."""
 
     spacing_mm: float = 1.0
-    slab: int = 3
-    patch: int = 64
-    per_case: int = 500
     region: str = "label_box"
     margin_mm: tuple[float, float] = (10.0, 30.0)
-    fg_fraction: float = 0.5
-    augment: bool = True
 
     def check(self) -> "DataRecipe":
         """Raise ConfigError on out-of-range values; returns self."""
         if self.spacing_mm <= 0:
             raise ConfigError(f"spacing_mm must be positive, got {self.spacing_mm}.")
-        if self.slab < 1 or self.slab % 2 == 0:
-            raise ConfigError(f"slab must be an odd number of slices ≥ 1, got {self.slab}.")
-        if self.patch < 1 or self.per_case < 1:
-            raise ConfigError(f"patch and per_case must be ≥ 1, got {self.patch} and {self.per_case}.")
         if self.region not in REGIONS:
             raise ConfigError(f"region must be one of {REGIONS}, got {self.region!r}.")
         lo, hi = self.margin_mm
         if not 0 <= lo <= hi:
             raise ConfigError(f"margin_mm must be (min, max) with 0 ≤ min ≤ max, got {self.margin_mm}.")
-        if not 0 <= self.fg_fraction <= 1:
-            raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
         return self
 
 
 @dataclass
 class PreparedCase:
     """A preprocessed case: ``image`` float32 in [0, 255] at the recipe's spacing, cropped to
-    the body; ``mask`` uint8 0/1 on the same grid (all 0 for an unlabelled case)."""
+    the body; ``mask`` uint8 label map on the same grid (value k = ``classes[k - 1]``, 0 =
+    background; all 0 for an unlabelled case)."""
 
     id: str
     image: Volume
     mask: Volume
     modality: str
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    labelled: bool = True
 
 
 def _box_index_bounds(vol: Volume, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +189,7 @@ def cache_key(record: CaseRecord, recipe: DataRecipe) -> str:
         "version": PREP_VERSION,
         "image": _file_signature(record.image),
         "label": None if record.label is None else _file_signature(record.label),
-        "segment": record.segment and record.segment.lower(),
+        "segments": [n.lower() for n in record.segments],
         "modality": record.modality,
         "spacing_mm": float(recipe.spacing_mm),
     }
@@ -214,8 +205,9 @@ def cache_path(record: CaseRecord, recipe: DataRecipe, cache_dir: str | Path) ->
 def _save_prepared(path: Path, case: PreparedCase) -> None:
     img, m = case.image, case.mask
     arrays = dict(image=img.array.astype(np.float32, copy=False), mask=m.array.astype(np.uint8, copy=False),
-                  spacing=img.spacing, origin=img.origin, direction=img.direction,
-                  id=np.array(case.id), modality=np.array(case.modality), version=np.array(PREP_VERSION))
+                  spacing=img.spacing, origin=img.origin, direction=img.direction, id=np.array(case.id),
+                  modality=np.array(case.modality), classes=np.array(case.classes, dtype=str),
+                  labelled=np.array(case.labelled), version=np.array(PREP_VERSION))
     _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
@@ -224,13 +216,16 @@ def _load_prepared(path: Path) -> PreparedCase:
         if int(z["version"]) != PREP_VERSION:
             raise ValueError("old cache version")
         geo = dict(spacing=z["spacing"], origin=z["origin"], direction=z["direction"])
-        return PreparedCase(str(z["id"]), Volume(z["image"], **geo), Volume(z["mask"], **geo), str(z["modality"]))
+        return PreparedCase(str(z["id"]), Volume(z["image"], **geo), Volume(z["mask"], **geo), str(z["modality"]),
+                            tuple(str(c) for c in z["classes"]), bool(z["labelled"]))
 
 
 def prepare_case(record: CaseRecord, recipe: DataRecipe | None = None, cache_dir: str | Path | None = None) -> PreparedCase:
     """Read, check and preprocess one case (see :func:`_preprocess`); with ``cache_dir`` the
     result is stored as ``.npz`` (atomic) keyed by :func:`cache_key` and reused next time.
 
+    The label map holds ``record.segments`` as values 1, 2, … (no segments named: the only /
+    first non-empty one); a record without a label gives an unlabelled case (mask all 0).
     Raises InputError for unreadable files or an empty label, SegmentNotFoundError for a
     missing segment, GeometryError when image and label grids differ; messages name the case.
     """
@@ -244,12 +239,14 @@ def prepare_case(record: CaseRecord, recipe: DataRecipe | None = None, cache_dir
     try:
         image = vio.read_volume(record.image)
         modality = (record.modality or guess_modality(image)).lower()
-        mask = None
+        mask, classes = None, tuple(record.segments) or DEFAULT_CLASSES
         if record.label is not None:
-            mask = vio.read_segment_mask(record.label, record.segment, reference=image)
+            mask, classes = vio.read_label_map(record.label, record.segments, reference=image)
             if not np.any(mask.array):
-                what = f"segment '{record.segment}'" if record.segment else "label"
-                raise InputError(f"the {what} in {Path(record.label).name} is empty. Draw the segment or remove the case.")
+                n = len(record.segments)
+                what = "label" if not n else f"segment '{record.segment}'" if n == 1 else f"segments '{record.segment}'"
+                raise InputError(f"the {what} in {Path(record.label).name} {'are' if n > 1 else 'is'} empty. "
+                                 "Draw the segment or remove the case.")
         out, mout = _preprocess(image, modality, recipe.spacing_mm, mask)
         if mout is None:
             mout = out.with_array(np.zeros(out.shape, np.uint8))
@@ -259,7 +256,8 @@ def prepare_case(record: CaseRecord, recipe: DataRecipe | None = None, cache_dir
     except VoxMetricError as e:
         msg = str(e)
         raise type(e)(msg if msg.startswith(f"Case '{record.id}'") else f"Case '{record.id}': {msg}") from e
-    case = PreparedCase(record.id, out, mout.with_array(mout.array.astype(np.uint8, copy=False)), modality)
+    case = PreparedCase(record.id, out, mout.with_array(mout.array.astype(np.uint8, copy=False)), modality,
+                        classes, record.label is not None)
     if target is not None:
         _save_prepared(target, case)
     return case
@@ -276,258 +274,3 @@ def prepare_cases(records: Sequence[CaseRecord], recipe: DataRecipe | None = Non
     return out
 
 
-# ---- training regions and slab patches ------------------------------------------------------
-def _label_region(lo: np.ndarray, hi: np.ndarray, spacing_zyx: np.ndarray, margin_mm: tuple[float, float],
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous index bounds (z, y, x; voxel edges) of the label box grown on each of its six
-    sides by an independent margin drawn uniformly from ``margin_mm``."""
-    m = rng.uniform(margin_mm[0], margin_mm[1], size=(2, 3)) / spacing_zyx
-    return lo - 0.5 - m[0], hi + 0.5 + m[1]
-
-
-def region_of(case: PreparedCase, recipe: DataRecipe, rng: np.random.Generator) -> Box:
-    """The training region: the label's bounding box plus a random margin per side
-    (``recipe.margin_mm``, stage 2, mimicking an inferred ROI) or the whole body volume
-    (``region="body"``, stage 1). Axes follow the case's grid."""
-    if recipe.region == "body":
-        return Box.from_volume_extent(case.image)
-    bounds = _label_bounds(case.mask.array)
-    if bounds is None:
-        raise InputError(f"Case '{case.id}' has an empty label, so it has no label region to train on.")
-    lo, hi = _label_region(*bounds, case.image.spacing_zyx, recipe.margin_mm, rng)
-    center = case.image.index_to_physical(((lo + hi) / 2)[::-1])
-    return Box(center, ((hi - lo) * case.image.spacing_zyx)[::-1], case.image.direction)
-
-
-@dataclass
-class _Entry:
-    image: np.ndarray  # float32 (z, y, x) crop holding every voxel a patch can reach
-    mask: np.ndarray  # uint8, same crop
-    offset: np.ndarray  # (z, y, x) of the crop's first voxel in the case grid
-    shape: np.ndarray  # full case shape (z, y, x)
-    spacing: np.ndarray  # (z, y, x) mm
-    bounds: tuple[np.ndarray, np.ndarray] | None  # label bbox (z, y, x), inclusive
-    fg: np.ndarray  # (N, 3) foreground voxel indices (z, y, x), int32
-
-
-class SlabPatchDataset(Dataset):
-    """2.5D training samples: ``{"image": float32 (slab, P, P), "label": int64 (P, P)}``.
-
-    Item ``g`` is a pure function of ``(seed, g)``: ``g = epoch * len(self) + i``, so the
-    sampler of :func:`make_loader` can resume exactly at any item. Each epoch visits every case
-    ``per_case`` times in a seeded random order. For each item:
-
-    * region: :func:`region_of` (label box + random margin, or the body);
-    * centre: with probability ``fg_fraction`` a random foreground voxel (so the centre slice
-      holds foreground), else a random voxel of the region (inside the volume);
-    * slab: ``slab`` axial slices centred on it, indices clamped at the volume's ends (edge
-      slices replicated, I-15); in-plane P×P patch, zero outside the volume;
-    * label: the centre slice's mask, values {0, 1};
-    * augmentation (``recipe.augment``, on by default): in-plane rotation uniform in ±10°
-      (linear for the image, nearest for the label), independent flips along y and x,
-      intensity ``v * s + t`` with s uniform in [0.9, 1.1] and t uniform in ±10% of 255.
-
-    With ``region="label_box"`` only the part of each case a patch can reach is kept (copied),
-    so the PreparedCase objects can be released after construction.
-    """
-
-    def __init__(self, cases: Sequence[PreparedCase], recipe: DataRecipe | None = None, seed: int = 0) -> None:
-        self.recipe = (recipe or DataRecipe()).check()
-        if not cases:
-            raise InputError("No prepared cases to sample training patches from.")
-        if seed < 0:
-            raise ConfigError(f"seed must be ≥ 0, got {seed}.")
-        self.seed = int(seed)
-        self.ids = [c.id for c in cases]
-        self._entries = [self._entry(c) for c in cases]
-        self._order_cache: tuple[int, np.ndarray] | None = None
-
-    def _entry(self, case: PreparedCase) -> _Entry:
-        r = self.recipe
-        shape = np.array(case.image.shape)
-        spacing = case.image.spacing_zyx
-        mask = case.mask.array
-        bounds = _label_bounds(mask)
-        if bounds is None and r.region == "label_box":
-            raise InputError(f"Case '{case.id}' has an empty label; a 'label_box' region needs a labelled prostate.")
-        lo, hi = np.zeros(3, int), shape - 1
-        if r.region == "label_box":  # keep only what a patch can reach: saves memory
-            reach = np.ceil(r.margin_mm[1] / spacing) + 1
-            half = r.patch / 2 * (math.sqrt(2) if r.augment else 1.0) + 2
-            reach += np.array([r.slab // 2, half, half])
-            lo = np.maximum(bounds[0] - reach, 0).astype(int)
-            hi = np.minimum(bounds[1] + reach, shape - 1).astype(int)
-        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
-        return _Entry(np.ascontiguousarray(case.image.array[sl], dtype=np.float32),
-                      np.ascontiguousarray(mask[sl], dtype=np.uint8), lo, shape, spacing, bounds,
-                      np.argwhere(mask > 0).astype(np.int32))
-
-    def __len__(self) -> int:
-        """Items per epoch: ``per_case`` × number of cases."""
-        return self.recipe.per_case * len(self._entries)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if self._order_cache is None or self._order_cache[0] != epoch:
-            perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
-            self._order_cache = (epoch, perm // self.recipe.per_case)
-        return self._order_cache[1]
-
-    def case_of(self, index: int) -> int:
-        """Which case (position in ``cases``) item ``index`` is drawn from."""
-        epoch, i = divmod(int(index), len(self))
-        return int(self._order(epoch)[i])
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        index = int(index)
-        if index < 0:
-            raise IndexError(f"index must be ≥ 0, got {index}")
-        e = self._entries[self.case_of(index)]
-        r = self.recipe
-        rng = np.random.default_rng([self.seed, index, 0])
-        if r.region == "label_box":
-            rlo, rhi = _label_region(*e.bounds, e.spacing, r.margin_mm, rng)
-            a = np.clip(np.ceil(rlo), 0, e.shape - 1).astype(int)
-            b = np.clip(np.floor(rhi), 0, e.shape - 1).astype(int)
-        else:
-            a, b = np.zeros(3, int), e.shape - 1
-        if len(e.fg) and rng.random() < r.fg_fraction:
-            centre = e.fg[rng.integers(len(e.fg))].astype(int)
-        else:
-            centre = rng.integers(a, np.maximum(b, a) + 1)
-        image, label = self._sample(e, centre, rng)
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
-
-    def _sample(self, e: _Entry, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        r = self.recipe
-        off = np.arange(r.patch, dtype=float) - r.patch // 2
-        dy, dx = np.meshgrid(off, off, indexing="ij")
-        if r.augment:
-            t = math.radians(rng.uniform(-10.0, 10.0))
-            flip_y, flip_x = rng.random(2) < 0.5
-            scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1) * 255.0
-            dy, dx = math.cos(t) * dy - math.sin(t) * dx, math.sin(t) * dy + math.cos(t) * dx
-        y, x = dy + (centre[1] - e.offset[1]), dx + (centre[2] - e.offset[2])
-        zs = np.clip(centre[0] + np.arange(r.slab) - r.slab // 2, 0, e.shape[0] - 1) - e.offset[0]
-        image = _bilinear(e.image, zs, y, x)
-        label = _nearest(e.mask, centre[0] - e.offset[0], y, x)
-        if r.augment:
-            if flip_y:
-                image, label = image[:, ::-1], label[::-1]
-            if flip_x:
-                image, label = image[:, :, ::-1], label[:, ::-1]
-            image = image * np.float32(scale) + np.float32(shift)
-        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
-
-
-def _window(a: np.ndarray, zs: np.ndarray, ylo: int, yhi: int, xlo: int, xhi: int) -> np.ndarray:
-    """``a[zs, ylo:yhi+1, xlo:xhi+1]`` with zeros where the window leaves the array."""
-    out = np.zeros((len(zs), yhi - ylo + 1, xhi - xlo + 1), a.dtype)
-    y0, y1, x0, x1 = max(ylo, 0), min(yhi, a.shape[1] - 1), max(xlo, 0), min(xhi, a.shape[2] - 1)
-    if y0 <= y1 and x0 <= x1:
-        out[:, y0 - ylo: y1 - ylo + 1, x0 - xlo: x1 - xlo + 1] = a[zs, y0: y1 + 1, x0: x1 + 1]
-    return out
-
-
-def _bilinear(a: np.ndarray, zs: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear samples of slices ``a[zs]`` at in-plane points (y, x) (each (P, P)), zero
-    outside the array (as ``map_coordinates(order=1, mode="grid-constant")``, much faster for
-    small patches): float32 (len(zs), P, P); integer points are copied exactly."""
-    y0, x0 = np.floor(y), np.floor(x)
-    wy, wx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
-    y0, x0 = y0.astype(np.intp), x0.astype(np.intp)
-    ylo, xlo = int(y0.min()), int(x0.min())
-    win = _window(a, np.asarray(zs), ylo, int(y0.max()) + 1, xlo, int(x0.max()) + 1).astype(np.float32, copy=False)
-    w = win.shape[2]
-    flat, idx = win.reshape(len(win), -1), (y0 - ylo) * w + (x0 - xlo)
-    if not (wx.any() or wy.any()):  # integer points (no rotation): a plain copy
-        return np.take(flat, idx, axis=1)
-    top = np.take(flat, idx, axis=1) * (1 - wx) + np.take(flat, idx + 1, axis=1) * wx
-    bottom = np.take(flat, idx + w, axis=1) * (1 - wx) + np.take(flat, idx + w + 1, axis=1) * wx
-    return top * (1 - wy) + bottom * wy
-
-
-def _nearest(a: np.ndarray, z: int, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour samples of slice ``a[z]`` at (y, x), zero outside: (P, P)."""
-    yi, xi = np.rint(y).astype(np.intp), np.rint(x).astype(np.intp)
-    ylo, xlo = int(yi.min()), int(xi.min())
-    win = _window(a, np.array([z]), ylo, int(yi.max()), xlo, int(xi.max()))[0]
-    return np.take(win.ravel(), (yi - ylo) * win.shape[1] + (xi - xlo))
-
-
-# ---- loaders and whole-slice inference -------------------------------------------------------
-class IndexStream(Sampler[int]):
-    """Global item indices ``start + k * world_size + rank`` for k = 0, 1, … (``count`` items,
-    or without end when None). With :class:`SlabPatchDataset` the index encodes the epoch, so
-    resuming at item ``start`` reproduces the original stream exactly."""
-
-    def __init__(self, start: int = 0, count: int | None = None, rank: int = 0, world_size: int = 1,
-                 modulo: int | None = None) -> None:
-        if start < 0 or not 0 <= rank < world_size:
-            raise ConfigError(f"bad sampler settings: start={start}, rank={rank}, world_size={world_size}.")
-        self.start, self.count, self.rank, self.world_size, self.modulo = start, count, rank, world_size, modulo
-
-    def __iter__(self) -> Iterator[int]:
-        k = 0
-        while self.count is None or k < self.count:
-            g = self.start + k * self.world_size + self.rank
-            yield g % self.modulo if self.modulo else g
-            k += 1
-
-    def __len__(self) -> int:
-        if self.count is None:
-            raise TypeError("an endless IndexStream has no length")
-        return self.count
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy / random in each worker from torch's per-worker seed (items of
-    SlabPatchDataset do not depend on it; other datasets may)."""
-    import random
-
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str = "cpu", workers: int = 0, *,
-                start_item: int = 0, num_items: int | None = None, seed: int = 0, rank: int = 0,
-                world_size: int = 1) -> DataLoader:
-    """A DataLoader over ``dataset`` items ``start_item, start_item + 1, …`` (``num_items`` of
-    them, endless when None; with DDP rank r takes every ``world_size``-th item).
-
-    Resume exactly after ``n`` batches with ``start_item = n * batch_size * world_size``.
-    ``workers`` > 0 uses persistent worker processes; memory is pinned when ``device`` is CUDA.
-    Datasets other than :class:`SlabPatchDataset` get indices modulo their length.
-    """
-    if batch_size < 1 or workers < 0:
-        raise ConfigError(f"batch_size must be ≥ 1 and workers ≥ 0, got {batch_size} and {workers}.")
-    modulo = None if isinstance(dataset, SlabPatchDataset) else len(dataset)  # type: ignore[arg-type]
-    count = None if num_items is None else int(math.ceil(num_items / world_size))
-    sampler = IndexStream(start_item, count, rank, world_size, modulo)
-    kwargs: dict = {}
-    if workers > 0:
-        kwargs = dict(persistent_workers=True, worker_init_fn=_seed_worker, prefetch_factor=4)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.device(device).type == "cuda", generator=torch.Generator().manual_seed(seed),
-                      **kwargs)
-
-
-def whole_slices(volume: np.ndarray | torch.Tensor, slab: int) -> np.ndarray | torch.Tensor:
-    """Slabs for whole-slice inference: (Z, Y, X) → (Z, slab, Y, X), slab ``k`` holding slices
-    ``k - slab//2 … k + slab//2`` with the end slices replicated beyond the volume (I-15).
-
-    NumPy input gives a read-only strided view (no copy; ``np.ascontiguousarray`` a batch of it
-    before ``torch.from_numpy``); a tensor input gives a new tensor on the same device.
-    """
-    if slab < 1 or slab % 2 == 0:
-        raise ConfigError(f"slab must be an odd number of slices ≥ 1, got {slab}.")
-    if volume.ndim != 3:
-        raise InputError(f"whole_slices expects a (Z, Y, X) volume, got shape {tuple(volume.shape)}.")
-    h = slab // 2
-    if isinstance(volume, torch.Tensor):
-        z = volume.shape[0]
-        idx = (torch.arange(z, device=volume.device)[:, None] + torch.arange(-h, h + 1, device=volume.device)).clamp(0, z - 1)
-        return volume[idx]
-    padded = np.pad(np.asarray(volume), ((h, h), (0, 0), (0, 0)), mode="edge")
-    view = np.lib.stride_tricks.sliding_window_view(padded, slab, axis=0)  # (Z, Y, X, slab)
-    return np.moveaxis(view, -1, 1)

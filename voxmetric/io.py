@@ -319,6 +319,26 @@ def read_segment_mask(path: str | Path, segment: str | None = None, reference: V
     return mask if reference is None else _on_reference(mask, reference)
 
 
+def read_label_map(path: str | Path, segments: Sequence[str] = (), reference: Volume | None = None
+                   ) -> tuple[Volume, tuple[str, ...]]:
+    """uint8 label map (z, y, x) of several segments: voxels of ``segments[k]`` get value k + 1
+    (an earlier segment wins where segments overlap); returns it with the segment names as the
+    file spells them. No ``segments``: the only / first non-empty segment, as
+    :func:`read_segment_mask`. Optionally put on ``reference``'s grid."""
+    seg = read_segmentation(path)
+    if not segments:
+        if not seg.segments:
+            raise SegmentNotFoundError(f"{path} holds no segments (the label is empty). Draw or export the label first.")
+        infos = [next((s for s in seg.segments if seg.mask_of(s).array.any()), seg.segments[0])]
+    else:
+        infos = [seg.find(name) for name in segments]
+    labels = np.zeros(seg.labelmap.shape, np.uint8)
+    for k, info in reversed(list(enumerate(infos))):  # the first listed is painted last: it wins
+        labels[seg.mask_of(info).array > 0] = k + 1
+    out = seg.labelmap.with_array(labels)
+    return (out if reference is None else _on_reference(out, reference)), tuple(i.name for i in infos)
+
+
 def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], segments: Sequence[SegmentInfo]) -> Path:
     """Write a Slicer .seg.nrrd (atomic). ``labelmap`` is one Volume (layer 0) or one per layer,
     all on one grid; each :class:`SegmentInfo` names a label value in its layer."""

@@ -4,7 +4,8 @@ A *model package* is a folder (or a ``.zip`` of one) holding
 
 - ``model.json``: the card, validated against ``model_card.schema.json`` (shipped beside this
   file): name, method, role (``localizer`` / ``refiner`` / ``joint``), modality (``ct`` / ``mr``
-  / ``any``), method ``config``, ``data`` recipe (spacing, slab, patch, normalisation, region),
+  / ``any``), ``classes`` (name, label value, colour and SNOMED CT terminology of each output
+  class), method ``config``, ``data`` recipe (spacing, slab, patch, normalisation, region),
   ``training`` / ``validation`` summaries, ``intended_use``, ``demo``, and the fields
   :func:`save_package` fills in: ``format``, ``engine_version``, ``weights_sha256``,
   ``weights_bytes``, ``weights_dtype``, ``created``;
@@ -12,6 +13,8 @@ A *model package* is a folder (or a ``.zip`` of one) holding
 
 Loading checks the card against the schema, then the size and SHA-256 of the weights *before*
 any byte of them is deserialised; only safetensors is parsed (no pickle, no code execution).
+Format 1 cards (before multi-class models) have no ``classes``: they are read as one class,
+"Prostate" (:attr:`ModelPackage.classes`); new packages are written as format 2.
 
 Registry: installed packages live in ``models_home() / "models"`` (``$VOXMETRIC_HOME`` or
 ``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (or
@@ -38,7 +41,7 @@ import tempfile
 import uuid
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -47,7 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelError
 
-FORMAT = "voxmetric-model/1"
+FORMAT = "voxmetric-model/2"
+FORMATS = ("voxmetric-model/1", FORMAT)  # readable formats
 CARD = "model.json"
 WEIGHTS = "weights.safetensors"
 PIPELINE_SUFFIX = ".pipeline.json"
@@ -84,6 +88,16 @@ class ModelPackage:
     @property
     def method(self) -> str:
         return self.card["method"]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return card_classes(self.card)
+
+
+def card_classes(card: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of a card's output classes 1, 2, … (format 1 cards: ("Prostate",))."""
+    return tuple(str(c["name"]) for c in sorted(card.get("classes") or [{"name": "Prostate", "value": 1}],
+                                                key=lambda c: int(c["value"])))
 
 
 @dataclass(frozen=True)
@@ -453,8 +467,8 @@ def _config_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
 
 def build_model(pkg: ModelPackage) -> tuple[Any, Any, torch.nn.Module]:
     """``(method, cfg, model)``: the card's method from ``voxmetric.methods``, its config
-    dataclass filled from ``card["config"]``, and the network with the weights loaded, in eval
-    mode on the CPU."""
+    dataclass filled from ``card["config"]``, and the network for the card's classes with the
+    weights loaded, in eval mode on the CPU."""
     from .methods import available_methods, get_method
 
     card = pkg.card
@@ -477,7 +491,7 @@ def build_model(pkg: ModelPackage) -> tuple[Any, Any, torch.nn.Module]:
             "was made by another engine version. Update voxmetric or re-export the model."
         ) from e
     try:
-        model = method.build(cfg)
+        model = method.build(cfg, len(pkg.classes) + 1)
         model.load_state_dict(pkg.state_dict, strict=True)
     except (TypeError, ValueError, RuntimeError, ConfigError) as e:
         raise ModelError(
@@ -676,28 +690,36 @@ def resolve_pipeline(name: str | None, modality: str, strict: bool = True) -> tu
 
 # ---- inference pipelines -----------------------------------------------------------------------
 def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: Any = None,
-                  strict: bool = True) -> Any:
+                  strict: bool = True, stages: Sequence[str] = ("localizer", "refiner")) -> Any:
     """A ready :class:`voxmetric.pipeline.Pipeline` for ``modality`` ("ct" / "mr").
 
     ``name``: a pipeline name (:func:`list_pipelines`), or a refiner / joint model name or
     package path (paired with the default localizer), or None for the default pipeline
-    (:func:`resolve_pipeline`). ``config``: a ``PipelineConfig`` (None = defaults). Both packages
-    are verified (schema + SHA-256) and built in eval mode on ``device``.
+    (:func:`resolve_pipeline`). ``config``: a ``PipelineConfig`` (None = defaults). ``stages``:
+    the roles to load — refining in a given box needs no localizer, localizing no refiner. The
+    packages are verified (schema + SHA-256) and built in eval mode on ``device``.
     """
     from .pipeline import Pipeline, Stage
 
+    models = list_models()
+    paths: dict[str, Path] = {}
     if name is not None and not any(p.name == name for p in list_pipelines()):
         ref = find_model(name)
         if ref.role not in ("refiner", "joint"):
             raise ModelError(f"model {ref.name!r} is a {ref.role}; give a refiner model or a pipeline name")
         check_modality({"name": ref.name, "modality": ref.modality}, modality, strict=strict)
-        loc_path = _default_model(list_models(), "localizer", modality, strict).path
-        ref_path = ref.path
+        paths["refiner"] = ref.path
+        if "localizer" in stages:
+            paths["localizer"] = (ref if ref.role == "joint" else _default_model(models, "localizer", modality, strict)).path
+    elif name is None:
+        for role in stages:
+            paths[role] = _default_model(models, role, modality, strict).path
     else:
-        loc_path, ref_path = resolve_pipeline(name, modality, strict=strict)
-    stages = []
-    for path in (loc_path, ref_path):
-        pkg = load_package(path)
+        loc, ref_path = resolve_pipeline(name, modality, strict=strict)
+        paths = {"localizer": loc, "refiner": ref_path}
+    loaded: dict[str, Stage] = {}
+    for role in stages:
+        pkg = load_package(paths[role])
         method, cfg, model = build_model(pkg)
-        stages.append(Stage(method, cfg, model, pkg.name))
-    return Pipeline(stages[0], stages[1], modality, config, device)
+        loaded[role] = Stage(method, cfg, model, pkg.name, pkg.classes)
+    return Pipeline(loaded.get("localizer"), loaded.get("refiner"), modality, config, device)

@@ -21,12 +21,15 @@ holds a default ``fixed_size_mm`` box at the body centre in-plane, low in the pe
 the user to move.
 
 Stage 2 (:meth:`Pipeline.refine`): the volume is resampled onto the box grid at 1 mm (rotated
-boxes honoured) widened in-plane to at least one training patch (``patch × spacing`` mm: the
-network needs the context it was trained with), normalised, resampled to the refiner's spacing
-when it is not 1 mm (the order of the training preprocessing), padded in-plane to a multiple of 8, and
-every box slice is predicted as a 3-slice slab (batched, ``method.predict``); the probability is
-pasted back onto the input's grid (linear), thresholded at 0.5 and kept only inside the box.
-Post-processing: largest 3D component and hole filling (both configurable).
+boxes honoured) widened to at least the refiner's context (``method.context_mm``: a 2.5D net
+needs the in-plane context of one training patch), normalised, resampled to the refiner's
+spacing when it is not 1 mm (the order of the training preprocessing), and given to the
+refiner's predictor (``method.predict`` → class probabilities); the foreground classes'
+probabilities are pasted back onto the input's grid (linear), turned into labels and cleaned by
+:mod:`voxmetric.postprocess` (the rule validation uses too) and kept only inside the box:
+largest 3D component per class and hole filling (both configurable). The result is a label map
+whose value k is the refiner's class ``k`` (``Stage.classes[k - 1]``; "Prostate" alone for a
+prostate model).
 
 CPU: ``torch.inference_mode``, ``channels_last``, batched slices, all cores. bf16 autocast is
 off by default (``bf16=True`` enables it; see the benchmark for whether it pays off).
@@ -39,14 +42,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage
 
 from . import intensity
 from .errors import ConfigError, InputError
+from .postprocess import clean, labels_from_foreground, largest_component
 from .volume import Box, Volume, crop, resample, resample_to
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .methods import Method
 
 Progress = Callable[[int, int, str], None]
 ROI_RULES = ("extent", "fixed")
@@ -83,20 +91,18 @@ class PipelineConfig:
 @dataclass
 class Stage:
     """A loaded network: its :class:`voxmetric.methods.Method`, config and ``nn.Module``
-    (eval mode); ``name`` is the model package's name."""
+    (eval mode); ``name`` is the model package's name, ``classes`` the names of its label
+    values 1, 2, … (background excluded)."""
 
-    method: Any
+    method: "Method[Any]"
     cfg: Any
-    model: Any
+    model: "nn.Module"
     name: str = ""
+    classes: tuple[str, ...] = ("Prostate",)
 
     @property
     def spacing_mm(self) -> float:
         return float(self.method.data_recipe(self.cfg).spacing_mm)
-
-    @property
-    def slab(self) -> int:
-        return int(self.method.data_recipe(self.cfg).slab)
 
 
 @dataclass
@@ -115,7 +121,8 @@ class LocalizeResult:
 
 @dataclass
 class SegmentResult:
-    """``mask``: uint8 0/1 Volume on the input's grid; ``timings``: seconds per stage."""
+    """``mask``: uint8 label map Volume on the input's grid (value k = ``classes[k - 1]``);
+    ``timings``: seconds per stage."""
 
     mask: Volume | None
     box: Box
@@ -124,6 +131,7 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)
     localization: LocalizeResult | None = None
     message: str = ""
+    classes: tuple[str, ...] = ("Prostate",)
 
 
 def _report(progress: Progress | None, lo: int, hi: int) -> Callable[[float, str], None]:
@@ -134,16 +142,6 @@ def _report(progress: Progress | None, lo: int, hi: int) -> Callable[[float, str
             progress(int(round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0))), 100, message)
 
     return say
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean array (all False when empty)."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def roi_from_mask(mask: Volume, config: PipelineConfig | None = None) -> tuple[Box, np.ndarray]:
@@ -252,30 +250,11 @@ class Pipeline:
         return "ct" if intensity.looks_like_ct(volume.array) else "mr"
 
     def _predict(self, stage: Stage, image: np.ndarray, say: Callable[[float, str], None], what: str) -> np.ndarray:
-        """Foreground probability (Z, Y, X) float32 of a normalised image (Z, Y, X): each slice
-        with its ``stage.slab`` neighbours (edge replication, I-15), in batches; H, W are padded
-        with 0 to a multiple of 8 and cropped back."""
-        import torch
+        """Class probabilities (C, Z, Y, X) of a normalised image (Z, Y, X): the stage's predictor."""
+        from .methods import Runtime
 
-        from .data import whole_slices
-
-        z, h, w = image.shape
-        padded = np.pad(image.astype(np.float32, copy=False), ((0, 0), (0, (-h) % 8), (0, (-w) % 8)))
-        slabs = whole_slices(padded, stage.slab)
-        out = np.empty(image.shape, np.float32)
-        bs = self.config.batch_size
-        cuda = self.device.type == "cuda"
-        use_bf16 = self.config.bf16 or cuda
-        amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_bf16):
-            for i in range(0, z, bs):
-                x = torch.from_numpy(np.array(slabs[i:i + bs], dtype=np.float32)).to(self.device)  # a writable copy
-                if not cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                p = stage.method.predict(stage.model, x)
-                out[i:i + bs] = p[:, :h, :w].float().cpu().numpy()
-                say(min(i + bs, z) / z, f"{what}: slices {min(i + bs, z)}/{z}")
-        return out
+        rt = Runtime(self.device, self.config.batch_size, self.config.bf16, lambda f, m: say(f, f"{what}: {m}"))
+        return stage.method.predict(stage.model, stage.cfg, image, rt)
 
     # -- stage 1 -------------------------------------------------------------------------------------
     def localize(self, volume: Volume, progress: Progress | None = None) -> LocalizeResult:
@@ -291,7 +270,8 @@ class Pipeline:
         say(0.0, "localize: preprocessing")
         prep, _ = preprocess_image_fast(oriented(volume), self.image_modality(volume), self.localizer.spacing_mm)
         say(0.1, "localize: coarse segmentation")
-        prob = self._predict(self.localizer, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
+        probs = self._predict(self.localizer, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
+        prob = probs[1:].sum(0)  # any foreground class
         comp = largest_component(prob > cfg.threshold)
         voxel_mm3 = float(np.prod(prep.spacing))
         n = int(comp.sum())
@@ -323,7 +303,8 @@ class Pipeline:
 
     # -- stage 2 -------------------------------------------------------------------------------------
     def refine(self, volume: Volume, box: Box, progress: Progress | None = None) -> Volume:
-        """Stage 2: uint8 0/1 mask on ``volume``'s grid, non-zero only inside ``box``."""
+        """Stage 2: uint8 label map on ``volume``'s grid (value k = ``refiner.classes[k - 1]``),
+        non-zero only inside ``box``."""
         if self.refiner is None:
             raise ConfigError("This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
         return self._refine(volume, box, _report(progress, 0, 100))
@@ -345,30 +326,28 @@ class Pipeline:
         cfg = self.config
         say(0.0, "refine: resampling the ROI")
         fill, norm = self._normaliser(volume, self.image_modality(volume))
-        sp = self.refiner.spacing_mm
-        # as in training (data.preprocess_image): 1 mm, normalise, then the refiner's spacing
-        # in-plane context of at least one training patch (the net never saw smaller images)
+        ref = self.refiner
+        sp = ref.spacing_mm
+        # as in training (data.preprocess_image): 1 mm, normalise, then the refiner's spacing,
+        # with at least the context the refiner's network was trained with
         cbox = canonical_box(box)
-        recipe = self.refiner.method.data_recipe(self.refiner.cfg)
-        context = np.maximum(cbox.size, [recipe.patch * sp, recipe.patch * sp, 0.0])
-        wide = Box(cbox.center, context, cbox.axes)
+        wide = Box(cbox.center, np.maximum(cbox.size, ref.method.context_mm(ref.cfg)), cbox.axes)
         roi = crop(_around(volume, wide), wide, (1.0, 1.0, 1.0), is_label=False, fill=fill)  # only the box's voxels
         roi = roi.with_array(norm(roi.array))
         if not np.isclose(sp, 1.0):
             roi = resample(roi, (sp, sp, sp), is_label=False)
-        prob = self._predict(self.refiner, roi.array, lambda f, m: say(0.05 + 0.85 * f, m), "refine")
+        probs = self._predict(ref, roi.array, lambda f, m: say(0.05 + 0.85 * f, m), "refine")
         say(0.92, "refine: pasting back")
         out = np.zeros(volume.shape, np.uint8)
         bounds = _index_bounds(volume, box)
         if bounds is not None:
             sub = _subgrid(volume, *bounds)
-            soft = resample_to(roi.with_array(prob), sub, is_label=False, fill=0.0).array
-            mask = (soft >= cfg.threshold) & _inside_box(sub, box)
-            if cfg.largest_component and mask.any():
-                mask = largest_component(mask)
-            if cfg.fill_holes and mask.any():
-                mask = ndimage.binary_fill_holes(mask) & _inside_box(sub, box)
-            out[tuple(slice(l, h + 1) for l, h in zip(*bounds))] = mask
+            inside = _inside_box(sub, box)
+            fg = np.stack([resample_to(roi.with_array(p), sub, is_label=False, fill=0.0).array for p in probs[1:]])
+            labels = labels_from_foreground(fg, cfg.threshold)
+            labels[~inside] = 0
+            labels = clean(labels, cfg.largest_component, cfg.fill_holes, inside)
+            out[tuple(slice(l, h + 1) for l, h in zip(*bounds))] = labels
         say(1.0, "refine: done")
         return volume.with_array(out)
 
@@ -402,7 +381,8 @@ class Pipeline:
                     progress(100, 100, "not found: refinement skipped")
             timings["refine"] = time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t0
-        return SegmentResult(mask, box, found, confidence, timings, loc, message)
+        classes = self.refiner.classes if self.refiner is not None else ("Prostate",)
+        return SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
 
     def _localize_checked(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
         if self.localizer is None:
@@ -486,7 +466,8 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
     write_roi(res.box, roi_path)
     written = {"roi": str(roi_path)}
     if res.mask is not None:
-        io.write_segmentation(paths["segmentation"], res.mask, [io.PROSTATE])
+        io.write_segmentation(paths["segmentation"], res.mask,
+                              [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)])
         written["segmentation"] = str(paths["segmentation"])
     timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
                "write": time.perf_counter() - t1}
@@ -496,7 +477,9 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
                "confidence": round(float(res.confidence), 4), "message": res.message, "timings": timings,
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
                        "axes": res.box.axes.ravel().tolist()},
-               "voxels": None if res.mask is None else int(res.mask.array.sum()), **written}
+               "classes": list(res.classes),
+               "voxels": None if res.mask is None else {name: int(np.count_nonzero(res.mask.array == k))
+                                                        for k, name in enumerate(res.classes, 1)}, **written}
     _write_json(timings_path, summary)
     summary["timings_file"] = str(timings_path)
     return summary
@@ -547,4 +530,4 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
 
 
 __all__ = ["IMAGE_SUFFIXES", "LocalizeResult", "Pipeline", "PipelineConfig", "ROI_RULES", "SegmentResult", "Stage",
-           "canonical_box", "image_files", "largest_component", "oriented", "output_paths", "overview_png", "roi_from_mask", "segment_file"]
+           "canonical_box", "image_files", "oriented", "output_paths", "overview_png", "roi_from_mask", "segment_file"]

@@ -1,12 +1,19 @@
-"""Method-agnostic trainer (DESIGN.md rule 4): optimiser, poly schedule, AMP, validation,
+"""Method-agnostic trainer (DESIGN.md rule 4): optimisers, poly schedule, AMP, validation,
 checkpoints with exact resume, JSON-line events and PyTorch DDP under ``torchrun``.
 
+The method (:class:`voxmetric.methods.Method`) supplies the dataset, the networks, named
+optimiser groups and the training step; the trainer gives each group an optimiser and a poly
+schedule and hands the step a :class:`voxmetric.methods.StepContext` whose ``step(loss, groups)``
+back-propagates and steps (one call per iteration for most methods, several for joint models).
+Validation runs the method's predictor and the pipeline's post-processing (:func:`validate`).
 Defaults follow METHODS.md §2.6: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (I-22), "poly"
-decay with power 0.9 (I-23), batch 30 per process.
+decay with power 0.9 (I-23), batch 30 per process; a method may suggest others
+(``Method.train_defaults``).
 
 Checkpoints (``<out>/checkpoints/last.safetensors`` and ``best.safetensors``) are single
-safetensors files: the tensors are the model and optimiser state, the JSON header metadata holds
-everything else (configs, iteration, scheduler, scaler, RNG states of every rank, best score).
+safetensors files: the tensors are the training model and optimiser states, the JSON header
+metadata holds everything else (configs, classes, case ids, iteration, schedulers, scaler, RNG
+states of every rank, best score); resume refuses a run whose result-changing settings differ.
 No pickle is written or read. Batch ``t`` of rank ``r`` depends only on (seed, t, r), so a run
 resumed from iteration ``t`` draws the same patches as one that was never stopped; on the CPU
 the resumed weights equal the uninterrupted ones bit for bit.
@@ -38,7 +45,7 @@ from . import __version__
 from .errors import ConfigError, DeviceError, InputError, VoxMetricError
 
 Emit = Callable[[dict[str, Any]], None]
-CHECKPOINT_FORMAT = "voxmetric-checkpoint/1"
+CHECKPOINT_FORMAT = "voxmetric-checkpoint/2"
 OPTIMIZERS = ("sgd", "adam")
 NORMALISATION = {"ct": "HU window [-200, 250] -> [0, 255]", "mr": "percentiles [0.5, 99.5] -> [0, 255]"}
 
@@ -181,9 +188,9 @@ def _set_rng_state(st: Mapping[str, Any]) -> None:
 # ---- data order ---------------------------------------------------------------------------------
 def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: torch.device) -> Iterator[dict]:
     """Endless batches for this rank from iteration ``start`` on. Item indices are global
-    (``data.make_loader``): batch ``t`` depends only on (seed, t, rank, world), so a resumed
-    run draws exactly the patches an uninterrupted one would."""
-    from .data import make_loader
+    (``sampling.make_loader``): batch ``t`` depends only on (seed, t, rank, world), so a resumed
+    run draws exactly the items an uninterrupted one would."""
+    from .sampling import make_loader
 
     yield from make_loader(dataset, cfg.batch_size, device, cfg.workers, start_item=start * cfg.batch_size * dist.world,
                            seed=cfg.seed, rank=dist.rank, world_size=dist.world)
@@ -216,94 +223,147 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         raise InputError(f"Cannot read the checkpoint {path} ({exc}); it is damaged or not a VoxMetric "
                          "checkpoint. Start again without --resume in a new output folder.") from exc
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a VoxMetric checkpoint (format {meta.get('format')!r}).")
+        raise InputError(f"{path} is not a checkpoint this engine can resume (format {meta.get('format')!r}, "
+                         f"expected {CHECKPOINT_FORMAT}). Start again without --resume in a new output folder.")
     return tensors, meta
 
 
-def _optimizer_split(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _optimizer_split(group: str, state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors, rest = {}, {}
     for idx, st in state["state"].items():
         for key, value in st.items():
             if isinstance(value, Tensor):
-                tensors[f"optim.{idx}.{key}"] = value
+                tensors[f"optim.{group}.{idx}.{key}"] = value
             else:
                 rest.setdefault(str(idx), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": rest}
 
 
-def _optimizer_join(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+def _optimizer_join(group: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
+    prefix = f"optim.{group}."
     for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
+        if key.startswith(prefix):
+            idx, name = key[len(prefix):].split(".", 1)
             state.setdefault(int(idx), {})[name] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+#: TrainConfig fields that change the result; resume refuses a run whose values differ.
+RESULT_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power", "amp", "seed")
+
+
+def _resume_differences(meta: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between a checkpoint's run and this one, in words (empty: resumable)."""
+    diffs = []
+    if meta["method"] != now["method"]:
+        diffs.append(f"method {meta['method']} → {now['method']}")
+    for key, value in now["config"].items():
+        if meta["config"].get(key) != value:
+            diffs.append(f"{key} {meta['config'].get(key)!r} → {value!r}")
+    for key in RESULT_FIELDS:
+        if meta["train_config"].get(key) != now["train_config"][key]:
+            diffs.append(f"{key} {meta['train_config'].get(key)!r} → {now['train_config'][key]!r}")
+    for key, what in (("classes", "segments"), ("train_cases", "training cases"), ("val_cases", "validation cases"),
+                      ("unlabeled_cases", "unlabeled cases"), ("world_size", "number of processes")):
+        if meta.get(key) != now[key]:
+            diffs.append(f"{what} {meta.get(key)!r} → {now[key]!r}")
+    return diffs
+
+
+# ---- one training iteration --------------------------------------------------------------------------
+class _StepContext:
+    """:class:`voxmetric.methods.StepContext`: backward + optimiser steps for named groups."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                 device: torch.device, total: int) -> None:
+        self.optimizers, self.scaler, self.device, self.total = optimizers, scaler, device, total
+        self.iteration = 0
+        self.steps = 0
+
+    def step(self, loss: Tensor, groups: str | Sequence[str] | None = None) -> None:
+        names = list(self.optimizers) if groups is None else [groups] if isinstance(groups, str) else list(groups)
+        unknown = [n for n in names if n not in self.optimizers]
+        if unknown:
+            raise ConfigError(f"No optimiser group {unknown[0]!r}; the method declares {', '.join(self.optimizers)}.")
+        for n in names:
+            self.optimizers[n].zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=False):  # backward outside the forward's autocast
+            self.scaler.scale(loss).backward()
+        for n in names:
+            self.scaler.step(self.optimizers[n])
+        self.scaler.update()
+        self.steps += 1
+
+
 # ---- validation ---------------------------------------------------------------------------------
-@torch.inference_mode()
-def predict_volume(method: Any, model: nn.Module, image: np.ndarray, slab: int, device: torch.device,
-                   batch: int = 16) -> np.ndarray:
-    """Foreground probability (Z,Y,X) float32 of a normalised image (Z,Y,X): every axial slice
-    with its ``slab`` neighbours (edge slices replicated, I-15), ``batch`` slabs at a time."""
-    from .data import whole_slices
-
-    slabs = whole_slices(np.asarray(image, dtype=np.float32), slab)  # (Z, slab, Y, X) view
-    out = np.empty(image.shape, dtype=np.float32)
-    for i in range(0, image.shape[0], batch):
-        x = torch.from_numpy(np.ascontiguousarray(slabs[i:i + batch])).to(device)
-        out[i:i + batch] = method.predict(model, x).float().cpu().numpy()
-    return out
-
-
-def _validation_region(mask: np.ndarray, region: str, margin_vox: int) -> tuple[slice, ...]:
-    """The label's bounding box + margin (stage-2 refiners) or the whole prepared case."""
-    if region != "label_box":
+def _validation_region(mask: np.ndarray, spacing_zyx: np.ndarray, region: str, margin_mm: float,
+                       context_xyz_mm: Sequence[float]) -> tuple[slice, ...]:
+    """The labels' bounding box + ``margin_mm`` (stage-2 methods), grown about its centre to at
+    least ``context_xyz_mm`` as the pipeline grows a small ROI; the whole case for "body"."""
+    if region != "label_box" or not mask.any():
         return (slice(None),) * 3
     nz = np.nonzero(mask)
-    return tuple(slice(max(0, int(a.min()) - margin_vox), int(a.max()) + 1 + margin_vox) for a in nz)
+    lo = np.array([a.min() for a in nz], float) - margin_mm / spacing_zyx
+    hi = np.array([a.max() for a in nz], float) + margin_mm / spacing_zyx
+    need = np.asarray(context_xyz_mm, float)[::-1] / spacing_zyx
+    grow = np.maximum(need - (hi - lo + 1), 0) / 2
+    lo, hi = np.floor(lo - grow).astype(int), np.ceil(hi + grow).astype(int)
+    return tuple(slice(max(0, a), min(n, b + 1)) for a, b, n in zip(lo, hi, mask.shape))
 
 
-def validate(method: Any, model: nn.Module, cases: Sequence[Any], recipe: Any, device: torch.device,
-             cfg: TrainConfig, emit: Emit | None = None) -> dict[str, Any]:
-    """Whole-case inference on prepared cases → {"dsc", "hd95", "asd" (means), "cases": [...]}."""
+def validate(method: Any, net: nn.Module, cfg: Any, cases: Sequence[Any], recipe: Any, device: torch.device,
+             tcfg: TrainConfig, classes: Sequence[str], emit: Emit | None = None) -> dict[str, Any]:
+    """The method's predictor (as ``segment`` runs it) and the pipeline's post-processing on each
+    prepared case, in the label box + margin → {"dsc", "hd95", "asd" (means over cases of the
+    class means), "failed", "cases": [{"id", "dsc", …, "classes": {name: {"dsc", "hd95", "asd"}}}]}."""
+    from .methods import Runtime
     from .metrics import evaluate_masks, summarize
+    from .postprocess import clean, labels_from_probs
 
-    was_training = model.training
-    model.eval()
+    was_training = net.training
+    net.eval()
     rows = []
+    rt = Runtime(device, batch_size=tcfg.val_batch)
     try:
         for i, case in enumerate(cases):
-            mask = np.asarray(case.mask.array) > 0
+            truth = np.asarray(case.mask.array)
             spacing = np.asarray(case.image.spacing_zyx, dtype=float)
-            box = _validation_region(mask, recipe.region, int(round(cfg.val_margin_mm / float(spacing.min()))))
-            prob = predict_volume(method, model, np.asarray(case.image.array, dtype=np.float32)[box],
-                                  recipe.slab, device, cfg.val_batch)
-            m = evaluate_masks(prob > 0.5, mask[box], spacing)
-            rows.append({"id": case.id, "dsc": m["dsc"], "hd95": m["hd95"], "asd": m["asd"]})
+            box = _validation_region(truth, spacing, recipe.region, tcfg.val_margin_mm, method.context_mm(cfg))
+            probs = method.predict(net, cfg, np.asarray(case.image.array, dtype=np.float32)[box], rt)
+            pred = clean(labels_from_probs(probs))
+            per = {name: evaluate_masks(pred == k, truth[box] == k, spacing) for k, name in enumerate(classes, 1)}
+            row: dict[str, Any] = {"id": case.id, **{m: float(np.mean([v[m] for v in per.values()]))
+                                                     for m in ("dsc", "hd95", "asd")}}
+            if len(classes) > 1:
+                row["classes"] = {n: {m: v[m] for m in ("dsc", "hd95", "asd")} for n, v in per.items()}
+            rows.append(row)
             if emit:
                 emit({"event": "progress", "stage": "validation", "done": i + 1, "total": len(cases),
                       "message": f"validated {case.id}"})
     finally:
-        model.train(was_training)
+        net.train(was_training)
     summary = summarize(rows, keys=("dsc", "hd95", "asd"))
     out: dict[str, Any] = {k: summary[k]["mean"] for k in ("dsc", "hd95", "asd")}
     out["failed"] = int(summary["hd95"]["n_inf"])
+    if len(classes) > 1:
+        out["classes"] = {n: {m: summarize([r["classes"][n] for r in rows], keys=(m,))[m]["mean"]
+                              for m in ("dsc", "hd95", "asd")} for n in classes}
     out["cases"] = rows
     return out
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
-def _prepare(records: Sequence[Any], recipe: Any, cache: Path, emit: Emit, what: str) -> list[Any]:
+def _prepare(records: Sequence[Any], recipe: Any, cache: Path, emit: Emit, what: str, labelled: bool = True) -> list[Any]:
     from .data import prepare_case
 
     out = []
     for i, rec in enumerate(records):
         case = rec if hasattr(rec, "mask") and hasattr(rec, "image") and not isinstance(rec.image, (str, Path)) \
             else prepare_case(rec, recipe, cache_dir=cache)
-        if not np.any(np.asarray(case.mask.array)):
+        if labelled and not np.any(np.asarray(case.mask.array)):
             raise InputError(f"The label of case {case.id!r} is empty after preparation; draw the segment "
                              "or leave the case out.")
         out.append(case)
@@ -312,23 +372,47 @@ def _prepare(records: Sequence[Any], recipe: Any, cache: Path, emit: Emit, what:
     return out
 
 
-def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, recipe: Any, train: Sequence[Any],
-                 val: Sequence[Any], dist: _Dist, device: torch.device, seconds: float,
+def _classes(cases: Sequence[Any]) -> tuple[str, ...]:
+    """The class names all labelled cases share (case-insensitively); InputError otherwise."""
+    first = tuple(cases[0].classes)
+    for c in cases[1:]:
+        if [n.casefold() for n in c.classes] != [n.casefold() for n in first]:
+            raise InputError(f"Case {c.id!r} has the segments {list(c.classes)} but case {cases[0].id!r} has "
+                             f"{list(first)}; give every case the same segments (--segment A,B,...).")
+    return first
+
+
+def class_entries(classes: Sequence[str]) -> list[dict[str, Any]]:
+    """The model card's ``classes``: name, label value, colour and SNOMED terminology of each."""
+    from .io import segment_info
+
+    out = []
+    for value, name in enumerate(classes, 1):
+        info = segment_info(name, value)
+        entry: dict[str, Any] = {"name": name, "value": value, "color": list(info.color)}
+        if info.terminology:
+            entry["terminology"] = info.terminology
+        out.append(entry)
+    return out
+
+
+def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, classes: Sequence[str], train: Sequence[Any],
+                 val: Sequence[Any], unlabeled: Sequence[Any], dist: _Dist, device: torch.device, seconds: float,
                  validation: dict[str, Any] | None, best_it: int | None, last_loss: float | None) -> dict[str, Any]:
-    modalities = sorted({str(c.modality).lower() for c in train if c.modality})
+    modalities = sorted({str(c.modality).lower() for c in [*train, *unlabeled] if c.modality})
     modality = modalities[0] if len(modalities) == 1 else "any"
-    data = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("augment",)}
+    data = method.card_data(mcfg)
     data["normalisation"] = NORMALISATION.get(modality, NORMALISATION)
     val_fields = {}
     if validation:
-        val_fields = {k: validation[k] for k in ("dsc", "hd95", "asd", "failed")}
+        val_fields = {k: validation[k] for k in ("dsc", "hd95", "asd", "failed", "classes") if k in validation}
         val_fields.update(iteration=best_it, cases=len(val), per_case=validation["cases"])
     return _finite({
         "method": method.name, "role": method.role, "config": method.config_to_dict(mcfg),
-        "modality": modality, "data": data,
+        "modality": modality, "classes": class_entries(classes), "data": data,
         "training": {"cases": len(train), "case_ids": [c.id for c in train], "val_case_ids": [c.id for c in val],
-                     "iterations": cfg.iterations, "batch_size": cfg.batch_size, "world_size": dist.world,
-                     "optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
+                     "unlabeled_cases": len(unlabeled), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
+                     "world_size": dist.world, "optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
                      "weight_decay": cfg.weight_decay, "poly_power": cfg.poly_power, "seed": cfg.seed,
                      "amp": cfg.amp and device.type == "cuda", "device": device.type, "seconds": round(seconds, 1),
                      "final_loss": last_loss, "engine_version": __version__},
@@ -338,13 +422,15 @@ def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, recipe: Any, train: S
 
 def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Sequence[Any],
           val_cases: Sequence[Any], out_dir: str | Path, emit: Emit = print_json,
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, unlabeled_cases: Sequence[Any] = ()) -> TrainResult:
     """Train ``method`` with ``method_cfg`` on ``train_cases``; validate on ``val_cases``.
 
     Cases are ``cases.CaseRecord`` s (prepared here, cached in ``<out_dir>/cache``) or
-    ``data.PreparedCase`` s. Checkpoints go to ``<out_dir>/checkpoints``; ``resume=True``
-    continues exactly from ``last.safetensors``. Under ``torchrun`` every rank calls this; rank 0
-    alone writes checkpoints and emits events. Events are dicts with key ``"event"``.
+    ``data.PreparedCase`` s; ``unlabeled_cases`` (images only) go to methods that learn from
+    them. Checkpoints go to ``<out_dir>/checkpoints``; ``resume=True`` continues exactly from
+    ``last.safetensors`` and refuses, naming the difference, when a setting that changes the
+    result differs. Under ``torchrun`` every rank calls this; rank 0 alone writes checkpoints
+    and emits events. Events are dicts with key ``"event"``.
     """
     dist = _dist_from_env()
     out_dir = Path(out_dir)
@@ -357,6 +443,9 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
 
     if not train_cases:
         raise InputError("No training cases; give at least one case with a label.")
+    if unlabeled_cases and not method.uses_unlabeled:
+        raise ConfigError(f"{method.name} learns from labelled cases only; drop the unlabeled cases or pick a "
+                          "semi-supervised method.")
     if resume and not last_path.exists():
         raise ConfigError(f"Nothing to resume: {last_path} does not exist. Start without --resume.")
     if not resume and last_path.exists():
@@ -372,8 +461,8 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
     try:
-        return _train(method, method_cfg, train_cfg, train_cases, val_cases, out_dir, say, resume, dist,
-                      device, last_path, best_path)
+        return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
+                      resume, dist, device, last_path, best_path)
     except VoxMetricError as exc:
         say({"event": "error", "message": str(exc), "type": type(exc).__name__})
         raise
@@ -383,8 +472,8 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
 
 
 def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any], val_cases: Sequence[Any],
-           out_dir: Path, say: Emit, resume: bool, dist: _Dist, device: torch.device,
-           last_path: Path, best_path: Path) -> TrainResult:
+           unlabeled_cases: Sequence[Any], out_dir: Path, say: Emit, resume: bool, dist: _Dist,
+           device: torch.device, last_path: Path, best_path: Path) -> TrainResult:
     t0 = time.monotonic()
     recipe = method.data_recipe(mcfg)
     cache = out_dir / "cache"
@@ -392,58 +481,68 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     if not dist.main:
         torch.distributed.barrier()
     train_prep = _prepare(train_cases, recipe, cache, say, "training cases")
+    unlabeled_prep = _prepare(unlabeled_cases, recipe, cache, say, "unlabeled cases", labelled=False)
     val_prep = _prepare(val_cases, recipe, cache, say, "validation cases") if dist.main else []
     if dist.main and dist.world > 1:
         torch.distributed.barrier()
-
-    from .data import SlabPatchDataset
+    classes = _classes([*train_prep, *val_prep])
 
     _seed_all(cfg.seed)  # identical initial weights on every rank
-    dataset = SlabPatchDataset(train_prep, recipe, seed=cfg.seed)
-    model = method.build(mcfg).to(device)
+    dataset = method.dataset(train_prep, mcfg, cfg.seed, unlabeled_prep)
+    net = method.build(mcfg, len(classes) + 1)
+    model = method.training_model(mcfg, net).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                                     weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = method.optimizer_groups(model, mcfg)
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for name, params in groups.items():
+        if cfg.optimizer == "sgd":
+            optimizers[name] = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            optimizers[name] = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.iterations
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total) ** cfg.poly_power)
+    scheds = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda it: max(0.0, 1.0 - it / total) ** cfg.poly_power)
+              for n, o in optimizers.items()}
     amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    run = {"method": method.name, "config": method.config_to_dict(mcfg), "train_config": dataclasses.asdict(cfg),
+           "classes": list(classes), "train_cases": [c.id for c in train_prep],
+           "val_cases": [c.id for c in val_prep] if dist.main else None,
+           "unlabeled_cases": [c.id for c in unlabeled_prep], "world_size": dist.world}
 
     start, best_score, best_it, best_val = 0, -math.inf, None, None
     _seed_all(cfg.seed + 1000003 * dist.rank)  # per-rank stream for sampling/augmentation
     if resume:
         tensors, meta = load_checkpoint(last_path)
-        if meta["method"] != method.name or meta["config"] != method.config_to_dict(mcfg):
-            raise ConfigError(f"The checkpoint in {last_path.parent} was made by {meta['method']} with config "
-                              f"{meta['config']}; resume with the same method and settings.")
+        now = {**run, "val_cases": meta.get("val_cases") if not dist.main else run["val_cases"]}
+        diffs = _resume_differences(meta, now)
+        if diffs:
+            raise ConfigError(f"The checkpoint in {last_path.parent} was made with other settings: "
+                              + "; ".join(diffs) + ". Resume with the same method and settings, or start a new "
+                              "run in another output folder.")
         if meta["train_config"]["iterations"] != cfg.iterations:
             say({"event": "log", "message": f"iterations changed from {meta['train_config']['iterations']} "
                  f"to {cfg.iterations}: the learning-rate schedule follows the new total"})
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
-        sched.load_state_dict(meta["scheduler"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(_optimizer_join(name, tensors, meta["optimizer"][name]))
+            scheds[name].load_state_dict(meta["scheduler"][name])
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        rngs = meta["rng"]
-        if len(rngs) != dist.world:
-            say({"event": "log", "message": f"checkpoint from {len(rngs)} process(es), now {dist.world}: "
-                 "the random streams continue, but not bit-for-bit"})
-        _set_rng_state(rngs[dist.rank % len(rngs)])
+        _set_rng_state(meta["rng"][dist.rank])
         start, best_score, best_it = meta["iteration"], meta["best_score"], meta["best_iteration"]
         best_val = meta.get("best_validation")
         best_score = -math.inf if best_score is None else best_score
         say({"event": "log", "message": f"resumed from {last_path} at iteration {start}"})
 
-    net: nn.Module = model
+    train_net: nn.Module = model
     if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net.train()
+        train_net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(optimizers) > 1)
+    train_net.train()
+    ctx = _StepContext(optimizers, scaler, device, total)
 
     def checkpoint(path: Path, iteration: int, gather: bool = True) -> None:
         """Write a checkpoint (rank 0). ``gather``: collect every rank's RNG state (a collective
@@ -457,50 +556,54 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
             rngs = [rng]
         if not dist.main:
             return
-        opt_tensors, opt_meta = _optimizer_split(opt.state_dict())
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-        meta = {"format": CHECKPOINT_FORMAT, "engine_version": __version__, "method": method.name,
-                "config": method.config_to_dict(mcfg), "train_config": dataclasses.asdict(cfg),
-                "iteration": iteration, "optimizer": opt_meta, "scheduler": sched.state_dict(),
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt_meta = {}
+        for name, opt in optimizers.items():
+            t, opt_meta[name] = _optimizer_split(name, opt.state_dict())
+            tensors |= t
+        meta = {"format": CHECKPOINT_FORMAT, "engine_version": __version__, **run, "iteration": iteration,
+                "optimizer": opt_meta, "scheduler": {n: s.state_dict() for n, s in scheds.items()},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rngs,
                 "best_score": best_score if math.isfinite(best_score) else None, "best_iteration": best_it,
-                "best_validation": best_val, "world_size": dist.world}
+                "best_validation": best_val}
         _save_checkpoint(path, tensors, meta)
         say({"event": "checkpoint", "iteration": iteration, "path": str(path), "kind": path.stem})
 
-    say({"event": "log", "message": f"training {method.name} on {len(train_prep)} case(s), {len(dataset)} "
-         f"patches, validating on {len(val_prep)}; device {device}, {dist.world} process(es)"
-         if hasattr(dataset, "__len__") else f"training {method.name} on {device}"})
+    say({"event": "log", "message": f"training {method.name} ({', '.join(classes)}) on {len(train_prep)} case(s)"
+         + (f" + {len(unlabeled_prep)} unlabeled" if unlabeled_prep else "")
+         + f", {len(dataset)} items per epoch, validating on {len(val_prep)}; device {device}, "
+         f"{dist.world} process(es)"})
     losses: list[float] = []
-    window: list[Tensor] = []
+    window: list[dict[str, Tensor]] = []
     tick = time.monotonic()
     batches = _batches(dataset, cfg, dist, start, device)
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
     for it in range(start, total):
         batch = next(batches)
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        ctx.iteration, steps = it, ctx.steps
         with autocast():
-            loss, logs = method.training_step(net, batch, mcfg, it)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        window.append(loss.detach())
+            logs = method.training_step(train_net, batch, mcfg, ctx)
+        if ctx.steps == steps:
+            raise ConfigError(f"{method.name}.training_step made no optimiser step; it must call ctx.step(loss).")
+        for sched in scheds.values():
+            sched.step()
+        window.append({k: v.detach() for k, v in logs.items()})
         done = it + 1
         if done % cfg.log_every == 0 or done == total:
-            values = torch.stack(window).float().cpu()
+            values = torch.stack([w["loss"] for w in window]).float().cpu()
             if not torch.isfinite(values).all():
                 raise VoxMetricError(f"The loss became {values[-1].item()} at iteration {done}; training "
                                      "diverged. Lower the learning rate (--lr) or turn off AMP.")
             losses.extend(values.tolist())
             now = time.monotonic()
+            parts = {k: float(torch.stack([w[k] for w in window]).float().mean()) for k in window[-1] if k != "loss"}
             say({"event": "iteration", "iteration": done, "total": total, "loss": float(values.mean()),
-                 "lr": sched.get_last_lr()[0], "it_per_s": len(window) / max(now - tick, 1e-9),
-                 **{k: float(v) for k, v in logs.items()}})
+                 "lr": next(iter(scheds.values())).get_last_lr()[0], "it_per_s": len(window) / max(now - tick, 1e-9),
+                 **parts})
             window, tick = [], now
         if val_prep and (done % cfg.val_every == 0 or done == total):
-            result = validate(method, model, val_prep, recipe, device, cfg, say)
+            result = validate(method, method.inference_net(model), mcfg, val_prep, recipe, device, cfg, classes, say)
             score = result["dsc"] if math.isfinite(result["dsc"]) else -1.0
             is_best = score > best_score
             say({"event": "validation", "iteration": done, **result, "best": is_best})
@@ -513,13 +616,13 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     if dist.world > 1:  # DDP syncs BatchNorm buffers at each forward; align the last update too
         for buf in model.buffers():
             torch.distributed.broadcast(buf, 0)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if dist.main and best_it is not None and best_path.exists():
         tensors, _ = load_checkpoint(best_path)
-        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {k: v.detach().cpu().clone() for k, v in method.inference_net(model).state_dict().items()}
     seconds = time.monotonic() - t0
-    fields = _card_fields(method, mcfg, cfg, recipe, train_prep, val_prep, dist, device, seconds, best_val,
-                          best_it, losses[-1] if losses else None)
+    fields = _card_fields(method, mcfg, cfg, classes, train_prep, val_prep, unlabeled_prep, dist, device, seconds,
+                          best_val, best_it, losses[-1] if losses else None)
     metrics = fields["validation"]
     say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "best_iteration": best_it,
          "metrics": {k: metrics.get(k) for k in ("dsc", "hd95", "asd")} if metrics else {}})

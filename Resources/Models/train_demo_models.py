@@ -98,7 +98,7 @@ def train_one(kind: str, args: argparse.Namespace, train_cases, val_cases) -> No
     from voxmetric.data import prepare_case
 
     val_prep = [prepare_case(r, recipe, cache_dir=out / "cache") for r in val_cases]
-    v16 = training.validate(method, model, val_prep, recipe, torch.device("cpu"), tcfg)
+    v16 = training.validate(method, model, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
     log({"event": "log", "message": f"{kind}: validation DSC fp32 {dsc32:.4f}, fp16 {v16['dsc']:.4f} -> "

@@ -150,7 +150,7 @@ def main() -> int:
         train_s = time.monotonic() - t0
         model = method.build(cfg)
         model.load_state_dict(result.state_dict)
-        test = training.validate(method, model, sets["test"], recipe, torch.device("cpu"), tcfg)
+        test = training.validate(method, model, cfg, sets["test"], recipe, torch.device("cpu"), tcfg, ("Prostate",))
         for row in test["cases"]:
             emit({"event": "test_case", "method": method.name, **row})
         summ = summarize(test["cases"], keys=KEYS)

@@ -82,6 +82,7 @@ def child_ours(image: Path, kind: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from voxmetric import io
+    from voxmetric.methods import Runtime
     from voxmetric.pipeline import canonical_box
 
     pipe = _pipeline(kind)
@@ -107,15 +108,13 @@ def child_ours(image: Path, kind: str) -> dict:
         pipe.refine(vol, box)
         res.timings["refine"] = time.perf_counter() - t
         wall += res.timings["refine"]
-    sp = pipe.refiner.spacing_mm
-    patch = pipe.refiner.method.data_recipe(pipe.refiner.cfg).patch  # the pipeline widens the ROI in-plane to it
-    size = np.maximum(canonical_box(box).size, [patch * sp, patch * sp, 0.0])
+    ref = pipe.refiner
+    sp = ref.spacing_mm
+    size = np.maximum(canonical_box(box).size, ref.method.context_mm(ref.cfg))  # the pipeline widens the ROI to it
     n = np.maximum(1, np.round(size / sp)).astype(int)  # x, y, z voxels of the network's input grid
-    h, w = int(n[1] + (-n[1]) % 8), int(n[0] + (-n[0]) % 8)
-    x = torch.zeros(1, pipe.refiner.slab, h, w)
-    with FlopCounterMode(display=False) as fc, torch.inference_mode():
-        pipe.refiner.method.predict(pipe.refiner.model, x)
-    flops = fc.get_total_flops() * int(n[2])
+    with FlopCounterMode(display=False) as fc:
+        ref.method.predict(ref.model, ref.cfg, np.zeros(n[::-1], np.float32), Runtime(torch.device("cpu")))
+    flops = fc.get_total_flops()
     return {"wall_s": wall, "timings": {k: v for k, v in res.timings.items()}, "network_s": net_time,
             "found": res.found, "box_mm": [round(float(v), 1) for v in box.size], "roi_voxels": n.tolist(),
             "refiner": pipe.refiner.name, "localizer": pipe.localizer.name, "refiner_gflop": flops / 1e9,

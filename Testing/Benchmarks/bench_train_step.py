@@ -5,10 +5,10 @@
 
 One CT phantom (``phantom.write_cases``, seed ``--phantom-seed``) is prepared with the real
 pipeline (``data.prepare_case``, 1 mm) and one batch of ``--batch`` 3×64×64 slabs is drawn from
-``data.SlabPatchDataset`` with the methods' own data recipe (label box + margin, half the patches
+the method's own dataset (``method.dataset``: 2.5D slab patches (label box + margin, half the patches
 centred on the prostate), so the H/C samplers see real foreground and boundary pools. Both
 networks start from the same weights and each has its own SGD (lr 0.01, momentum 0.9, weight
-decay 1e-4, as the trainer). A step = ``method.training_step`` + ``backward`` + ``optimizer.step``
+decay 1e-4, as the trainer). A step = ``method.loss`` + ``backward`` + ``optimizer.step``
 (fp32, no AMP on the CPU). Steps alternate UNet, HCP, UNet, HCP, … in one process; the first
 ``--warmup`` pairs are not counted. Wall-clock and process CPU seconds are recorded per step
 (CPU time is the robust one on a shared machine). ``--profile`` adds timings of the metric loss
@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from voxmetric.cases import load_cases  # noqa: E402
-from voxmetric.data import SlabPatchDataset, make_loader, prepare_case  # noqa: E402
+from voxmetric.data import prepare_case  # noqa: E402
+from voxmetric.sampling import make_loader  # noqa: E402
 from voxmetric.learning.metric import boundary_mask, sample_tuples, tuple_loss, voxel_metric_loss  # noqa: E402
 from voxmetric.methods import get_method  # noqa: E402
 from voxmetric.phantom import write_cases  # noqa: E402
@@ -60,7 +61,7 @@ def real_batch(batch: int, phantom_seed: int, work: Path) -> tuple[dict[str, tor
     recipe = method.data_recipe(method.default_config())
     manifest = write_cases(work / "phantom", 1, "ct", seed=phantom_seed)
     case = prepare_case(load_cases(manifest)[0], recipe, cache_dir=work / "cache")
-    dataset = SlabPatchDataset([case], recipe, seed=0)
+    dataset = method.dataset([case], method.default_config(), seed=0)
     b = next(iter(make_loader(dataset, batch, "cpu", 0, seed=0)))
     y = b["label"]
     fg = y == 1
@@ -83,7 +84,7 @@ def make_runner(name: str, seed: int) -> tuple:
 def one_step(runner: tuple, batch: dict, it: int) -> tuple[float, float, dict]:
     method, cfg, model, opt = runner
     t0, c0 = time.perf_counter(), time.process_time()
-    loss, logs = method.training_step(model, batch, cfg, it)
+    loss, logs = method.loss(model, batch, cfg, None)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -13,6 +13,7 @@ import torch
 from voxmetric import cases as C
 from voxmetric import data as D
 from voxmetric import io as vio
+from voxmetric import sampling as S
 from voxmetric.errors import ConfigError, GeometryError, InputError, SegmentNotFoundError, VoxMetricError
 from voxmetric.volume import Volume
 
@@ -78,7 +79,8 @@ def test_manifest_round_trip(folder, tmp_path):
     assert Path(text["cases"][0]["image"]).is_absolute()  # outside the manifest's folder
     again = C.load_cases(out, segment="Label 1")
     assert [(r.id, r.image, r.label, r.modality) for r in again] == [(r.id, r.image.resolve(), r.label.resolve(), r.modality) for r in recs]
-    assert [r.segment for r in again] == ["Prostate", "Label 1"]  # manifest first, then the flag
+    assert [r.segment for r in again] == ["Label 1", "Label 1"]  # the user's flag wins over the manifest
+    assert [r.segment for r in C.load_cases(out)] == ["Prostate", None]  # no flag: the manifest's
     # paths inside the manifest's folder are relative; a folder holding manifest.json uses it
     rel = C.write_manifest([C.CaseRecord("x", tmp_path / "sub" / "x.nrrd", tmp_path / "x.seg.nrrd")], tmp_path / "mm.json")
     assert json.loads(rel.read_text(encoding="utf-8"))["cases"][0] == {"id": "x", "image": "sub/x.nrrd", "label": "x.seg.nrrd"}
@@ -227,7 +229,7 @@ def test_prepare_case_and_cache(folder, tmp_path, monkeypatch):
 
 def test_prepare_mr_body_at_4mm(folder):
     rec = C.load_cases(folder)[1]
-    case = D.prepare_case(rec, D.DataRecipe(spacing_mm=4.0, slab=5, region="body"))
+    case = D.prepare_case(rec, D.DataRecipe(spacing_mm=4.0, region="body"))
     assert case.modality == "mr"  # guessed: no HU air
     assert np.allclose(case.image.spacing, 4.0) and case.image.same_grid(case.mask)
     assert 0 <= case.image.array.min() and case.image.array.max() <= 255
@@ -248,20 +250,14 @@ def coded_case(shape=(20, 50, 50), label_box=((8, 12), (20, 30), (20, 30)), spac
     return D.PreparedCase("coded", Volume(img, spacing=spacing), Volume(m, spacing=spacing), "ct")
 
 
-def test_region_of():
-    case = coded_case(spacing=(0.5, 1.0, 2.0))
-    recipe = D.DataRecipe(margin_mm=(10, 30))
-    for s in range(20):
-        box = D.region_of(case, recipe, np.random.default_rng(s))
-        grow = box.size - np.array([11 * 0.5, 11 * 1.0, 5 * 2.0])  # (x, y, z) label extent in mm
-        assert np.all(grow >= 20 - 1e-6) and np.all(grow <= 60 + 1e-6)
-        pts = case.image.index_to_physical(np.array([[20, 20, 8], [30, 30, 12]], float))
-        assert box.contains(pts).all()
-    body = D.region_of(case, D.DataRecipe(region="body"), np.random.default_rng(0))
-    np.testing.assert_allclose(body.size, [25, 50, 40])
-    with pytest.raises(InputError, match="empty label"):
-        empty = D.PreparedCase("e", case.image, case.mask.with_array(np.zeros_like(case.mask.array)), "ct")
-        D.region_of(empty, recipe, np.random.default_rng(0))
+def slabs(cases, recipe: dict | None = None, seed: int = 0) -> S.PatchDataset:
+    """2.5D slab patches (as SlabMethod draws them) with sampling settings ``recipe``: slab,
+    patch, per_case, fg_fraction, augment, margin_mm."""
+    r = dict(recipe or {})
+    margin = r.pop("margin_mm", (10.0, 30.0))
+    keys = {"slab": "depth", "patch": "size"}
+    return S.PatchDataset(cases, D.DataRecipe(margin_mm=margin),
+                          S.PatchSampling(**{keys.get(k, k): v for k, v in r.items()}), seed=seed)
 
 
 def decode(v):
@@ -276,8 +272,8 @@ def same(a: dict, b: dict) -> bool:
 
 def test_patches_shapes_fg_and_geometry():
     case = coded_case()
-    recipe = D.DataRecipe(slab=3, patch=16, per_case=200, fg_fraction=0.5, augment=False, margin_mm=(2, 6))
-    ds = D.SlabPatchDataset([case], recipe, seed=3)
+    recipe = dict(slab=3, patch=16, per_case=200, fg_fraction=0.5, augment=False, margin_mm=(2, 6))
+    ds = slabs([case], recipe, seed=3)
     assert len(ds) == 200
     fg_centre = 0
     for i in range(200):
@@ -294,14 +290,14 @@ def test_patches_shapes_fg_and_geometry():
         np.testing.assert_array_equal(decode(img[2, 8, 8].item())[0], min(zc + 1, 19))
         fg_centre += lab[8, 8].item()
     assert 0.45 <= fg_centre / 200 <= 0.68  # 50% forced + ~11% random hits (measured 0.565 on 400)
-    ds_all = D.SlabPatchDataset([case], D.DataRecipe(patch=16, per_case=50, fg_fraction=1.0, augment=False), seed=0)
+    ds_all = slabs([case], dict(patch=16, per_case=50, fg_fraction=1.0, augment=False), seed=0)
     assert all(ds_all[i]["label"][8, 8] == 1 for i in range(50))
 
 
 def test_edge_replication_and_zero_padding():
     case = coded_case(shape=(6, 20, 20), label_box=((0, 0), (0, 2), (0, 2)))  # label at a corner, slice 0
-    recipe = D.DataRecipe(slab=5, patch=16, per_case=20, fg_fraction=1.0, augment=False)
-    item = D.SlabPatchDataset([case], recipe, seed=0)[0]
+    recipe = dict(slab=5, patch=16, per_case=20, fg_fraction=1.0, augment=False)
+    item = slabs([case], recipe, seed=0)[0]
     img = item["image"].numpy()
     assert decode(img[2, 8, 8])[0] == 0
     np.testing.assert_array_equal(img[0], img[2])  # slices -2, -1 replicate slice 0
@@ -314,17 +310,17 @@ def test_edge_replication_and_zero_padding():
 
 def test_determinism_and_epochs():
     case = coded_case()
-    recipe = D.DataRecipe(patch=16, per_case=10)
-    a, b = D.SlabPatchDataset([case, case], recipe, seed=7), D.SlabPatchDataset([case, case], recipe, seed=7)
+    recipe = dict(patch=16, per_case=10)
+    a, b = slabs([case, case], recipe, seed=7), slabs([case, case], recipe, seed=7)
     for i in (0, 5, 19, 20, 47):  # 20+ = epoch 1
         assert same(a[i], b[i])
-    assert not torch.equal(a[0]["image"], D.SlabPatchDataset([case, case], recipe, seed=8)[0]["image"])
+    assert not torch.equal(a[0]["image"], slabs([case, case], recipe, seed=8)[0]["image"])
     assert not torch.equal(a[0]["image"], a[20]["image"])
     per_epoch = [sorted(a.case_of(e * 20 + i) for i in range(20)) for e in range(3)]
     assert all(p == [0] * 10 + [1] * 10 for p in per_epoch)  # every case per_case times per epoch
     assert [a.case_of(i) for i in range(20)] != [a.case_of(20 + i) for i in range(20)]  # reshuffled
     with pytest.raises(ConfigError, match="odd"):
-        D.SlabPatchDataset([case], D.DataRecipe(slab=4))
+        slabs([case], dict(slab=4))
 
 
 def blob_case() -> D.PreparedCase:
@@ -338,9 +334,9 @@ def blob_case() -> D.PreparedCase:
 
 def test_augmentation_changes_data_keeps_alignment():
     case = blob_case()
-    base = D.DataRecipe(patch=32, per_case=60, fg_fraction=1.0, augment=False)
-    aug = D.SlabPatchDataset([case], D.DataRecipe(patch=32, per_case=60, fg_fraction=1.0), seed=1)
-    plain = D.SlabPatchDataset([case], base, seed=1)
+    base = dict(patch=32, per_case=60, fg_fraction=1.0, augment=False)
+    aug = slabs([case], dict(patch=32, per_case=60, fg_fraction=1.0), seed=1)
+    plain = slabs([case], base, seed=1)
     changed, mismatch, fg = 0, 0, 0
     for i in range(60):
         it = aug[i]
@@ -357,33 +353,33 @@ def test_augmentation_changes_data_keeps_alignment():
 
 def test_make_loader_resume_and_workers():
     case = coded_case()
-    ds = D.SlabPatchDataset([case], D.DataRecipe(patch=16, per_case=8), seed=2)
-    batches = [b for _, b in zip(range(5), D.make_loader(ds, 4, "cpu", 0))]
+    ds = slabs([case], dict(patch=16, per_case=8), seed=2)
+    batches = [b for _, b in zip(range(5), S.make_loader(ds, 4, "cpu", 0))]
     assert batches[0]["image"].shape == (4, 3, 16, 16) and batches[0]["label"].shape == (4, 16, 16)
-    resumed = next(iter(D.make_loader(ds, 4, "cpu", 0, start_item=3 * 4)))
+    resumed = next(iter(S.make_loader(ds, 4, "cpu", 0, start_item=3 * 4)))
     assert same(resumed, batches[3])
-    with_workers = list(D.make_loader(ds, 4, "cpu", 1, num_items=12))
+    with_workers = list(S.make_loader(ds, 4, "cpu", 1, num_items=12))
     assert len(with_workers) == 3
     for got, want in zip(with_workers, batches):
         assert same(got, want)
-    ranks = [next(iter(D.make_loader(ds, 2, "cpu", 0, rank=r, world_size=2))) for r in (0, 1)]
+    ranks = [next(iter(S.make_loader(ds, 2, "cpu", 0, rank=r, world_size=2))) for r in (0, 1)]
     assert torch.equal(ranks[0]["image"], batches[0]["image"][[0, 2]])
     assert torch.equal(ranks[1]["image"], batches[0]["image"][[1, 3]])
 
 
 def test_whole_slices():
     vol = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
-    s = D.whole_slices(vol, 3)
+    s = S.whole_slices(vol, 3)
     assert s.shape == (4, 3, 2, 3)
     np.testing.assert_array_equal(s[0, 0], vol[0])
     np.testing.assert_array_equal(s[0, 2], vol[1])
     np.testing.assert_array_equal(s[3, 2], vol[3])
     np.testing.assert_array_equal(s[2], vol[1:4])
-    t = D.whole_slices(torch.from_numpy(vol), 3)
+    t = S.whole_slices(torch.from_numpy(vol), 3)
     np.testing.assert_array_equal(t.numpy(), s)
-    np.testing.assert_array_equal(D.whole_slices(vol, 1)[:, 0], vol)
+    np.testing.assert_array_equal(S.whole_slices(vol, 1)[:, 0], vol)
     with pytest.raises(ConfigError):
-        D.whole_slices(vol, 2)
+        S.whole_slices(vol, 2)
 
 
 def test_shared_promise12_manifest(shared_data, tmp_path):
@@ -396,7 +392,7 @@ def test_shared_promise12_manifest(shared_data, tmp_path):
     C.validate_cases(loaded)
     case = D.prepare_case(loaded[0], D.DataRecipe(), cache_dir=tmp_path / "cache")
     assert case.modality == "mr" and 0.8 * 18109 < case.mask.array.sum() < 1.2 * 18109
-    item = D.SlabPatchDataset([case], D.DataRecipe(per_case=4), seed=0)[0]
+    item = slabs([case], dict(per_case=4), seed=0)[0]
     assert item["image"].shape == (3, 64, 64)
 
 
@@ -410,11 +406,11 @@ def test_bilinear_and_nearest_match_scipy():
         y, x = rng.uniform(lo, hi, (16, 16)), rng.uniform(lo, hi + 8, (16, 16))
         ref = np.stack([ndimage.map_coordinates(a[k], [y, x], order=1, mode="grid-constant", cval=0.0,
                                                 prefilter=False) for k in range(3)])
-        np.testing.assert_allclose(D._bilinear(a, np.arange(3), y, x), ref, atol=1e-6)
+        np.testing.assert_allclose(S._bilinear(a, np.arange(3), y, x), ref, atol=1e-6)
         near = ndimage.map_coordinates(a[1], [np.rint(y), np.rint(x)], order=0, mode="grid-constant", cval=0.0)
-        np.testing.assert_array_equal(D._nearest(a, 1, y, x), near)
+        np.testing.assert_array_equal(S._nearest(a, np.array([1]), y, x)[0], near)
     iy, ix = np.meshgrid(np.arange(-2, 5), np.arange(25, 33), indexing="ij")
-    out = D._bilinear(a, np.array([0, 2]), iy.astype(float), ix.astype(float))  # integer points: exact copy
+    out = S._bilinear(a, np.array([0, 2]), iy.astype(float), ix.astype(float))  # integer points: exact copy
     inside = (iy >= 0) & (ix < 30)
     np.testing.assert_array_equal(out[1][inside], a[2][iy[inside], ix[inside]])
     assert (out[:, ~inside] == 0).all()

@@ -76,12 +76,28 @@ def test_round_trip_exact(tmp_path):
     for k, v in state.items():
         assert pkg.state_dict[k].dtype == v.dtype and torch.equal(pkg.state_dict[k], v), k
     c = pkg.card
-    assert c["format"] == "voxmetric-model/1" and c["engine_version"] == __version__
+    assert c["format"] == "voxmetric-model/2" and c["engine_version"] == __version__
+    assert pkg.classes == ("Prostate",)  # a card without "classes" holds the prostate alone
     data = (out / "weights.safetensors").read_bytes()
     assert c["weights_sha256"] == hashlib.sha256(data).hexdigest() and c["weights_bytes"] == len(data)
     assert c["config"] == {"width": 4, "strategies": ["H", "C"]} and c["demo"] is True
     assert c["weights_dtype"] == "float32" and c["created"][:2] == "20"
     assert not list(tmp_path.glob(".*")), "temporary folders left behind"
+
+
+def test_classes_and_format_1_cards(tmp_path):
+    classes = [{"name": "Bladder", "value": 2, "color": [0.8, 0.7, 0.4]},
+               {"name": "Prostate", "value": 1, "terminology": "x~SCT^41216001^Prostate~y"}]
+    pkg = M.load_package(M.save_package(tmp_path / "multi", card(classes=classes), tiny_state()))
+    assert pkg.classes == ("Prostate", "Bladder")  # ordered by label value
+    with pytest.raises(ModelError, match="classes"):
+        M.save_package(tmp_path / "bad", card(classes=[{"name": "Prostate", "value": 0}]), tiny_state())
+    # a package written by an engine before multi-class models (format 1) still loads as "Prostate"
+    old = M.save_package(tmp_path / "old", card(), tiny_state())
+    text = json.loads((old / "model.json").read_text(encoding="utf-8"))
+    text["format"] = "voxmetric-model/1"
+    (old / "model.json").write_text(json.dumps(text), encoding="utf-8")
+    assert M.load_package(old).classes == ("Prostate",) and M.read_card(old)["format"] == "voxmetric-model/1"
 
 
 def test_fp16_storage_upcasts_within_tolerance(tmp_path):
@@ -370,7 +386,8 @@ class _TinyMethod:
     config_cls = TinyConfig
 
     @staticmethod
-    def build(cfg: TinyConfig) -> nn.Module:
+    def build(cfg: TinyConfig, num_classes: int = 2) -> nn.Module:
+        assert num_classes == 2
         return Tiny(cfg.width)
 
 

@@ -60,19 +60,19 @@ def test_localizer_method_contract() -> None:
     cfg = m.default_config()
     assert m.role == "localizer" and m.name == "Localizer"
     r = m.data_recipe(cfg)
-    assert (r.spacing_mm, r.slab, r.patch, r.region) == (4.0, 5, 64, "body")
+    assert (r.spacing_mm, cfg.slab, cfg.patch, r.region) == (4.0, 5, 64, "body")
     net = m.build(cfg)
     assert net.in_channels == 5 and net.embed_channels == 32
     assert net.conv4c[0].in_channels == 256 and net.conv6c[0].out_channels == 32  # symmetric decoder
     net = m.build(m.make_config({"base": 4, "embed_channels": 4}))
-    x = torch.rand(2, 5, 30, 44) * 255
     net.eval()
-    with torch.inference_mode():
-        p = m.predict(net, x)
-    assert p.shape == (2, 30, 44) and float(p.min()) >= 0 and float(p.max()) <= 1
+    from voxmetric.methods import Runtime
+
+    p = m.predict(net, cfg, np.random.rand(6, 30, 44).astype(np.float32) * 255, Runtime(torch.device("cpu")))
+    assert p.shape == (2, 6, 30, 44) and float(p.min()) >= 0 and float(p.max()) <= 1
     net.train()
     batch = {"image": torch.rand(3, 5, 16, 16) * 255, "label": (torch.rand(3, 16, 16) > 0.5).long()}
-    loss, logs = m.training_step(net, batch, cfg, 0)
+    loss, logs = m.loss(net, batch, cfg, None)
     loss.backward()
     assert loss.ndim == 0 and "ce" in logs and net.conv1a[0].weight.grad is not None
     with pytest.raises(ConfigError, match="odd"):
@@ -90,7 +90,7 @@ def test_localizer_loss_falls() -> None:
     y = (x[:, 2] > 100).long()
     losses = []
     for i in range(15):
-        loss, _ = m.training_step(net, {"image": x, "label": y}, cfg, i)
+        loss, _ = m.loss(net, {"image": x, "label": y}, cfg, None)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -232,9 +232,8 @@ def tiny_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path / "home"))
     for stage in _stages():
         m, cfg = stage.method, stage.cfg
-        r = m.data_recipe(cfg)
         card = {"name": stage.name, "method": m.name, "role": m.role, "modality": "ct",
-                "config": m.config_to_dict(cfg), "data": {"spacing_mm": r.spacing_mm, "slab": r.slab}}
+                "config": m.config_to_dict(cfg), "data": m.card_data(cfg)}
         models.save_package(bundled / stage.name, card, stage.model.state_dict())
     return bundled
 

@@ -43,6 +43,15 @@ def small(name: str = "MetricUNet-HCP", **extra):
     return method, method.make_config({**SMALL, **extra})
 
 
+class Ctx:
+    """A StepContext for calling ``Method.loss`` directly (no optimiser)."""
+
+    iteration, total = 0, 1
+
+    def step(self, loss, groups=None) -> None:
+        raise AssertionError("not used by loss()")
+
+
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -98,14 +107,14 @@ def test_training_step_is_ce_plus_lambda_metric_and_sep_detaches() -> None:
     y[:, 8:24, 10:22] = 1
     method, cfg = small("MetricUNet-HCP")
     model = method.build(cfg)
-    loss, logs = method.training_step(model, {"image": x, "label": y}, cfg, 0)
+    loss, logs = method.loss(model, {"image": x, "label": y}, cfg, Ctx())
     assert logs["metric"] > 0
     assert float(loss.detach()) == pytest.approx(float(logs["ce"] + cfg.lam * logs["metric"]), rel=1e-5)
     # CE alone (λ = 0): -Sep leaves the body without gradient, the plain variant does not
     for name, body_learns in (("MetricUNet-R-Sep", False), ("MetricUNet-R", True)):
         method, cfg = small(name, lam=0.0)
         model = method.build(cfg)
-        loss, _ = method.training_step(model, {"image": x, "label": y}, cfg, 0)
+        loss, _ = method.loss(model, {"image": x, "label": y}, cfg, Ctx())
         loss.backward()
         body = model.conv1a[0].weight.grad
         assert (body is not None and bool(body.abs().sum() > 0)) == body_learns
@@ -113,13 +122,21 @@ def test_training_step_is_ce_plus_lambda_metric_and_sep_detaches() -> None:
 
 
 def test_predict_pads_any_slice_size() -> None:
+    from voxmetric.methods import Runtime
+
     method, cfg = small("UNet++")
-    model = method.build(cfg).eval()
-    with torch.no_grad():
-        p = method.predict(model, torch.rand(2, 3, 37, 45) * 255)
-    assert p.shape == (2, 37, 45) and float(p.min()) >= 0 and float(p.max()) <= 1
+    model = method.build(cfg, 3).eval()
+    seen: list[float] = []
+    p = method.predict(model, cfg, np.random.rand(5, 37, 45).astype(np.float32) * 255,
+                       Runtime(torch.device("cpu"), batch_size=2, progress=lambda f, m: seen.append(f)))
+    assert p.shape == (3, 5, 37, 45) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)  # softmax over the classes
+    assert seen == [0.4, 0.8, 1.0]
     rec = method.data_recipe(cfg)
-    assert (rec.spacing_mm, rec.slab, rec.patch, rec.per_case, rec.region) == (1.0, 3, 32, 50, "label_box")
+    assert (rec.spacing_mm, rec.region) == (1.0, "label_box")
+    assert method.card_data(cfg) == {"spacing_mm": 1.0, "region": "label_box", "margin_mm": [10.0, 30.0], "slab": 3,
+                                     "patch": 32, "per_case": 50, "fg_fraction": 0.5}
+    assert method.context_mm(cfg) == (32.0, 32.0, 0.0)
 
 
 # ---- the trainer -----------------------------------------------------------------------------------

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
-from .base import FieldSpec, Method, config_fields
+from .base import FieldSpec, Logs, Method, Role, Runtime, SlabConfig, SlabMethod, StepContext, config_fields
 
-_REGISTRY: dict[str, type[Method]] = {}
+_REGISTRY: dict[str, type[Method[Any]]] = {}
+M = TypeVar("M", bound=type[Method[Any]])
 
 
-def register(cls: type[Method]) -> type[Method]:
+def register(cls: M) -> M:
     """Class decorator: make every name in ``cls.presets`` available to :func:`get_method`."""
     if not cls.presets:
         raise ConfigError(f"{cls.__name__} declares no preset names.")
@@ -36,12 +38,12 @@ def available_methods() -> list[str]:
     return [name for cls in dict.fromkeys(_REGISTRY.values()) for name in cls.presets]
 
 
-def method_classes() -> list[type[Method]]:
+def method_classes() -> list[type[Method[Any]]]:
     """The registered Method classes (one per method file)."""
     return list(dict.fromkeys(_REGISTRY.values()))
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[Any]:
     """The method called ``name`` (case-insensitive); ConfigError listing the names otherwise."""
     cls = _REGISTRY.get(str(name).lower())
     if cls is None:
@@ -52,4 +54,5 @@ def get_method(name: str) -> Method:
 
 _load_all()
 
-__all__ = ["FieldSpec", "Method", "available_methods", "config_fields", "get_method", "method_classes", "register"]
+__all__ = ["FieldSpec", "Logs", "Method", "Role", "Runtime", "SlabConfig", "SlabMethod", "StepContext", "available_methods",
+           "config_fields", "get_method", "method_classes", "register"]

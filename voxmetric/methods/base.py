@@ -1,31 +1,53 @@
-"""The method plug-in interface (DESIGN.md rule 4): one class per method file, one config
+"""The method plug-in contract (DESIGN.md rule 4): one class per method file, one config
 dataclass per class, and named presets of that dataclass (e.g. Table II's ``MetricUNet-HCP``).
 
-The trainer, the pipeline, the CLI and the Slicer module only talk to :class:`Method`; they
-never branch on a method's name. Config dataclasses hold JSON-serialisable fields only (bool,
-int, float, str and tuples of them) so that they round-trip through checkpoints, model cards
-and command-line flags one-to-one.
+A :class:`Method` owns what differs between methods:
 
-Method modules keep their import light (torch is imported inside the functions that need it)
-so that ``voxmetric --help`` and the flag generation of ``voxmetric train`` stay fast.
+* its **data**: :meth:`Method.data_recipe` (how cases are prepared: spacing, training region)
+  and :meth:`Method.dataset` (how training items are drawn from prepared cases: 2.5D slabs,
+  3D patches or whole volumes on a fixed grid; labelled and unlabeled cases);
+* its **networks**: :meth:`Method.build` (the inference network that a model package holds) and
+  :meth:`Method.training_model` (that network plus training-only parts, e.g. projection heads);
+* its **training step**: :meth:`Method.training_step`, given a :class:`StepContext` whose
+  :meth:`StepContext.step` back-propagates a loss and steps one or several named optimisers
+  (:meth:`Method.optimizer_groups`), so joint models with alternating updates fit too; most
+  methods only implement :meth:`Method.loss`;
+* its **predictor**: :meth:`Method.predict`, a normalised image (Z, Y, X) on the method's grid →
+  class probabilities (C, Z, Y, X). The pipeline and the trainer's validation both call it.
+
+The trainer, the pipeline, the CLI and the Slicer modules only talk to this interface; they never
+branch on a method's name. Config dataclasses hold JSON-serialisable fields only (bool, int,
+float, str and tuples of them) so that they round-trip through checkpoints, model cards and
+command-line flags one-to-one. Method modules keep their import light (torch is imported inside
+the functions that need it) so that ``voxmetric --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+import numpy as np
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from torch import Tensor, nn
+    from torch.utils.data import Dataset
 
-    from ..data import DataRecipe
+    from ..data import DataRecipe, PreparedCase
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
+
+Role = Literal["localizer", "refiner", "joint"]
+Logs = dict[str, "Tensor"]
+C = TypeVar("C")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +110,170 @@ def param(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---- what the trainer and the pipeline hand to a method ------------------------------------------
+class StepContext(Protocol):
+    """Given to :meth:`Method.training_step` by the trainer."""
+
+    iteration: int  # 0-based iteration being run
+    total: int  # iterations of the whole run (schedules such as ramp-ups use iteration / total)
+
+    def step(self, loss: "Tensor", groups: str | Sequence[str] | None = None) -> None:
+        """Back-propagate ``loss`` and step the optimisers of ``groups`` (names from
+        :meth:`Method.optimizer_groups`; None = all). Their gradients are zeroed first; under DDP
+        the backward must follow its own forward pass through the (wrapped) model."""
+        ...
+
+
+@dataclass
+class Runtime:
+    """How :meth:`Method.predict` runs: ``device``, slices or windows per forward pass, bf16
+    autocast (CPU; CUDA always uses AMP) and a progress callback ``(fraction 0..1, message)``."""
+
+    device: "torch.device"
+    batch_size: int = 16
+    bf16: bool = False
+    progress: Callable[[float, str], None] = field(default=lambda fraction, message: None)
+
+    def autocast(self) -> Any:
+        """The autocast context for a forward pass on :attr:`device`."""
+        import torch
+
+        cuda = self.device.type == "cuda"
+        dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=cuda or self.bf16)
+
+
+# ---- the contract ----------------------------------------------------------------------------------
+class Method(ABC, Generic[C]):
+    """A trainable method selected by a preset ``name``.
+
+    Subclasses set ``config_cls`` (a frozen dataclass), ``presets`` (name → field overrides;
+    ``{}`` = the dataclass defaults), ``role``, ``description`` and, optionally,
+    ``train_defaults`` (TrainConfig fields such as ``optimizer``, ``lr``, ``batch_size`` that
+    suit the method) and ``uses_unlabeled`` (the method can learn from unlabeled cases).
+    """
+
+    config_cls: ClassVar[type]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    role: ClassVar[Role] = "refiner"
+    description: ClassVar[str] = ""
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    uses_unlabeled: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        if name not in self.presets:
+            raise ConfigError(f"{type(self).__name__} has no preset {name!r}; presets: {', '.join(self.presets)}.")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # ---- configuration -------------------------------------------------------------------------
+    def default_config(self) -> C:
+        """The config of this preset (dataclass defaults + the preset's overrides)."""
+        return self.config_cls(**self.presets[self.name])
+
+    def make_config(self, overrides: Mapping[str, Any] | None = None, base: C | None = None) -> C:
+        """``base`` (default: this preset) with ``overrides`` applied. Values may be strings
+        as typed on a command line (``"H,C"``, ``"true"``, ``"0.7"``). ConfigError on an
+        unknown field (the message lists the valid ones) or a bad value."""
+        cfg = self.default_config() if base is None else base
+        specs = {s.name: s for s in config_fields(self.config_cls)}
+        changes = {}
+        for key, value in (overrides or {}).items():
+            name = key.replace("-", "_")
+            if name not in specs:
+                raise ConfigError(
+                    f"Method {self.name!r} has no setting {key!r}. Its settings are: "
+                    f"{', '.join(specs)}.")
+            changes[name] = _coerce(value, specs[name].type, name)
+        return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+    def config_to_dict(self, cfg: C) -> dict[str, Any]:
+        """JSON-ready dict of a config (tuples become lists)."""
+        return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+
+    def config_from_dict(self, data: Mapping[str, Any]) -> C:
+        """Inverse of :meth:`config_to_dict`; fields absent from ``data`` keep their defaults."""
+        return self.make_config(data, base=self.config_cls())
+
+    def config_flags(self, cfg: C) -> dict[str, Any]:
+        """Fields of ``cfg`` that differ from this preset (what a user changed)."""
+        ref = self.default_config()
+        return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)  # type: ignore[arg-type]
+                if getattr(cfg, f.name) != getattr(ref, f.name)}
+
+    # ---- data ------------------------------------------------------------------------------------
+    @abstractmethod
+    def data_recipe(self, cfg: C) -> "DataRecipe":
+        """How cases are prepared (spacing, training region, normalisation) for this method."""
+
+    @abstractmethod
+    def dataset(self, cases: Sequence["PreparedCase"], cfg: C, seed: int,
+                unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
+        """Training items drawn from prepared ``cases`` (and ``unlabeled`` ones when
+        :attr:`uses_unlabeled`). Item ``g`` (any ``g`` ≥ 0; ``len`` = items per epoch) must be a
+        pure function of ``(seed, g)`` so that resumed runs draw the same items."""
+
+    def card_data(self, cfg: C) -> dict[str, Any]:
+        """The model card's ``data`` block (spacing, sampling); the recipe's fields by default."""
+        recipe = self.data_recipe(cfg)
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(recipe).items()}
+
+    # ---- networks --------------------------------------------------------------------------------
+    @abstractmethod
+    def build(self, cfg: C, num_classes: int = 2) -> "nn.Module":
+        """A freshly initialised inference network for ``num_classes`` classes (background
+        included); its ``state_dict`` is what a model package stores."""
+
+    def training_model(self, cfg: C, net: "nn.Module") -> "nn.Module":
+        """``net`` plus the parts used only while training (e.g. projection heads); trained and
+        checkpointed, never packaged. Default: ``net`` itself."""
+        return net
+
+    def inference_net(self, model: "nn.Module") -> "nn.Module":
+        """The inference network inside a :meth:`training_model` (the inverse of wrapping)."""
+        return getattr(model, "net", model)
+
+    def optimizer_groups(self, model: "nn.Module", cfg: C) -> dict[str, list["nn.Parameter"]]:
+        """Named parameter groups, one optimiser (and learning-rate schedule) each. Default: one
+        group ``"main"`` with every trainable parameter of the training model."""
+        return {"main": [p for p in model.parameters() if p.requires_grad]}
+
+    # ---- training --------------------------------------------------------------------------------
+    def loss(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: C,
+             ctx: StepContext) -> tuple["Tensor", Logs]:
+        """The training objective of a single-objective method: (scalar loss, detached parts
+        for logging). ``batch`` holds the dataset's keys, batched, on the model's device."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither loss() nor training_step().")
+
+    def training_step(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: C,
+                      ctx: StepContext) -> Logs:
+        """One training iteration; returns detached logs including ``"loss"``. Default: one
+        :meth:`loss`, one ``ctx.step`` over every optimiser. Joint models override this and call
+        ``ctx.step`` several times (alternating updates)."""
+        loss, logs = self.loss(model, batch, cfg, ctx)
+        ctx.step(loss)
+        return {"loss": loss.detach(), **logs}
+
+    # ---- inference -------------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, model: "nn.Module", cfg: C, image: np.ndarray, rt: Runtime) -> np.ndarray:
+        """Class probabilities float32 (C, Z, Y, X) of a normalised image float32 (Z, Y, X) on the
+        method's grid (``data_recipe(cfg).spacing_mm``), the model in eval mode on ``rt.device``.
+        The pipeline and validation both call this."""
+
+    def context_mm(self, cfg: C) -> tuple[float, float, float]:
+        """Smallest (x, y, z) extent in mm of an image :meth:`predict` is given (the pipeline widens
+        a smaller ROI crop to this much context). Default: no minimum."""
+        return (0.0, 0.0, 0.0)
+
+
+# ---- 2.5D slab methods -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SlabConfig:
     """The data settings every 2.5D slab method shares (they make its :class:`DataRecipe`)."""
@@ -96,7 +282,7 @@ class SlabConfig:
     slab: int = param(3, "adjacent axial slices per input (odd)")
     patch: int = param(64, "training patch size (pixels)")
     per_case: int = param(500, "training patches per case per epoch")
-    fg_fraction: float = param(0.5, "fraction of patches centred on a prostate voxel")
+    fg_fraction: float = param(0.5, "fraction of patches centred on a labelled voxel")
     augment: bool = param(True, "flips, ±10° rotations, ±10% intensity jitter of patches")
 
     def __post_init__(self) -> None:
@@ -113,108 +299,69 @@ class SlabConfig:
             raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+S = TypeVar("S", bound=SlabConfig)
 
 
-class Method:
-    """A trainable method: network + loss + data recipe, selected by a preset ``name``.
+class SlabMethod(Method[S]):
+    """A method whose network maps slabs (B, slab, H, W) to ``(logits (B, C, H, W), embedding)``;
+    training items are 2.5D slab patches, inference runs every axial slice with its neighbours.
+    ``region`` says where training patches are drawn ("label_box" stage 2, "body" stage 1)."""
 
-    Subclasses set ``config_cls`` (a dataclass), ``presets`` (name -> field overrides of
-    ``config_cls``; an empty dict means the dataclass defaults), ``role`` and implement
-    :meth:`data_recipe`, :meth:`build`, :meth:`training_step` and :meth:`predict`.
-    """
-
-    config_cls: ClassVar[type]
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    role: ClassVar[str] = "refiner"  # "refiner" | "localizer" | "joint"
-    description: ClassVar[str] = ""
-
-    def __init__(self, name: str) -> None:
-        if name not in self.presets:
-            raise ConfigError(f"{type(self).__name__} has no preset {name!r}; presets: {', '.join(self.presets)}.")
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
-
-    # ---- configuration -------------------------------------------------------------------
-    def default_config(self) -> Any:
-        """The config of this preset (dataclass defaults + the preset's overrides)."""
-        return self.config_cls(**self.presets[self.name])
-
-    def make_config(self, overrides: Mapping[str, Any] | None = None, base: Any = None) -> Any:
-        """``base`` (default: this preset) with ``overrides`` applied. Values may be strings
-        as typed on a command line (``"H,C"``, ``"true"``, ``"0.7"``). ConfigError on an
-        unknown field (the message lists the valid ones) or a bad value."""
-        cfg = self.default_config() if base is None else base
-        specs = {s.name: s for s in config_fields(self.config_cls)}
-        changes = {}
-        for key, value in (overrides or {}).items():
-            field = key.replace("-", "_")
-            if field not in specs:
-                raise ConfigError(
-                    f"Method {self.name!r} has no setting {key!r}. Its settings are: "
-                    f"{', '.join(specs)}.")
-            changes[field] = _coerce(value, specs[field].type, field)
-        return dataclasses.replace(cfg, **changes)
-
-    def config_to_dict(self, cfg: Any) -> dict[str, Any]:
-        """JSON-ready dict of a config (tuples become lists)."""
-        return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-
-    def config_from_dict(self, data: Mapping[str, Any]) -> Any:
-        """Inverse of :meth:`config_to_dict`; fields absent from ``data`` keep their defaults."""
-        return self.make_config(data, base=self.config_cls())
-
-    def config_flags(self, cfg: Any) -> dict[str, Any]:
-        """Fields of ``cfg`` that differ from this preset (what a user changed)."""
-        ref = self.default_config()
-        return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-                if getattr(cfg, f.name) != getattr(ref, f.name)}
-
-    # ---- the plug-in contract ---------------------------------------------------------------
-    def data_recipe(self, cfg: Any) -> "DataRecipe":
-        """How to cut training samples and inference slabs for this method."""
-        raise NotImplementedError
-
-    def build(self, cfg: Any) -> "nn.Module":
-        """A freshly initialised network for ``cfg``."""
-        raise NotImplementedError
-
-    def training_step(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: Any,
-                      step: int) -> tuple["Tensor", dict[str, float]]:
-        """Loss (scalar tensor, differentiable) and its parts as floats for logging.
-
-        ``batch``: {"image": float (B, slab, P, P) on the model's device, "label": int64 (B, P, P)}.
-        """
-        raise NotImplementedError
-
-    def predict(self, model: "nn.Module", x: "Tensor") -> "Tensor":
-        """Foreground probability (B, H, W) for slabs x (B, slab, H, W) of any H, W."""
-        raise NotImplementedError
-
-
-class SlabMethod(Method):
-    """A method whose network maps slabs (B, slab, H, W) to (logits, embedding) and whose
-    config is a :class:`SlabConfig`; ``region`` says where training patches are drawn."""
-
-    region: ClassVar[str] = "label_box"  # "label_box" (stage 2) | "body" (stage 1)
+    region: ClassVar[str] = "label_box"
     pad_multiple: ClassVar[int] = 16  # the network's input size must be a multiple of this
 
-    def data_recipe(self, cfg: SlabConfig) -> "DataRecipe":
+    def data_recipe(self, cfg: S) -> "DataRecipe":
         from ..data import DataRecipe
 
-        return DataRecipe(spacing_mm=cfg.spacing_mm, slab=cfg.slab, patch=cfg.patch, per_case=cfg.per_case,
-                          region=self.region, fg_fraction=cfg.fg_fraction, augment=cfg.augment)
+        return DataRecipe(spacing_mm=cfg.spacing_mm, region=self.region)
 
-    def predict(self, model: "nn.Module", x: "Tensor") -> "Tensor":
-        """Foreground probability (B, H, W) for x (B, slab, H, W); H, W are padded with
-        intensity 0 (I-14) to a multiple of ``pad_multiple`` and cropped back."""
-        import torch
+    def dataset(self, cases: Sequence["PreparedCase"], cfg: S, seed: int,
+                unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
+        from ..sampling import PatchDataset, PatchSampling
+
+        return PatchDataset(cases, self.data_recipe(cfg), PatchSampling(
+            depth=cfg.slab, size=cfg.patch, per_case=cfg.per_case, fg_fraction=cfg.fg_fraction,
+            augment=cfg.augment, centre_label=True), seed=seed)
+
+    def card_data(self, cfg: S) -> dict[str, Any]:
+        r = self.data_recipe(cfg)
+        return {"spacing_mm": r.spacing_mm, "region": r.region, "margin_mm": list(r.margin_mm), "slab": cfg.slab,
+                "patch": cfg.patch, "per_case": cfg.per_case, "fg_fraction": cfg.fg_fraction}
+
+    def context_mm(self, cfg: S) -> tuple[float, float, float]:
+        side = cfg.patch * cfg.spacing_mm  # the network never saw slices smaller than a patch
+        return (side, side, 0.0)
+
+    def logits(self, model: "nn.Module", x: "Tensor") -> "Tensor":
+        """Logits (B, C, H, W) of slabs x (B, slab, H, W) of any H, W: padded with intensity 0
+        (I-14) to a multiple of ``pad_multiple`` and cropped back."""
         import torch.nn.functional as F
 
         h, w = x.shape[-2:]
         n = self.pad_multiple
-        logits, _ = model(F.pad(x, (0, (-w) % n, 0, (-h) % n)))
-        return torch.softmax(logits.float(), dim=1)[:, 1, :h, :w]
+        out, _ = model(F.pad(x, (0, (-w) % n, 0, (-h) % n)))
+        return out[:, :, :h, :w]
+
+    def predict(self, model: "nn.Module", cfg: S, image: np.ndarray, rt: Runtime) -> np.ndarray:
+        """Every axial slice with its ``slab`` neighbours (edge slices replicated, I-15),
+        ``rt.batch_size`` slabs per forward pass; softmax over classes → (C, Z, Y, X)."""
+        import torch
+
+        from ..sampling import whole_slices
+
+        z = image.shape[0]
+        slabs = whole_slices(np.asarray(image, dtype=np.float32), cfg.slab)
+        out: np.ndarray | None = None
+        cpu = rt.device.type == "cpu"
+        with torch.inference_mode(), rt.autocast():
+            for i in range(0, z, rt.batch_size):
+                x = torch.from_numpy(np.array(slabs[i:i + rt.batch_size], dtype=np.float32)).to(rt.device)
+                if cpu:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                p = torch.softmax(self.logits(model, x).float(), dim=1).cpu().numpy()
+                if out is None:
+                    out = np.empty((p.shape[1], *image.shape), np.float32)
+                out[:, i:i + rt.batch_size] = p.transpose(1, 0, 2, 3)
+                rt.progress(min(i + rt.batch_size, z) / z, f"slices {min(i + rt.batch_size, z)}/{z}")
+        assert out is not None
+        return out

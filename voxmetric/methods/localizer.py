@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import register
-from .base import SlabConfig, SlabMethod, param
+from .base import Logs, SlabConfig, SlabMethod, StepContext, param
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -37,7 +37,7 @@ class LocalizerConfig(SlabConfig):
 
 
 @register
-class Localizer(SlabMethod):
+class Localizer(SlabMethod[LocalizerConfig]):
     """Coarse whole-body prostate mask at 4 mm; its largest component gives the ROI."""
 
     config_cls = LocalizerConfig
@@ -47,14 +47,14 @@ class Localizer(SlabMethod):
     region = "body"
     pad_multiple = 8  # three poolings
 
-    def build(self, cfg: LocalizerConfig) -> "nn.Module":
+    def build(self, cfg: LocalizerConfig, num_classes: int = 2) -> "nn.Module":
         from ..nets import build_network
 
-        return build_network("unet2d", in_channels=cfg.slab, num_classes=2, base=cfg.base,
+        return build_network("unet2d", in_channels=cfg.slab, num_classes=num_classes, base=cfg.base,
                              embed_channels=cfg.embed_channels)
 
-    def training_step(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: LocalizerConfig,
-                      step: int) -> tuple["Tensor", dict[str, "Tensor"]]:
+    def loss(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: LocalizerConfig,
+             ctx: StepContext) -> tuple["Tensor", Logs]:
         """Cross-entropy on {"image": (B,slab,P,P), "label": (B,P,P) int64}."""
         import torch.nn.functional as F
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from . import register
-from .base import SlabConfig, SlabMethod, param
+from .base import Logs, SlabConfig, SlabMethod, StepContext, param
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -70,7 +70,7 @@ def _network_kwargs(cfg: MetricUNetConfig) -> dict[str, Any]:
 
 
 @register
-class MetricUNet(SlabMethod):
+class MetricUNet(SlabMethod[MetricUNetConfig]):
     """UNet / UNet++ trained with cross-entropy plus online voxel-metric learning."""
 
     config_cls = MetricUNetConfig
@@ -91,10 +91,10 @@ class MetricUNet(SlabMethod):
         "MetricUNet-HCP": {"strategies": ("H", "C"), "pair_term": True},
     }
 
-    def build(self, cfg: MetricUNetConfig) -> "nn.Module":
+    def build(self, cfg: MetricUNetConfig, num_classes: int = 2) -> "nn.Module":
         from ..nets import build_network
 
-        return build_network(cfg.backbone, in_channels=cfg.slab, num_classes=2, **_network_kwargs(cfg))
+        return build_network(cfg.backbone, in_channels=cfg.slab, num_classes=num_classes, **_network_kwargs(cfg))
 
     @staticmethod
     def metric_config(cfg: MetricUNetConfig) -> Any:
@@ -106,25 +106,27 @@ class MetricUNet(SlabMethod):
 
         return MetricLossConfig(**{f.name: getattr(cfg, f.name) for f in fields(MetricLossConfig)})
 
-    def training_step(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: MetricUNetConfig,
-                      step: int) -> tuple["Tensor", dict[str, "Tensor"]]:
+    def loss(self, model: "nn.Module", batch: dict[str, "Tensor"], cfg: MetricUNetConfig,
+             ctx: StepContext) -> tuple["Tensor", Logs]:
         """CE + λ Σ_t L_metric^t on a batch {"image": (B,slab,P,P), "label": (B,P,P) int64}.
 
         The metric loss runs in float32 on the conv6d embedding; anchors are drawn with the
-        global torch RNG (seeded and checkpointed by the trainer)."""
+        global torch RNG (seeded and checkpointed by the trainer). With several classes the
+        metric loss separates foreground (any class) from background: P = {y > 0} and ŷ =
+        1 − p_background."""
         import torch
         import torch.nn.functional as F
 
         x, y = batch["image"], batch["label"]
         logits, emb = model(x, detach_embedding=cfg.detach_embedding)
         ce = F.cross_entropy(logits.float(), y)
-        logs: dict[str, Tensor] = {"ce": ce.detach()}
+        logs: Logs = {"ce": ce.detach()}
         if not cfg.strategies:
             return ce, logs
         from ..learning.metric import voxel_metric_loss
 
-        prob_fg = torch.softmax(logits.detach().float(), dim=1)[:, 1]
-        metric = voxel_metric_loss(emb.float(), y, prob_fg, self.metric_config(cfg), None)
+        prob_fg = 1.0 - torch.softmax(logits.detach().float(), dim=1)[:, 0]
+        metric = voxel_metric_loss(emb.float(), (y > 0).long(), prob_fg, self.metric_config(cfg), None)
         if not metric.requires_grad:  # every pool empty: keep the graph whole (DDP needs all grads)
             metric = metric + 0.0 * emb.sum()
         logs["metric"] = metric.detach()

@@ -1,0 +1,54 @@
+"""From class probabilities to a cleaned label map — the one rule that ``segment`` and the
+trainer's validation share (so a validation Dice is what ``segment`` gives).
+
+A voxel is foreground when its summed foreground probability ``p_1 + … + p_{C-1}`` reaches the
+threshold (0.5), and then takes its most likely foreground class; with two classes this is
+exactly ``p_1 ≥ threshold``. Cleaning keeps each class's largest 26-connected component and fills its
+holes (both optional).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean array (all False when empty)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def labels_from_foreground(fg: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 label map (Z, Y, X) of the foreground class probabilities (K, Z, Y, X) — classes
+    1 … K, the background left out (see the module rule)."""
+    if fg.shape[0] == 1:
+        return (fg[0] >= threshold).astype(np.uint8)
+    return np.where(fg.sum(0) >= threshold, np.argmax(fg, axis=0) + 1, 0).astype(np.uint8)
+
+
+def labels_from_probs(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 label map (Z, Y, X) of class probabilities (C, Z, Y, X), C ≥ 2."""
+    return labels_from_foreground(probs[1:], threshold)
+
+
+def clean(labels: np.ndarray, largest: bool = True, fill_holes: bool = True,
+          inside: np.ndarray | None = None) -> np.ndarray:
+    """Per class: its largest component (``largest``) and holes filled (``fill_holes``), never
+    growing outside ``inside`` (boolean, same shape) nor over another class's voxels."""
+    out = np.asarray(labels).copy()
+    for k in (int(v) for v in np.unique(out) if v):
+        m = out == k
+        if largest:
+            out[m & ~largest_component(m)] = 0
+            m = out == k
+        if fill_holes:
+            grow = ndimage.binary_fill_holes(m) & (out == 0)
+            if inside is not None:
+                grow &= inside
+            out[grow] = k
+    return out
