@@ -322,6 +322,17 @@ def union_grid(a: Volume, b: Volume, what: str = "masks") -> tuple[Volume, Volum
     return tuple(Volume(arr, a.spacing, origin, a.direction) for arr in out)  # type: ignore[return-value]
 
 
+def _pick_segments(pred: object, ref: object, wanted: Sequence[str]) -> list[tuple[str | None, str | None]]:
+    """(prediction name, reference name) pairs to compare: the ``wanted`` names in both; by
+    default every segment name the two share (reference order, case-insensitive), or — when they
+    share none — the only / first non-empty segment of each (``(None, None)``)."""
+    if wanted:
+        return [(w, w) for w in wanted]
+    pred_names = {n.casefold(): n for n in pred.names}  # type: ignore[attr-defined]
+    common = [(pred_names[n.casefold()], n) for n in ref.names if n.casefold() in pred_names]  # type: ignore[attr-defined]
+    return common or [(None, None)]
+
+
 def evaluate_files(
     pred: str | Path,
     ref: str | Path,
@@ -330,13 +341,18 @@ def evaluate_files(
     hd95_definition: str = "directed",
 ) -> list[dict[str, object]]:
     """Evaluate predicted label files against reference label files (two files or two folders,
-    cases matched by name; see :func:`match_cases`). ``segment``: the segment name in both (None =
-    the only / first non-empty one). ``reference_images`` (a file or folder of images, matched by
-    case id): when given, both masks are read onto that image's grid; otherwise onto the
-    smallest grid holding both masks (they must share spacing and direction and sit a whole
-    number of voxels apart, as Slicer's cropped .seg.nrrd files do). Returns one row per case: ``{"case", "pred", "ref", <METRIC_KEYS>}``."""
-    from .io import read_segment_mask
+    cases matched by name; see :func:`match_cases`). ``segment``: the segment name(s) in both,
+    comma-separated; None = every segment name the two files share (a multi-organ result is
+    scored per organ), or the only / first non-empty segment of each when they share no name.
+    ``reference_images`` (a file or folder of images, matched by case id): when given, both masks
+    are read onto that image's grid; otherwise onto the smallest grid holding both masks (they must
+    share spacing and direction and sit a whole number of voxels apart, as Slicer's cropped
+    .seg.nrrd files do). Returns one row per case and segment: ``{"case", "segment", "pred",
+    "ref", <METRIC_KEYS>}``."""
+    from .cases import split_segments
+    from .io import _on_reference, read_segmentation
 
+    wanted = split_segments(segment)
     images = _files_by_case(reference_images, "reference image", False) if reference_images else {}
     rows: list[dict[str, object]] = []
     for cid, pf, rf in match_cases(pred, ref):
@@ -347,14 +363,37 @@ def evaluate_files(
             from .io import read_volume
 
             grid = read_volume(images[cid])
-        ref_mask = read_segment_mask(rf, segment, reference=grid)
-        pred_mask = read_segment_mask(pf, segment, reference=grid)
-        if grid is None:
-            pred_mask, ref_mask = union_grid(pred_mask, ref_mask, f"prediction and reference of case '{cid}'")
-        row: dict[str, object] = {"case": cid, "pred": str(pf), "ref": str(rf)}
-        row.update(evaluate_masks(pred_mask, ref_mask, hd95_definition=hd95_definition))
-        rows.append(row)
+        pseg, rseg = read_segmentation(pf), read_segmentation(rf)
+        for pname, rname in _pick_segments(pseg, rseg, wanted):
+            ref_mask, pred_mask = (_first_or_named(seg, name) for seg, name in ((rseg, rname), (pseg, pname)))
+            if grid is not None:
+                ref_mask, pred_mask = _on_reference(ref_mask, grid), _on_reference(pred_mask, grid)
+            else:
+                pred_mask, ref_mask = union_grid(pred_mask, ref_mask, f"prediction and reference of case '{cid}'")
+            name = rname if rname is not None else (rseg.names[0] if rseg.names else "")
+            row: dict[str, object] = {"case": cid, "segment": name, "pred": str(pf), "ref": str(rf)}
+            row.update(evaluate_masks(pred_mask, ref_mask, hd95_definition=hd95_definition))
+            rows.append(row)
     return rows
+
+
+def _first_or_named(seg: object, name: str | None) -> Volume:
+    """Mask of segment ``name`` (None: the only / first non-empty one) of an ``io.Segmentation``."""
+    from .errors import SegmentNotFoundError
+
+    if name is not None:
+        return seg.mask(name)  # type: ignore[attr-defined]
+    infos = seg.segments  # type: ignore[attr-defined]
+    if not infos:
+        raise SegmentNotFoundError("A label file holds no segments (it is empty); export the label first.")
+    masks = [seg.mask_of(i) for i in infos]  # type: ignore[attr-defined]
+    return next((m for m in masks if m.array.any()), masks[0])
+
+
+def summarize_by_segment(rows: Sequence[Mapping[str, object]]) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`summarize` of the rows of each segment (rows without a "segment" go under "")."""
+    names = list(dict.fromkeys(str(r.get("segment", "")) for r in rows))
+    return {n: summarize([r for r in rows if str(r.get("segment", "")) == n]) for n in names}
 
 
 # ---- reports ---------------------------------------------------------------------------------
@@ -363,18 +402,28 @@ _TABLE = (("dsc", "DSC", 4), ("ppv", "PPV", 4), ("sen", "SEN", 4), ("asd", "ASD 
 
 
 def format_table(rows: Sequence[Mapping[str, object]], summary: Mapping[str, Mapping[str, float]] | None = None) -> str:
-    """A plain-text per-case table followed by ``mean ± std``, ``median`` and ``n`` per metric."""
-    summary = summary if summary is not None else summarize(rows)
+    """A plain-text per-case table followed by ``mean ± std``, ``median`` and ``n`` per metric —
+    per segment when the rows hold several segments."""
+    segments = list(dict.fromkeys(str(r.get("segment", "")) for r in rows))
+    several = len(segments) > 1
     width = max([6] + [len(str(r.get("case", ""))) for r in rows])
-    head = f"{'case':<{width}}" + "".join(f"{title:>10}" for _, title, _ in _TABLE)
+    swidth = max([8] + [len(s) for s in segments]) if several else 0
+    head = f"{'case':<{width}}" + (f"  {'segment':<{swidth}}" if several else "") \
+        + "".join(f"{title:>10}" for _, title, _ in _TABLE)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{str(r.get('case', '')):<{width}}" + "".join(f"{float(r[k]):>10.{d}f}" for k, _, d in _TABLE))  # type: ignore[arg-type]
-    lines += ["", f"{'metric':<8}{'mean ± std':>22}{'median':>10}{'n':>5}{'failed':>8}"]
-    for k, title, d in _TABLE:
-        s = summary[k]
-        ms = f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
-        lines.append(f"{title:<8}{ms:>22}{s['median']:>10.{d}f}{s['n']:>5d}{s['n_inf']:>8d}")
+        seg = f"  {str(r.get('segment', '')):<{swidth}}" if several else ""
+        lines.append(f"{str(r.get('case', '')):<{width}}{seg}"
+                     + "".join(f"{float(r[k]):>10.{d}f}" for k, _, d in _TABLE))  # type: ignore[arg-type]
+    groups = summarize_by_segment(rows) if several else {segments[0] if segments else "": summary or summarize(rows)}
+    for name, summ in groups.items():
+        lines += ["", (f"segment {name}: " if several else "") + f"{'metric':<8}{'mean ± std':>22}{'median':>10}"
+                  f"{'n':>5}{'failed':>8}"]
+        for k, title, d in _TABLE:
+            s = summ[k]
+            ms = f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
+            pad = " " * (len(f"segment {name}: ") if several else 0)
+            lines.append(f"{pad}{title:<8}{ms:>22}{s['median']:>10.{d}f}{s['n']:>5d}{s['n_inf']:>8d}")
     return "\n".join(lines)
 
 
@@ -404,9 +453,10 @@ def write_report(
     meta: Mapping[str, object] | None = None,
     hd95_definition: str = "directed",
 ) -> tuple[Path, Path]:
-    """Write ``metrics.csv`` (one row per case) and ``metrics.json`` (``{"format":
-    "voxmetric-metrics/1", "definitions", "cases", "summary", **meta}``; infinities as the string
-    ``"inf"``) into ``out_dir``, atomically. Returns the two paths."""
+    """Write ``metrics.csv`` (one row per case and segment) and ``metrics.json`` (``{"format":
+    "voxmetric-metrics/1", "definitions", "cases", "summary" (all rows), "segments" (a summary per
+    segment), **meta}``; infinities as the string ``"inf"``) into ``out_dir``, atomically.
+    Returns the two paths."""
     out = Path(out_dir)
     summary = summary if summary is not None else summarize(rows)
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -415,12 +465,16 @@ def write_report(
     w.writeheader()
     for r in rows:
         w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    def clean(summ: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, object]]:
+        return {m: {s: _json_number(v) for s, v in st.items()} for m, st in summ.items()}
+
     doc = {
         "format": "voxmetric-metrics/1",
         **(dict(meta) if meta else {}),
         "definitions": definitions(hd95_definition),
         "cases": [{k: _json_number(v) for k, v in r.items()} for r in rows],
-        "summary": {m: {s: _json_number(v) for s, v in st.items()} for m, st in summary.items()},
+        "summary": clean(summary),
+        "segments": {name: clean(summ) for name, summ in summarize_by_segment(rows).items()},
     }
     csv_path = _atomic_write(out / "metrics.csv", buf.getvalue())
     json_path = _atomic_write(out / "metrics.json", json.dumps(doc, indent=1) + "\n")

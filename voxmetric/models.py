@@ -709,16 +709,18 @@ def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: 
             raise ModelError(f"model {ref.name!r} is a {ref.role}; give a refiner model or a pipeline name")
         check_modality({"name": ref.name, "modality": ref.modality}, modality, strict=strict)
         paths["refiner"] = ref.path
-        if "localizer" in stages:
-            paths["localizer"] = (ref if ref.role == "joint" else _default_model(models, "localizer", modality, strict)).path
-    elif name is None:
-        for role in stages:
-            paths[role] = _default_model(models, role, modality, strict).path
-    else:
+        if ref.role == "joint":
+            paths["localizer"] = ref.path
+    elif name is not None:
         loc, ref_path = resolve_pipeline(name, modality, strict=strict)
         paths = {"localizer": loc, "refiner": ref_path}
     loaded: dict[str, Stage] = {}
-    for role in stages:
+    for role in sorted(stages, key=lambda r: r != "refiner"):  # the refiner first: it may need no localizer
+        if role == "localizer" and "refiner" in loaded and \
+                loaded["refiner"].method.data_recipe(loaded["refiner"].cfg).region == "body":
+            continue  # a whole-body refiner: the pipeline uses the body as its ROI
+        if role not in paths:
+            paths[role] = _default_model(models, role, modality, strict).path
         pkg = load_package(paths[role])
         method, cfg, model = build_model(pkg)
         loaded[role] = Stage(method, cfg, model, pkg.name, pkg.classes)

@@ -240,7 +240,8 @@ class Pipeline:
             if stage is not None:
                 stage.model.eval().to(self.device)
                 if self.device.type == "cpu":
-                    stage.model.to(memory_format=torch.channels_last)
+                    volumetric = any(p.ndim == 5 for p in stage.model.parameters())  # 3D convolutions
+                    stage.model.to(memory_format=torch.channels_last_3d if volumetric else torch.channels_last)
 
     # -- helpers -----------------------------------------------------------------------------------
     def image_modality(self, volume: Volume) -> str:
@@ -288,6 +289,19 @@ class Pipeline:
         box, centroid = roi_from_mask(coarse, cfg)
         say(1.0, "localize: done")
         return LocalizeResult(box, confidence, True, coarse, centroid, "")
+
+    @property
+    def whole_body_refiner(self) -> bool:
+        """True when the refiner was trained on whole bodies (``region`` "body"): its ROI is the
+        body, not a localizer's box."""
+        return self.refiner is not None and self.refiner.method.data_recipe(self.refiner.cfg).region == "body"
+
+    def body_box(self, volume: Volume, coarse_mm: float = 4.0) -> Box:
+        """The body's bounding box (+5 mm), found on a strided ``coarse_mm`` view of the scan."""
+        step = np.maximum(1, np.floor(coarse_mm / volume.spacing)).astype(int)  # x, y, z
+        coarse = Volume(volume.array[::step[2], ::step[1], ::step[0]], volume.spacing * step, volume.origin,
+                        volume.direction)
+        return intensity.body_box(coarse, self.image_modality(volume))
 
     def default_box(self, body: Volume) -> Box:
         """The "not found" box: ``fixed_size_mm`` cube at the body's in-plane centre and low in
@@ -365,6 +379,9 @@ class Pipeline:
         timings: dict[str, float] = {}
         loc = None
         found, confidence, message = True, 1.0, ""
+        if box is None and stage == "all" and self.whole_body_refiner:
+            box = self.body_box(volume)  # a whole-body model needs no localisation
+            timings["localize"] = time.perf_counter() - t0
         if box is None:
             split = 100 if stage == "localize" else 30
             loc = self._localize_checked(volume, _report(progress, 0, split))

@@ -1,4 +1,5 @@
-"""Network architectures only (no losses, no data). Every net returns (logits, embedding)."""
+"""Network architectures only (no losses, no data). Every net returns (logits, features): the
+2D nets their embedding layer, the 3D U-Net its encoder outputs deepest first."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from voxmetric.errors import ConfigError
 from voxmetric.nets.unet2d import UNet2D
+from voxmetric.nets.unet3d import UNet3D
 
 
 def _unetpp(**kwargs: Any) -> nn.Module:
@@ -25,7 +27,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet2d": UNet2D, "unetpp2d": _unetpp}
+NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet2d": UNet2D, "unetpp2d": _unetpp, "unet3d": UNet3D}
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
@@ -39,4 +41,4 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"Bad arguments for network {name!r}: {exc}.") from exc
 
 
-__all__ = ["NETWORKS", "UNet2D", "UNetPlusPlus2D", "build_network"]
+__all__ = ["NETWORKS", "UNet2D", "UNet3D", "UNetPlusPlus2D", "build_network"]
