@@ -82,7 +82,7 @@ def test_unetpp_shapes_and_embedding_layer() -> None:
 def test_build_network_registry() -> None:
     assert isinstance(build_network("UNet2D", in_channels=5, embed_channels=32), UNet2D)
     assert isinstance(build_network("unetpp2d"), UNetPlusPlus2D)
-    with pytest.raises(ConfigError, match="unet2d, unetpp2d"):
+    with pytest.raises(ConfigError, match="unet2d, unet3d, unetpp2d"):
         build_network("resnet")
     with pytest.raises(ConfigError, match="Bad arguments"):
         build_network("unet2d", widths=3)

@@ -308,7 +308,7 @@ def test_cli_errors(tiny_models: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert r.returncode == 2 and "--roi-file" in r.stderr
     monkeypatch.setenv("VOXMETRIC_BUNDLED_MODELS", str(tmp_path / "none"))
     r = cli("segment", str(img), "-o", str(tmp_path / "x.seg.nrrd"))
-    assert r.returncode == 2 and "no localizer model" in r.stderr
+    assert r.returncode == 2 and "no refiner model for CT images" in r.stderr
     r = cli("demo", "--out", str(tmp_path / "demo"))
     assert r.returncode == 2 and "train_demo_models.py" in r.stderr
 
