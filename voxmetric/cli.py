@@ -322,7 +322,8 @@ def _run_segment(a: argparse.Namespace) -> int:
             s.update({k: str(v) for k, v in _dicom_export(a, Path(s["segmentation"]), choice).items()})
         if a.events_jsonl:
             event({"event": "done", "found": s["found"], "confidence": s["confidence"], "timings": s["timings"],
-                   "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation")})
+                   "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation"),
+                   **{k: s[k] for k in ("dicom_seg", "rtstruct") if k in s}})
         else:
             if not s["found"]:
                 print(s["message"])

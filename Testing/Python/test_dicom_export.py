@@ -281,6 +281,14 @@ def test_segment_dicom_folder_writes_seg_and_rtstruct(tiny_models: Path, tmp_pat
     assert r.returncode == 2 and "already exists" in r.stderr
     r = cli("segment", str(study), "-o", str(seg_out), "--series", "1", "--events-jsonl")
     assert r.returncode == 2 and "a single slice" in r.stderr
+    r = cli("segment", str(study), "-o", str(seg_out), "--series", "2", "--rtstruct", str(tmp_path / "b.dcm"),
+            "--events-jsonl")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["event"] == "log" and "chosen by --series 2" in events[0]["message"]
+    assert events[-1]["event"] == "done" and events[-1]["rtstruct"] == str(tmp_path / "b.dcm")
     r = cli("segment", str(study), "-o", str(seg_out), "--stage", "localize", "--dicom-seg", str(tmp_path / "z.dcm"))
     assert r.returncode == 2 and "--stage localize writes no segmentation" in r.stderr
 
