@@ -146,10 +146,12 @@ def _atomic(path: str | Path, suffix: str) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path, series: str | int | None = None) -> sitk.Image:
+    if series is not None and not path.is_dir():
+        raise InputError(f"A series choice ({series!r}) applies to a DICOM folder; {path} is a file.")
     try:
         if path.is_dir():
-            return _read_dicom_series(path)
+            return _read_dicom_series(path, series)
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
@@ -169,15 +171,13 @@ def _read_sitk(path: Path) -> sitk.Image:
     return img
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    """The largest DICOM series in ``folder`` (slices ordered by GDCM by position)."""
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise InputError(f"No DICOM series found in the folder {folder}. Pick a folder of .dcm slices or an image file.")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+def _read_dicom_series(folder: Path, series: str | int | None = None) -> sitk.Image:
+    """One DICOM series of ``folder`` (recursive): ``series`` (UID or 1-based index) or the one
+    the rules of :mod:`voxmetric.dicom` choose (a SeriesChoiceWarning names it when the folder
+    holds several); slices in position order."""
+    from .dicom import read_series_image
+
+    return read_series_image(folder, series)
 
 
 def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
@@ -188,16 +188,18 @@ def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
 
 
 # -- volumes ------------------------------------------------------------------------------------
-def read_volume(path: str | Path) -> Volume:
+def read_volume(path: str | Path, series: str | int | None = None) -> Volume:
     """Read a 3D image (.nrrd/.nhdr, .nii/.nii.gz, .mha/.mhd, DICOM series folder) → Volume.
 
+    A DICOM folder gives the series ``series`` (UID or 1-based index of
+    :func:`voxmetric.dicom.list_series`) or, when None, the one its documented rules choose.
     A ``.seg.nrrd`` gives its layer-0 labelmap. Non-finite voxels are replaced by the smallest
     finite value. InputError for a missing, empty, unreadable, 2D, all-NaN or constant image.
     """
     p = _check_file(path)
     if _suffix(p) == ".seg.nrrd":
         return read_segmentation(p).labelmap
-    vol = _volume_from_sitk(_read_sitk(p), p)
+    vol = _volume_from_sitk(_read_sitk(p, series), p)
     a = vol.array
     if np.issubdtype(a.dtype, np.floating):
         finite = np.isfinite(a)

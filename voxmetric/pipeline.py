@@ -458,12 +458,13 @@ def _write_json(path: Path, data: dict) -> Path:
 def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: str | Path, output: str | Path, *,
                  stage: str = "all", modality: str = "auto", roi_file: str | Path | None = None,
                  roi_out: str | Path | None = None, timings_out: str | Path | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, series: str | int | None = None) -> dict[str, Any]:
     """Segment one image file: read it, run ``stage`` (ROI from ``roi_file`` when given), write
     the segmentation (``output``, a .seg.nrrd with segment "Prostate" on the input's grid; not
     for ``stage="localize"``), the ROI ``.mrk.json`` and the timings JSON (defaults: beside
     ``output``, see :func:`output_paths`). ``pipeline_for``: a Pipeline or a function modality →
-    Pipeline. Returns a summary dict (found, confidence, timings, paths, box)."""
+    Pipeline. ``series``: which series of a DICOM folder (UID or index, see
+    :func:`voxmetric.dicom.select_series`). Returns a summary dict (found, confidence, timings, paths, box)."""
     from . import io
     from .markups import read_roi, write_roi
 
@@ -473,7 +474,7 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
         raise InputError(f"The output must be a .seg.nrrd file, got {paths['segmentation'].name}.")
     roi_path = Path(roi_out) if roi_out else paths["roi"]
     timings_path = Path(timings_out) if timings_out else paths["timings"]
-    volume = io.read_volume(image)
+    volume = io.read_volume(image, series=series)
     box = read_roi(roi_file) if roi_file else None
     mod = modality if modality in ("ct", "mr") else ("ct" if intensity.looks_like_ct(volume.array) else "mr")
     pipe = pipeline_for if isinstance(pipeline_for, Pipeline) else pipeline_for(mod)
