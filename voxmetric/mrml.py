@@ -226,14 +226,61 @@ def _new_segmentation_node(scene, reference_volume_node):
     return seg_node
 
 
+def geometry_from_node(node) -> Volume:
+    """World geometry (LPS) of a scalar volume node without copying its voxels: a :class:`Volume`
+    whose array is a read-only zero view of the node's shape (z, y, x). Use it as the
+    ``reference`` grid of resampling and of :func:`write_mask_segment` masks."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("Select a scalar volume (CT or MR image, or a labelmap) as input.")
+    image = node.GetImageData()
+    if image is None:
+        raise InputError(f"The volume '{node.GetName()}' has no voxels loaded. Load the image first.")
+    dims = image.GetDimensions()
+    affine = _ijk_to_world_lps(node)
+    spacing, direction = _split_columns(affine[:3, :3], f"The volume '{node.GetName()}'")
+    return Volume(np.broadcast_to(np.uint8(0), tuple(int(d) for d in dims[::-1])), spacing, affine[:3, 3], direction)
+
+
+def _offset_in(mask: Volume, ref: Volume) -> tuple[int, int, int]:
+    """Voxel offset (i, j, k) of ``mask``'s first voxel in ``ref``'s grid, when ``mask`` lies on a
+    whole-voxel sub-extent of that grid (same spacing and axes); GeometryError otherwise."""
+    if mask.same_grid(ref):
+        return (0, 0, 0)
+    shift = ref.physical_to_index(mask.origin)
+    start = np.round(shift).astype(int)
+    if (np.allclose(mask.spacing, ref.spacing, atol=1e-3) and np.allclose(mask.direction, ref.direction, atol=1e-3)
+            and np.allclose(shift, start, atol=1e-2) and np.all(start >= 0)
+            and np.all(start + mask.size_xyz <= ref.size_xyz)):
+        return (int(start[0]), int(start[1]), int(start[2]))
+    mask.check_same_grid(ref, "mask and reference volume")
+    raise GeometryError("The mask is not on the reference volume's voxel grid.")  # pragma: no cover
+
+
+def crop_to_mask(mask: Volume, margin: int = 1) -> Volume:
+    """The smallest sub-extent of ``mask`` (plus ``margin`` voxels, clipped to the grid) that
+    holds every non-zero voxel, with its own origin; a 1-voxel crop when the mask is empty.
+    Writing the crop with :func:`write_mask_segment` gives the same segment as the whole mask."""
+    nz = np.nonzero(mask.array)
+    if not nz[0].size:
+        return mask.with_array(np.zeros((1, 1, 1), np.uint8))
+    lo = [max(int(a.min()) - margin, 0) for a in nz]
+    hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nz, mask.shape)]
+    sub = np.ascontiguousarray(mask.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    origin = mask.index_to_physical(np.array(lo[::-1], float))
+    return Volume(sub, mask.spacing, origin, mask.direction)
+
+
 def _mask_image(mask: Volume | np.ndarray, reference_volume_node) -> slicer.vtkOrientedImageData:
-    """uint8 0/1 oriented image on the reference volume's local voxel grid (RAS)."""
-    ref = volume_from_node(reference_volume_node)
+    """uint8 0/1 oriented image on the reference volume's local voxel grid (RAS). A ``Volume``
+    mask may cover a sub-extent of that grid (see :func:`crop_to_mask`): only its voxels are
+    copied."""
+    ref = geometry_from_node(reference_volume_node)
     if isinstance(mask, Volume):
-        mask.check_same_grid(ref, "mask and reference volume")
+        offset = _offset_in(mask, ref)
         array = mask.array
     else:
         array = np.asarray(mask)
+        offset = (0, 0, 0)
         if array.shape != ref.shape:
             raise GeometryError(
                 f"The mask has shape {array.shape} but the reference volume "
@@ -241,8 +288,10 @@ def _mask_image(mask: Volume | np.ndarray, reference_volume_node) -> slicer.vtkO
                 "Paste the result back onto the input volume's grid first."
             )
     binary = (np.asarray(array) > 0).astype(np.uint8)
+    nz, ny, nx = binary.shape
+    i, j, k = offset
     image = slicer.vtkOrientedImageData()
-    image.SetDimensions(*(int(v) for v in ref.size_xyz))
+    image.SetExtent(i, i + nx - 1, j, j + ny - 1, k, k + nz - 1)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(binary.ravel(), deep=True))
     ijk_to_ras = vtk.vtkMatrix4x4()
     reference_volume_node.GetIJKToRASMatrix(ijk_to_ras)
@@ -261,7 +310,9 @@ def write_mask_segment(
     color: tuple[float, float, float] | None = None,
     terminology: str | None = None,
 ) -> tuple[object, str]:
-    """Write a binary ``mask`` (z, y, x) on the reference volume's grid as a segment.
+    """Write a binary ``mask`` (z, y, x) on the reference volume's grid as a segment (a
+    ``Volume`` mask may cover only a sub-extent of that grid, e.g. :func:`crop_to_mask`: the
+    segment is the same, the copy far smaller).
 
     ``seg_node`` None creates a segmentation node with the reference volume as reference
     geometry, under the volume's parent transform and subject-hierarchy parent (its study).
