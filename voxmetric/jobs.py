@@ -82,7 +82,6 @@ class Job:
         self._stderr: list[str] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._cleaned = False
         self._started = time.monotonic()
         _LIVE.add(self)
         self._thread = threading.Thread(target=self._run, name="voxmetric-job", daemon=True)
@@ -224,11 +223,8 @@ class Job:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(p.pid)], capture_output=True)
 
     def run_cleanup(self) -> None:
-        """Run the ``cleanup`` hook once (idempotent; also called at interpreter exit)."""
-        with self._lock:
-            if self._cleaned:
-                return
-            self._cleaned = True
+        """Run the ``cleanup`` hook now (it runs again when the worker ends, so it must be
+        idempotent, e.g. deleting a folder; also called at interpreter exit)."""
         if self._cleanup is not None:
             try:
                 self._cleanup()

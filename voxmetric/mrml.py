@@ -366,9 +366,13 @@ def write_mask_segment(
     return seg_node, segment_id
 
 
-def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Volume:
+def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: bool = False) -> Volume:
     """uint8 0/1 mask (z, y, x) of a segment (case-insensitive name) on the reference
-    volume's grid, with the reference's world geometry (as :func:`volume_from_node`)."""
+    volume's grid, with the reference's world geometry (as :func:`volume_from_node`).
+
+    ``crop=True`` returns only the segment's own extent on that grid (a sub-extent with its own
+    origin, clipped to the grid; one zero voxel when the segment is empty): far less to copy on
+    Slicer's GUI thread, and the same mask once pasted back (:func:`paste_into`)."""
     if seg_node is None or not seg_node.IsA("vtkMRMLSegmentationNode"):
         raise InputError("Select a segmentation node.")
     segment_id = _find_segment(seg_node, segment_name)
@@ -378,23 +382,45 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Vol
             f"No segment '{segment_name}' in '{seg_node.GetName()}'. Available segments: "
             f"{', '.join(repr(n) for n in names) or '(none)'}. Pick one of these names."
         )
-    ref = volume_from_node(reference_volume_node)
+    ref = geometry_from_node(reference_volume_node)
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     merged = slicer.vtkOrientedImageData()
+    mode = slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS if crop else slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
     slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
-        seg_node, reference_volume_node, ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged
+        seg_node, reference_volume_node, ids, mode, merged
     )
-    extent = merged.GetExtent()
-    want = (0, int(ref.size_xyz[0]) - 1, 0, int(ref.size_xyz[1]) - 1, 0, int(ref.size_xyz[2]) - 1)
+    extent = tuple(int(v) for v in merged.GetExtent())
+    size = [int(v) for v in ref.size_xyz]
     scalars = merged.GetPointData().GetScalars() if merged.GetPointData() else None
-    if tuple(extent) != want or scalars is None:
+    if crop:
+        lo = [max(extent[2 * a], 0) for a in range(3)]
+        hi = [min(extent[2 * a + 1], size[a] - 1) for a in range(3)]
+        if scalars is None or any(h < l for l, h in zip(lo, hi)):
+            return Volume(np.zeros((1, 1, 1), np.uint8), ref.spacing, ref.origin, ref.direction)
+        dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+        labels = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1])
+        sub = labels[tuple(slice(lo[a] - extent[2 * a], hi[a] - extent[2 * a] + 1) for a in (2, 1, 0))]
+        origin = ref.index_to_physical(np.array(lo, float))
+        return Volume((sub > 0).astype(np.uint8), ref.spacing, origin, ref.direction)
+    want = (0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    if extent != want or scalars is None:
         raise GeometryError(
             f"Segment '{segment_name}' could not be exported on the grid of "
-            f"'{reference_volume_node.GetName()}' (extent {tuple(extent)} vs {want})."
+            f"'{reference_volume_node.GetName()}' (extent {extent} vs {want})."
         )
     labels = numpy_support.vtk_to_numpy(scalars).reshape(ref.shape)
     return ref.with_array((labels > 0).astype(np.uint8))
+
+
+def paste_into(mask: Volume, reference: Volume) -> Volume:
+    """A mask on a sub-extent of ``reference``'s grid (:func:`crop_to_mask`,
+    ``mask_from_segment(crop=True)``) pasted into a zero uint8 volume on the whole grid."""
+    i, j, k = _offset_in(mask, reference)
+    out = np.zeros(reference.shape, np.uint8)
+    nz, ny, nx = mask.shape
+    out[k:k + nz, j:j + ny, i:i + nx] = mask.array
+    return Volume(out, reference.spacing, reference.origin, reference.direction)
 
 
 # -- training curves --------------------------------------------------------------------------
