@@ -117,6 +117,7 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._guiTags: list[int] = []
         self._registry = panel.Registry()
         self._modalityCache: tuple[Any, str] | None = None
+        self._observedVolume: Any = None
         self._stage = ""
         self._events: list[dict[str, Any]] = []
         self._timer = qt.QTimer()
@@ -202,7 +203,9 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.modality != "auto":
             return p.modality.lower(), _("chosen in Modality")
         image = p.inputVolume.GetImageData()
-        key = (p.inputVolume.GetID(), image.GetMTime() if image else 0)
+        if image is None:  # added to the scene, voxels still loading: refreshed when they arrive
+            return None, ""
+        key = (p.inputVolume.GetID(), image.GetMTime())
         if self._modalityCache is None or self._modalityCache[0] != key:
             self._modalityCache = (key, panel.guess_modality(slicer.util.arrayFromVolume(p.inputVolume)))
         return self._modalityCache[1], _("detected from the intensities")
@@ -212,6 +215,12 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or self.logic is None:
             return
+        if p.inputVolume is not self._observedVolume:  # its voxels may arrive or change later
+            if self._observedVolume is not None:
+                self.removeObserver(self._observedVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
+            self._observedVolume = p.inputVolume
+            if p.inputVolume is not None:
+                self.addObserver(p.inputVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
         modality, why = self._modality()
         plan = panel.model_plan(p.model, modality, self._registry, why)
         self.ui.modelCardLabel.text = plan.text
@@ -225,21 +234,22 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _start(self, stage: str) -> None:
         p, logic = self._parameterNode, self.logic
         assert p is not None and logic is not None
-        with slicer.util.tryWithErrorDisplay(_("Could not start {stage}.").format(stage=stage), waitCursor=True):
-            if logic.busy:
-                raise panel.Refused(_("A job is running: wait for it or press Cancel, then start again."))
-            if logic.installDependencies(stage):
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start {stage}.").format(stage=stage), waitCursor=True):
+                if logic.busy:
+                    raise panel.Refused(_("A job is running: wait for it or press Cancel, then start again."))
                 self._stage, self._events = stage, []
+                if logic.installDependencies(stage):  # child processes first; the stage follows
+                    self._timer.start()
+                    return
+                modality, _why = self._modality()
+                logic.engine.start(stage, p.inputVolume, roi_node=p.roi, model=p.model, device=p.device,
+                                   modality=modality or "auto")
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = panel.expectation(p.device)
                 self._timer.start()
-                return
-            modality, _why = self._modality()
-            self._stage, self._events = stage, []
-            logic.engine.start(stage, p.inputVolume, roi_node=p.roi, model=p.model, device=p.device,
-                               modality=modality or "auto")
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = panel.expectation(p.device)
-            self._timer.start()
-        self._refresh()
+        finally:
+            self._refresh()
 
     def _poll(self) -> None:
         logic = self.logic

@@ -244,28 +244,30 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _start(self, resume: bool) -> None:
         p, logic = self._parameterNode, self.logic
         assert p is not None and logic is not None
-        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            if logic.busy or self._steps is not None:
-                raise RuntimeError(_("A training run is in progress: wait for it or press Cancel first."))
-            todo = logic.missingDependencies()
-            if todo:
-                raise RuntimeError(_("Training needs {pkgs}: press Segment Prostate in VoxMetric Prostate once to "
-                                     "install them, then train.").format(pkgs=", ".join(todo)))
-            engine = logic.engine
-            if resume:
-                engine.resume(slicer.mrmlScene, p.modelName, device=p.device)
-                self._started()
-            else:
-                path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
-                cases = self._pairs() if p.casesSource == "scene" else path
-                flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
-                self._steps = engine.start_steps(
-                    slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
-                    device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs))
-                self.ui.logPlainTextEdit.clear()
-                self.ui.statusLabel.text = _("Reading the cases from the scene…")
-            self._timer.start()
-        self._refresh()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+                if logic.busy or self._steps is not None:
+                    raise RuntimeError(_("A training run is in progress: wait for it or press Cancel first."))
+                todo = logic.missingDependencies()
+                if todo:
+                    raise RuntimeError(_("Training needs {pkgs}: press Segment Prostate in VoxMetric Prostate once "
+                                         "to install them, then train.").format(pkgs=", ".join(todo)))
+                engine = logic.engine
+                if resume:
+                    engine.resume(slicer.mrmlScene, p.modelName, device=p.device)
+                    self._started()
+                else:
+                    path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
+                    cases = self._pairs() if p.casesSource == "scene" else path
+                    flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
+                    self._steps = engine.start_steps(
+                        slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
+                        device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs))
+                    self.ui.logPlainTextEdit.clear()
+                    self.ui.statusLabel.text = _("Reading the cases from the scene…")
+                self._timer.start()
+        finally:
+            self._refresh()
 
     def _started(self) -> None:
         engine = self.logic.engine if self.logic else None

@@ -34,8 +34,8 @@ def mrml_scene():
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene
     yield scene
-    slicer.mrmlScene = previous
     scene.Clear(1)
+    slicer.mrmlScene = previous
 
 
 MODULES = ("VoxMetricSeg", "VoxMetricTrain")

@@ -727,12 +727,13 @@ class QTableWidget(QWidget):
 class QTimer(QObject):
     """Fires only when a test calls :func:`fire_timers` (no event loop here)."""
 
-    PROPS = {"interval": 0, "singleShot": False}
+    PROPS = {"interval": 0}
     timeout = Signal()
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
         self._active = False
+        self._single = False
         TIMERS.add(self)
 
     def setInterval(self, ms: int) -> None:
@@ -752,7 +753,7 @@ class QTimer(QObject):
     @staticmethod
     def singleShot(ms: int, fn: Callable[[], Any]) -> None:
         t = QTimer()
-        t.singleShot = True
+        t._single = True
         t.timeout.connect(fn)
         _SINGLE_SHOTS.append(t)
         t.start(ms)
@@ -766,7 +767,7 @@ def fire_timers() -> int:
     fired = 0
     for t in list(TIMERS):
         if t.isActive():
-            if t.singleShot:
+            if t._single:
                 t.stop()
                 if t in _SINGLE_SHOTS:
                     _SINGLE_SHOTS.remove(t)
