@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ class TrainLogic:
         self.python = python
         self.extra_env = dict(env or {})
         self.timeout = timeout
-        self._pending: Iterator[str] | None = None
+        self._pending: Generator[str, None, None] | None = None
         self.job: Job | None = None
         self.run_dir: Path | None = None
         self.name: str | None = None
@@ -253,7 +253,7 @@ class TrainLogic:
 
     def _prepare_run(self, scene: Any, run: Path, method: str, cases: str | Path | Sequence[CasePair],
                      pairs: list[CasePair], segment: str, name: str, iterations: int, batch_size: int, device: str,
-                     modality: str, extra_args: Sequence[str]) -> Iterator[str]:
+                     modality: str, extra_args: Sequence[str]) -> Generator[str, None, None]:
         started = False
         try:
             snapshots = []
