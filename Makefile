@@ -20,9 +20,11 @@ demo: setup
 	$(VENV)/bin/voxmetric demo --out $(OUT)
 
 test: setup
+	$(VENV)/bin/pyright
 	$(PY) -m pytest -m "not gpu" Testing/Python
 
 test-fast: setup
+	$(VENV)/bin/pyright
 	$(PY) -m pytest -m "not gpu and not slow" Testing/Python
 
 clean:

@@ -1,19 +1,22 @@
 """VoxMetricSeg: two-stage prostate segmentation in CT and MR (Localize → editable ROI → Refine).
 
-Thin by design (DESIGN.md rule 3): the widget wires the .ui to a parameter node, the work runs in
-a child process through VoxMetricSegLib.SegmentLogic, and the self-test body is shared with pytest.
+Thin by design (DESIGN.md rule 3): the widget wires the .ui to a parameter node and copies the
+decisions of VoxMetricSegLib.panel (model list, which model runs and why, button states, status
+texts) into its widgets; the work runs in a child process through VoxMetricSegLib.SegmentLogic
+(one job at a time, nothing scan-sized on the GUI thread), and the self-test body is shared
+with pytest.
 """
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, GuiConnector, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -23,14 +26,11 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
-import voxmetric  # noqa: E402  (the package root imports nothing heavy)
-
-TORCH_REQUIREMENT = ">=2.1"
-REQUIREMENTS = Path(voxmetric.__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+from VoxMetricSegLib import SegmentLogic, deps, panel  # noqa: E402  (Qt-free; imports nothing heavy)
 
 
 class VoxMetricSeg(ScriptedLoadableModule):
-    def __init__(self, parent):
+    def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VoxMetric Prostate")
         self.parent.categories = [_("Segmentation")]
@@ -45,11 +45,11 @@ class VoxMetricSeg(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", _registerSampleData)
 
 
-def _registerSampleData():
+def _registerSampleData() -> None:
     """A CT phantom in Sample Data, generated locally by the engine (nothing is downloaded)."""
     import SampleData
 
-    def makePhantom(source):
+    def makePhantom(source: Any) -> list[Any]:
         from voxmetric.io import write_volume
         from voxmetric.phantom import make_case
 
@@ -70,223 +70,293 @@ class VoxMetricSegParameterNode:
     roi: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     modality: Annotated[str, Choice(["auto", "CT", "MR"])] = "auto"
+    model: str = panel.DEFAULT_MODEL  # a pipeline or refiner name; "" = the default pipeline
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     replaceExisting: bool = False
 
+    if TYPE_CHECKING:  # what @parameterNodeWrapper adds
+        parameterNode: Any
+
+        def __init__(self, parameterNode: Any) -> None: ...
+        def connectGui(self, gui: Any) -> int: ...
+        def connectParametersToGui(self, mapping: dict[str, Any]) -> int: ...
+        def disconnectGui(self, tag: int) -> None: ...
+
+
+class ModelComboConnector(GuiConnector):
+    """The model combo box ↔ the ``model`` parameter: its items (filled from the registry) carry
+    the model names as item data, so the choices can change while Slicer runs."""
+
+    def __init__(self, widget: Any) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self) -> None:
+        self._widget.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self) -> Any:
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.currentData or panel.DEFAULT_MODEL
+
+    def write(self, value: str) -> None:
+        index = self._widget.findData(value)
+        self._widget.currentIndex = index if index >= 0 else 0
+
 
 class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._stage = None
-        self._events = []
+        self.logic: VoxMetricSegLogic | None = None
+        self._parameterNode: VoxMetricSegParameterNode | None = None
+        self._guiTags: list[int] = []
+        self._registry = panel.Registry()
+        self._modalityCache: tuple[Any, str] | None = None
+        self._observedVolume: Any = None
+        self._stage = ""
+        self._events: list[dict[str, Any]] = []
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._poll)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        self.layout.addWidget(slicer.util.loadUI(self.resourcePath("UI/VoxMetricSeg.ui")))
-        self.ui = slicer.util.childWidgetVariables(self.parent.children()[-1])
-        self.parent.children()[-1].setMRMLScene(slicer.mrmlScene)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoxMetricSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VoxMetricSegLogic()
         self.ui.localizeButton.clicked.connect(lambda: self._start("localize"))
         self.ui.refineButton.clicked.connect(lambda: self._start("refine"))
         self.ui.segmentButton.clicked.connect(lambda: self._start("segment"))
         self.ui.cancelButton.clicked.connect(self._cancel)
-        self.ui.modelComboBox.currentIndexChanged.connect(self._showModelCard)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, lambda *a: self._cancel())
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *a: self.initializeParameterNode())
+        self.ui.show3DButton.clicked.connect(self._show3D)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._fillModels()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._cancel()
+        """Module closed (Slicer exits or the module is reloaded): stop the job, delete its files."""
+        self._timer.stop()
+        if self.logic:
+            self.logic.cleanup()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self._fillModels()  # models trained or installed meanwhile appear at once
         self.initializeParameterNode()
 
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        if self.logic:
+            self.logic.cleanup()  # the scan is going away: so does the job working on its copy
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
     def initializeParameterNode(self) -> None:
-        self._parameterNode = VoxMetricSegParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        self._parameterNode.connectGui(self.ui)
-        self.addObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._updateButtons()
+        assert self.logic is not None
+        self.setParameterNode(VoxMetricSegParameterNode(self.logic.getParameterNode()))
+        p = self._parameterNode
+        if p is not None and not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, node: "VoxMetricSegParameterNode | None") -> None:
+        if self._parameterNode is not None:
+            for tag in self._guiTags:
+                self._parameterNode.disconnectGui(tag)
+            self._guiTags = []
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._refresh)
+        self._parameterNode = node
+        if node is not None:
+            self._guiTags = [node.connectGui(self.ui),
+                             node.connectParametersToGui({"model": ModelComboConnector(self.ui.modelComboBox)})]
+            self.addObserver(node.parameterNode, vtk.vtkCommand.ModifiedEvent, self._refresh)
+            self._refresh()
 
     def _fillModels(self) -> None:
-        self.ui.modelComboBox.clear()
-        try:
-            from voxmetric.models import list_models
-        except ImportError:  # first start: dependencies are installed on first use
-            self.ui.modelCardLabel.text = _("Python dependencies are installed when you first press a button.")
-            return
-        self.ui.modelComboBox.addItem(_("Default pipeline for the modality"), "")
-        for info in list_models():
-            if info.role in ("refiner", "joint"):
-                label = f"{info.name} ({info.modality.upper()}, {info.method})" + ("  [demo]" if info.demo else "")
-                self.ui.modelComboBox.addItem(label, info.name)
-        self._showModelCard()
+        self._registry = panel.read_registry()
+        combo = self.ui.modelComboBox
+        was = combo.currentData or panel.DEFAULT_MODEL
+        combo.clear()
+        for i, choice in enumerate(panel.model_choices(self._registry)):
+            combo.addItem(choice.label, choice.value)
+            combo.setItemData(i, choice.tooltip, qt.Qt.ToolTipRole)
+        combo.currentIndex = max(combo.findData(was), 0)
 
-    def _showModelCard(self, *_args) -> None:
-        try:
-            from voxmetric.models import list_models
-        except ImportError:
-            return
-
-        name = self.ui.modelComboBox.currentData or ""
-        infos = [i for i in list_models() if (i.name == name if name else i.role == "refiner")]
-        demo = any(i.demo for i in infos)
-        self.ui.modelCardLabel.text = infos[0].description if infos else _("No model installed.")
-        self.ui.demoWarningLabel.visible = demo
-
-    def _updateButtons(self, *_args) -> None:
+    def _modality(self) -> tuple[str | None, str]:
+        """(modality or None without an input volume, why)."""
         p = self._parameterNode
-        busy = self.logic.busy
-        hasInput = bool(p and p.inputVolume)
-        self.ui.localizeButton.enabled = hasInput and not busy
-        self.ui.segmentButton.enabled = hasInput and not busy
-        self.ui.refineButton.enabled = hasInput and bool(p.roi) and not busy
-        self.ui.cancelButton.enabled = busy
+        if p is None or not p.inputVolume:
+            return None, ""
+        if p.modality != "auto":
+            return p.modality.lower(), _("chosen in Modality")
+        image = p.inputVolume.GetImageData()
+        if image is None:  # added to the scene, voxels still loading: refreshed when they arrive
+            return None, ""
+        key = (p.inputVolume.GetID(), image.GetMTime())
+        if self._modalityCache is None or self._modalityCache[0] != key:
+            self._modalityCache = (key, panel.guess_modality(slicer.util.arrayFromVolume(p.inputVolume)))
+        return self._modalityCache[1], _("detected from the intensities")
+
+    def _refresh(self, *_args: Any) -> None:
+        """Copy the panel's decisions to the widgets (parameter node or job changed)."""
+        p = self._parameterNode
+        if p is None or self.logic is None:
+            return
+        if p.inputVolume is not self._observedVolume:  # its voxels may arrive or change later
+            if self._observedVolume is not None:
+                self.removeObserver(self._observedVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
+            self._observedVolume = p.inputVolume
+            if p.inputVolume is not None:
+                self.addObserver(p.inputVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
+        modality, why = self._modality()
+        plan = panel.model_plan(p.model, modality, self._registry, why)
+        self.ui.modelCardLabel.text = plan.text
+        self.ui.demoWarningLabel.visible = plan.demo
+        states = panel.buttons(bool(p.inputVolume), bool(p.roi), bool(p.outputSegmentation), self.logic.busy,
+                               plan.runnable)
+        for name, enabled in states.items():
+            getattr(self.ui, name).enabled = enabled
 
     # -- running a stage in the child process --------------------------------------------------
     def _start(self, stage: str) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start {stage}.").format(stage=stage), waitCursor=True):
-            if not self.logic.ensureEngine(p.device):
-                return
-            modality = p.modality if p.modality != "auto" else self.logic.detectModality(p.inputVolume)
-            self._stage, self._events = stage, []
-            self.logic.engine.start(stage, p.inputVolume, roi_node=p.roi, model=self.ui.modelComboBox.currentData or "",
-                             device=p.device, modality=modality)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = self.logic.expectation(p.device)
-            self._timer.start()
-            self._updateButtons()
+        p, logic = self._parameterNode, self.logic
+        assert p is not None and logic is not None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start {stage}.").format(stage=stage), waitCursor=True):
+                if logic.busy:
+                    raise panel.Refused(_("A job is running: wait for it or press Cancel, then start again."))
+                self._stage, self._events = stage, []
+                if logic.installDependencies(stage):  # child processes first; the stage follows
+                    self._timer.start()
+                    return
+                modality, _why = self._modality()
+                logic.engine.start(stage, p.inputVolume, roi_node=p.roi, model=p.model, device=p.device,
+                                   modality=modality or "auto")
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = panel.expectation(p.device)
+                self._timer.start()
+        finally:
+            self._refresh()
 
     def _poll(self) -> None:
-        from VoxMetricSegLib.logic import progress_of
-
-        for event in self.logic.engine.job.poll_events():
+        logic = self.logic
+        assert logic is not None
+        source = logic.installer if logic.installer is not None else logic.engine.job
+        for event in source.poll_events() if source is not None else []:
             self._events.append(event)
-            update = progress_of(event)
-            if update:
-                self.ui.progressBar.value, message = update
-                self.ui.statusLabel.text = message
+            status = panel.status_of(event)
+            if status.percent is not None:
+                self.ui.progressBar.value = status.percent
+            if status.text:
+                self.ui.statusLabel.text = status.text
             if event.get("event") == "exit":
                 self._timer.stop()
-                self._finish()
-        self._updateButtons()
+                self._finish(event)
+        self._refresh()
 
-    def _finish(self) -> None:
-        from VoxMetricSegLib.logic import describe_timings
-
-        p = self._parameterNode
+    def _finish(self, exitEvent: dict[str, Any]) -> None:
+        p, logic = self._parameterNode, self.logic
+        assert p is not None and logic is not None
+        if logic.installer is not None:  # dependencies were installed: now run the stage asked for
+            logic.installer = None
+            if exitEvent.get("returncode") == 0:
+                self._start(self._stage)
+            elif not exitEvent.get("cancelled"):
+                slicer.util.errorDisplay(str(exitEvent.get("message")), windowTitle=_("Installation failed"))
+            return
+        if exitEvent.get("cancelled"):
+            return  # the status line says "Cancelled."
         with slicer.util.tryWithErrorDisplay(_("{stage} failed.").format(stage=self._stage.capitalize())):
-            result = self.logic.engine.finish(self._stage, self._events, slicer.mrmlScene, p.inputVolume,
-                                       roi_node=p.roi, segmentation_node=p.outputSegmentation,
-                                       replace=p.replaceExisting)
+            result = logic.engine.finish(self._stage, self._events, slicer.mrmlScene, p.inputVolume,
+                                         roi_node=p.roi, segmentation_node=p.outputSegmentation,
+                                         replace=p.replaceExisting)
             if result.roi_node is not None:
                 p.roi = result.roi_node
                 result.roi_node.SetDisplayVisibility(True)
             if result.segmentation_node is not None:
                 p.outputSegmentation = result.segmentation_node
-                result.segmentation_node.CreateClosedSurfaceRepresentation()
             self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = describe_timings(result.timings)
+            self.ui.statusLabel.text = panel.describe_timings(result.timings)
             if result.message:
                 slicer.util.warningDisplay(result.message, windowTitle=_("Prostate not found"))
 
     def _cancel(self) -> None:
-        if self.logic and self.logic.busy:
-            self.logic.engine.cancel()
-            self.ui.statusLabel.text = _("Cancelled.")
-        self._updateButtons()
+        if self.logic:
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelling…")
+        self._refresh()
+
+    def _show3D(self) -> None:
+        """Closed surface on request (not built after every stage)."""
+        p = self._parameterNode
+        if p is not None and p.outputSegmentation:
+            p.outputSegmentation.CreateClosedSurfaceRepresentation()
 
 
 class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side logic: dependency checks, then ``engine`` (VoxMetricSegLib.SegmentLogic,
-    Qt-free and tested by pytest) does the work."""
+    """Slicer-side logic: dependency installs (child processes, after asking), then ``engine``
+    (VoxMetricSegLib.SegmentLogic, Qt-free and tested by pytest) does the work."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: "SegmentLogic | None" = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.engine = None
+        self.engine = engine or SegmentLogic()
+        self.installer: deps.Installer | None = None
 
     @property
     def busy(self) -> bool:
-        return self.engine is not None and self.engine.job is not None and self.engine.job.running
+        return self.engine.busy or (self.installer is not None and self.installer.running)
 
-    def ensureEngine(self, device: str) -> bool:
-        """Install missing dependencies (asks first), then create the engine logic once."""
-        if not self.ensureDependencies(device):
+    def installDependencies(self, purpose: str) -> bool:
+        """Start installing missing packages (after asking); True when an install was started
+        (poll ``installer``), False when nothing is missing. Raises when the user says no."""
+        todo = deps.missing(panel.requirements_file())
+        if not todo:
             return False
-        if self.engine is None:
-            from VoxMetricSegLib import SegmentLogic
-
-            self.engine = SegmentLogic()
+        if not slicer.util.confirmOkCancelDisplay(
+                _("VoxMetric needs these Python packages: {pkgs}. Install them now? (They are installed in the "
+                  "background; {purpose} starts when they are ready.)").format(pkgs=", ".join(todo), purpose=purpose),
+                windowTitle=_("Install Python packages")):
+            raise panel.Refused(_("VoxMetric cannot run without {pkgs}.").format(pkgs=", ".join(todo)))
+        self.installer = deps.Installer(deps.plan(panel.requirements_file(), todo))
         return True
 
-    def ensureDependencies(self, device: str) -> bool:
-        """torch through the PyTorch extension, the rest from Resources/requirements.txt (asks first)."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay(_("Install the PyTorch extension from the Extensions Manager, then restart Slicer."))
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if not slicer.util.confirmOkCancelDisplay(_("VoxMetric needs PyTorch. Install it now?")):
-                return False
-            torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-        if hasattr(slicer, "packaging"):
-            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(REQUIREMENTS), requester="VoxMetric")
-        else:
-            missing = [r for r in REQUIREMENTS.read_text(encoding="utf-8").split() if r and not r.startswith("#")]
-            try:
-                import safetensors, slicerio  # noqa: F401
-            except ImportError:
-                if not slicer.util.confirmOkCancelDisplay(_("VoxMetric needs: {pkgs}. Install them now?").format(pkgs=", ".join(missing))):
-                    return False
-                slicer.util.pip_install(" ".join(missing))
-        from voxmetric.errors import DeviceError
-        from voxmetric.training import resolve_device
+    def cancel(self) -> None:
+        if self.installer is not None:
+            self.installer.cancel()
+        self.engine.cancel()
 
-        try:
-            resolve_device(device)
-        except DeviceError as e:
-            slicer.util.errorDisplay(str(e), windowTitle=_("GPU not available"))
-            return False
-        return True
+    def cleanup(self) -> None:
+        if self.installer is not None:
+            self.installer.cancel()
+        self.engine.cleanup()
 
     @staticmethod
-    def detectModality(volumeNode) -> str:
+    def detectModality(volumeNode: Any) -> str:
         """'ct' when the intensities look like Hounsfield units, else 'mr'."""
-        from voxmetric.intensity import looks_like_ct
-
-        return "ct" if looks_like_ct(slicer.util.arrayFromVolume(volumeNode)) else "mr"
-
-    @staticmethod
-    def expectation(device: str) -> str:
-        from voxmetric.training import resolve_device
-
-        if resolve_device(device).type == "cuda":
-            return _("Running on the GPU…")
-        return _("Running on the CPU (no GPU): expect about 10–60 s per scan…")
+        return panel.guess_modality(slicer.util.arrayFromVolume(volumeNode))
 
 
 class VoxMetricSegTest(ScriptedLoadableModuleTest):
     """Runs the same body as Testing/Python/test_seg_module.py, here on Slicer's own scene."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
+    def runTest(self) -> None:
         self.setUp()
-        from VoxMetricSegLib import SegmentLogic
         from VoxMetricSegLib.selftest import run_localize_move_refine
 
         result = run_localize_move_refine(slicer.mrmlScene, SegmentLogic())

@@ -2,22 +2,24 @@
 localizer, …) on labelled cases from the scene or a folder, with live progress, a loss curve,
 cancel and resume. The finished model is installed where VoxMetric Prostate finds it.
 
-Thin by design (DESIGN.md rule 3): the widget wires the .ui to a parameter node, the training
-runs in a child process through VoxMetricTrainLib.TrainLogic, and the self-test body is shared
-with pytest (Testing/Python/test_train_module.py).
+Thin by design (DESIGN.md rule 3): the widget wires the .ui to a parameter node — every choice,
+the method's own settings included (a form built from the method registry, VoxMetricTrainLib.form)
+— and copies VoxMetricTrainLib.panel's decisions into its widgets; the training runs in a child
+process through VoxMetricTrainLib.TrainLogic, and the self-test body is shared with pytest
+(Testing/Python/test_train_module.py).
 """
 
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -27,9 +29,13 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
+from VoxMetricTrainLib import CasePair, TrainLogic, form, panel  # noqa: E402  (Qt-free; no torch)
+
+METHODS = [name for name, _tip in panel.method_choices()]
+
 
 class VoxMetricTrain(ScriptedLoadableModule):
-    def __init__(self, parent):
+    def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VoxMetric Train")
         self.parent.categories = [_("Segmentation")]
@@ -37,43 +43,68 @@ class VoxMetricTrain(ScriptedLoadableModule):
         self.parent.contributors = ["VoxMetric developers"]
         self.parent.helpText = _(
             "Train a segmentation model on your labelled cases: pick (volume, segmentation, segment) "
-            "rows from the scene or a folder of image + .seg.nrrd pairs, pick a method, press "
-            "<b>Train</b>. Training runs in the background (GPU when available); <b>Cancel</b> stops "
+            "rows from the scene or a folder of image + .seg.nrrd pairs, pick a method and its settings, "
+            "press <b>Train</b>. Training runs in the background (GPU when available); <b>Cancel</b> stops "
             "it and <b>Resume</b> continues from the last checkpoint. The finished model appears in "
             "VoxMetric Prostate's model list. Research use only.")
         self.parent.acknowledgementText = _(
             "Methods: MetricUNet (He et al., Medical Image Analysis 2021) and related papers.")
 
 
-@parameterNodeWrapper
-class VoxMetricTrainParameterNode:
+class VoxMetricTrainParameters:
+    """The fixed choices; the method settings (``method_<field>``) are added below from the registry."""
+
     casesSource: Annotated[str, Choice(["scene", "folder"])] = "scene"
     casesPath: Path
     segmentName: str = "Prostate"
     modality: Annotated[str, Choice(["auto", "ct", "mr"])] = "auto"
-    method: str = "MetricUNet-HCP"
+    method: Annotated[str, Choice(METHODS)] = panel.default_method(METHODS)
     iterations: Annotated[int, WithinRange(1, 10_000_000)] = 10000
     batchSize: Annotated[int, WithinRange(1, 4096)] = 30
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     modelName: str = "MyProstateModel"
     extraArgs: str = ""
 
+    if TYPE_CHECKING:  # what @parameterNodeWrapper adds
+        parameterNode: Any
+
+        def __init__(self, parameterNode: Any) -> None: ...
+        def connectGui(self, gui: Any) -> int: ...
+        def connectParametersToGui(self, mapping: dict[str, Any]) -> int: ...
+        def disconnectGui(self, tag: int) -> None: ...
+        def getValue(self, name: str) -> Any: ...
+        def setValue(self, name: str, value: Any) -> None: ...
+
+
+_KIND_TYPES: dict[str, Any] = {"bool": bool, "int": int, "float": Annotated[float, Decimals(6)], "text": str}
+_FIELDS = form.parameter_fields()
+VoxMetricTrainParameterNode = parameterNodeWrapper(type("VoxMetricTrainParameterNode", (VoxMetricTrainParameters,), {
+    "__module__": __name__, "__annotations__": {n: _KIND_TYPES[k] for n, (k, _d) in _FIELDS.items()},
+    **{n: d for n, (_k, d) in _FIELDS.items()}}))
+_KIND_WIDGETS: dict[str, Any] = {"bool": qt.QCheckBox, "int": qt.QSpinBox, "float": qt.QDoubleSpinBox,
+                                 "text": qt.QLineEdit}
+
 
 class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
+        self.logic: VoxMetricTrainLogic | None = None
+        self._parameterNode: VoxMetricTrainParameters | None = None
+        self._guiTag: int | None = None
+        self._formTag: int | None = None
+        self._formMethod = ""
+        self._steps: Any = None  # TrainLogic.start_steps iterator: one scene case per timer tick
         self._timer = qt.QTimer()
         self._timer.setInterval(250)
         self._timer.timeout.connect(self._poll)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        self.layout.addWidget(slicer.util.loadUI(self.resourcePath("UI/VoxMetricTrain.ui")))
-        self.ui = slicer.util.childWidgetVariables(self.parent.children()[-1])
-        self.parent.children()[-1].setMRMLScene(slicer.mrmlScene)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoxMetricTrain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VoxMetricTrainLogic()
         self.ui.trainButton.clicked.connect(lambda: self._start(resume=False))
         self.ui.resumeButton.clicked.connect(lambda: self._start(resume=True))
@@ -81,46 +112,89 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addPairButton.clicked.connect(lambda: self._addPair())
         self.ui.addFromSceneButton.clicked.connect(self._addPairsFromScene)
         self.ui.removePairButton.clicked.connect(self._removePair)
-        self.ui.methodComboBox.currentTextChanged.connect(self._methodChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *a: self.initializeParameterNode())
-        self._fillMethods()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._cancel()
+        self._timer.stop()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        """The curve's nodes and the case rows go with the scene; a running training carries on,
+        one still reading its cases from the scene is abandoned."""
+        if self.logic and self._steps is not None:
+            self._steps = None
+            self.logic.engine.cancel()
+        if self.logic:
+            self.logic.engine.table_node = self.logic.engine.chart_node = None
+        self.ui.pairsTableWidget.setRowCount(0)
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
     def initializeParameterNode(self) -> None:
-        self._parameterNode = VoxMetricTrainParameterNode(self.logic.getParameterNode())
-        self._parameterNode.connectGui(self.ui)
-        self.ui.methodComboBox.setCurrentText(self._parameterNode.method)
-        self.addObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._updateButtons()
+        assert self.logic is not None
+        self.setParameterNode(VoxMetricTrainParameterNode(self.logic.getParameterNode()))
 
-    def _fillMethods(self) -> None:
-        """Every registered method (plug-ins included), straight from the engine."""
-        self.ui.methodComboBox.clear()
-        try:
-            from voxmetric.methods import available_methods, get_method
-        except ImportError:  # first start: dependencies are installed on first use
-            self.ui.statusLabel.text = _("Python dependencies are installed when you first press Train.")
-            return
-        for name in available_methods():
-            self.ui.methodComboBox.addItem(name)
-            self.ui.methodComboBox.setItemData(self.ui.methodComboBox.count - 1,
-                                               f"{get_method(name).role}: {get_method(name).description}",
-                                               qt.Qt.ToolTipRole)
+    def setParameterNode(self, node: "VoxMetricTrainParameters | None") -> None:
+        if self._parameterNode is not None:
+            for tag in (self._guiTag, self._formTag):
+                if tag is not None:
+                    self._parameterNode.disconnectGui(tag)
+            self._guiTag = self._formTag = None
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameters)
+        self._parameterNode, self._formMethod = node, ""
+        if node is not None:
+            self._guiTag = node.connectGui(self.ui)
+            for i, (_name, tip) in enumerate(panel.method_choices()):
+                self.ui.methodComboBox.setItemData(i, tip, qt.Qt.ToolTipRole)
+            self._buildForm(node.method, reset=False)
+            self.addObserver(node.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameters)
+            self._refresh()
 
-    def _methodChanged(self, text: str) -> None:
-        if self._parameterNode and text:
-            self._parameterNode.method = text
+    def _onParameters(self, *_args: Any) -> None:
+        p = self._parameterNode
+        if p is not None and p.method != self._formMethod:
+            self._buildForm(p.method, reset=True)
+        self._refresh()
+
+    def _buildForm(self, method: str, reset: bool) -> None:
+        """The method settings form from the registry's config fields (VoxMetricTrainLib.form),
+        bound to the parameter node; ``reset`` puts the new method's preset values in."""
+        p = self._parameterNode
+        assert p is not None
+        self._formMethod = method
+        if self._formTag is not None:
+            p.disconnectGui(self._formTag)
+        layout = self.ui.methodSettingsFormLayout
+        while layout.rowCount():
+            layout.removeRow(0)
+        if reset:
+            with slicer.util.NodeModify(p.parameterNode):
+                for name, value in form.method_defaults(method).items():
+                    p.setValue(name, value)
+        widgets = {}
+        for field in form.method_form(method):
+            widget = _KIND_WIDGETS[field.kind]()
+            widget.toolTip = field.help
+            widget.setProperty("SlicerParameterName", field.parameter)
+            layout.addRow(field.label, widget)
+            widgets[field.parameter] = widget
+        self._formTag = p.connectParametersToGui(widgets)
 
     # -- the table of (volume, segmentation, segment) rows -----------------------------------------
-    def _addPair(self, volume=None, segmentation=None, segment: str = "") -> None:
+    def _addPair(self, volume: Any = None, segmentation: Any = None, segment: str = "") -> None:
         table = self.ui.pairsTableWidget
         row = table.rowCount
         table.insertRow(row)
@@ -132,77 +206,112 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setMRMLScene(slicer.mrmlScene)
             combo.setCurrentNode(node)
             table.setCellWidget(row, column, combo)
-        table.setItem(row, 2, qt.QTableWidgetItem(segment or self._parameterNode.segmentName))
+        p = self._parameterNode
+        table.setItem(row, 2, qt.QTableWidgetItem(segment or (p.segmentName if p else "Prostate")))
 
     def _addPairsFromScene(self) -> None:
         from VoxMetricTrainLib import pairs_from_scene
 
         have = {(p.volume_node, p.segmentation_node) for p in self._pairs()}
-        for pair in pairs_from_scene(slicer.mrmlScene, self._parameterNode.segmentName):
+        segment = self._parameterNode.segmentName if self._parameterNode else "Prostate"
+        for pair in pairs_from_scene(slicer.mrmlScene, segment):
             if (pair.volume_node, pair.segmentation_node) not in have:
                 self._addPair(pair.volume_node, pair.segmentation_node, pair.segment)
 
     def _removePair(self) -> None:
-        rows = sorted({i.row() for i in self.ui.pairsTableWidget.selectedIndexes()}, reverse=True)
-        for row in rows or [self.ui.pairsTableWidget.rowCount - 1]:
-            self.ui.pairsTableWidget.removeRow(row)
+        table = self.ui.pairsTableWidget
+        rows = sorted({i.row() for i in table.selectedIndexes()}, reverse=True)
+        for row in rows or [table.rowCount - 1]:
+            table.removeRow(row)
 
-    def _pairs(self) -> list:
-        from VoxMetricTrainLib import CasePair
-
+    def _pairs(self) -> list[CasePair]:
         table = self.ui.pairsTableWidget
         return [CasePair(table.cellWidget(r, 0).currentNode(), table.cellWidget(r, 1).currentNode(),
                          table.item(r, 2).text() if table.item(r, 2) else "") for r in range(table.rowCount)]
 
-    def _updateButtons(self, *_args) -> None:
-        busy = self.logic.busy
-        fromScene = self._parameterNode is None or self._parameterNode.casesSource == "scene"
-        for name in ("pairsTableWidget", "addPairButton", "addFromSceneButton", "removePairButton"):
-            getattr(self.ui, name).visible = fromScene
-        self.ui.casesPathLineEdit.visible = not fromScene
-        self.ui.casesPathLabel.visible = not fromScene
-        self.ui.trainButton.enabled = not busy
-        self.ui.resumeButton.enabled = not busy
-        self.ui.cancelButton.enabled = busy
+    def _refresh(self) -> None:
+        p, logic = self._parameterNode, self.logic
+        if p is None or logic is None:
+            return
+        state = panel.widgets(logic.busy or self._steps is not None, p.casesSource == "scene",
+                              logic.engine.can_resume(p.modelName))
+        for name, on in state.enabled.items():
+            getattr(self.ui, name).enabled = on
+        for name, on in state.visible.items():
+            getattr(self.ui, name).visible = on
 
     # -- running the training in the child process -------------------------------------------------
     def _start(self, resume: bool) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            if not self.logic.ensureEngine(p.device):
-                return
-            engine = self.logic.engine
-            if resume:
-                engine.resume(slicer.mrmlScene, p.modelName, device=p.device)
-            else:
-                path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
-                cases = self._pairs() if p.casesSource == "scene" else path
-                engine.start(slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations,
-                             p.batchSize, device=p.device, modality=p.modality, extra_args=shlex.split(p.extraArgs))
-                self.ui.logPlainTextEdit.clear()
-            self.ui.logPlainTextEdit.appendPlainText(_("Training run folder: {path}").format(path=engine.run_dir))
+        p, logic = self._parameterNode, self.logic
+        assert p is not None and logic is not None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+                if logic.busy or self._steps is not None:
+                    raise RuntimeError(_("A training run is in progress: wait for it or press Cancel first."))
+                todo = logic.missingDependencies()
+                if todo:
+                    raise RuntimeError(_("Training needs {pkgs}: press Segment Prostate in VoxMetric Prostate once "
+                                         "to install them, then train.").format(pkgs=", ".join(todo)))
+                engine = logic.engine
+                if resume:
+                    engine.resume(slicer.mrmlScene, p.modelName, device=p.device)
+                    self._started()
+                else:
+                    path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
+                    cases = self._pairs() if p.casesSource == "scene" else path
+                    flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
+                    self._steps = engine.start_steps(
+                        slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
+                        device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs))
+                    self.ui.logPlainTextEdit.clear()
+                    self.ui.statusLabel.text = _("Reading the cases from the scene…")
+                self._timer.start()
+        finally:
+            self._refresh()
+
+    def _started(self) -> None:
+        engine = self.logic.engine if self.logic else None
+        if engine is None:
+            return
+        self.ui.logPlainTextEdit.appendPlainText(_("Training run folder: {path}").format(path=engine.run_dir))
+        if engine.chart_node is not None:
             slicer.modules.plots.logic().ShowChartInLayout(engine.chart_node)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Starting (loading and preparing the cases)…")
-            self._timer.start()
-            self._updateButtons()
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting (writing and preparing the cases)…")
 
     def _poll(self) -> None:
+        assert self.logic is not None
         engine = self.logic.engine
-        for event in engine.job.poll_events():
-            update = engine.handle(event)
-            if update.percent is not None:
-                self.ui.progressBar.value = update.percent
-            if update.status:
-                self.ui.statusLabel.text = update.status
-            if update.log:
-                self.ui.logPlainTextEdit.appendPlainText(update.log)
-            if event.get("event") == "exit":
+        if self._steps is not None:  # one GUI-thread step: one scene case
+            try:
+                with slicer.util.tryWithErrorDisplay(_("Could not start training.")):
+                    text = next(self._steps, None)
+            except Exception:  # noqa: BLE001  (shown in the dialog)
+                self._steps = None
                 self._timer.stop()
-                self._finish()
-        self._updateButtons()
+                self._refresh()
+                return
+            if text is None:
+                self._steps = None
+                self._started()
+            else:
+                self.ui.statusLabel.text = text
+        elif engine.job is not None:
+            for event in engine.job.poll_events():
+                update = engine.handle(event)
+                if update.percent is not None:
+                    self.ui.progressBar.value = update.percent
+                if update.status:
+                    self.ui.statusLabel.text = update.status
+                if update.log:
+                    self.ui.logPlainTextEdit.appendPlainText(update.log)
+                if event.get("event") == "exit":
+                    self._timer.stop()
+                    self._finish()
+        self._refresh()
 
     def _finish(self) -> None:
+        assert self.logic is not None
         with slicer.util.tryWithErrorDisplay(_("Training failed.")):
             info = self.logic.engine.finish()
             if info is None:  # cancelled: the status line already says so
@@ -212,52 +321,42 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logPlainTextEdit.appendPlainText(self.ui.statusLabel.text)
 
     def _cancel(self) -> None:
-        if self.logic and self.logic.busy:
+        if self.logic:
+            self._steps = None
             self.logic.engine.cancel()
-        self._updateButtons()
-
-    def _onSceneClose(self, *_args) -> None:
-        """The curve's nodes go with the scene; training itself carries on."""
-        if self.logic and self.logic.engine:
-            self.logic.engine.table_node = self.logic.engine.chart_node = None
-        self.ui.pairsTableWidget.setRowCount(0)
+        self._refresh()
 
 
 class VoxMetricTrainLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side logic: dependency checks (shared with VoxMetricSeg), then ``engine``
-    (VoxMetricTrainLib.TrainLogic, Qt-free and tested by pytest) does the work."""
+    """Slicer-side logic: ``engine`` (VoxMetricTrainLib.TrainLogic, Qt-free and tested by pytest)
+    does the work; the Python packages are installed by VoxMetric Prostate's first run."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: "TrainLogic | None" = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.engine = None
+        self.engine = engine or TrainLogic()
 
     @property
     def busy(self) -> bool:
-        return self.engine is not None and self.engine.busy
+        return self.engine.busy
 
-    def ensureEngine(self, device: str) -> bool:
-        """Install missing dependencies (asks first), then create the engine logic once."""
-        import VoxMetricSeg
+    @staticmethod
+    def missingDependencies() -> list[str]:
+        """Python packages the training process needs and does not find (VoxMetric Prostate,
+        a dependency of this module, installs them)."""
+        from VoxMetricSegLib import deps, panel as segPanel
 
-        if not VoxMetricSeg.VoxMetricSegLogic().ensureDependencies(device):
-            return False
-        if self.engine is None:
-            from VoxMetricTrainLib import TrainLogic
-
-            self.engine = TrainLogic()
-        return True
+        return deps.missing(segPanel.requirements_file())
 
 
 class VoxMetricTrainTest(ScriptedLoadableModuleTest):
     """Runs the same body as Testing/Python/test_train_module.py, here on Slicer's own scene
     (models and the training run go to a temporary VOXMETRIC_HOME, not the user's)."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
+    def runTest(self) -> None:
         self.setUp()
-        from VoxMetricTrainLib import TrainLogic
         from VoxMetricTrainLib.selftest import run_train_from_scene
 
         with tempfile.TemporaryDirectory() as home:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -195,7 +196,7 @@ def write_manifest(records: Sequence[CaseRecord], path: str | Path) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write: Callable[[object], object]) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -253,6 +254,7 @@ def _check_record(r: CaseRecord, require_labels: bool) -> list[VoxMetricError]:
     image = _header_volume(Path(r.image))
     is_seg = label.name.lower().endswith(".seg.nrrd")
     segments: list[dict] = []
+    ijk = np.eye(4)
     if is_seg:
         segments, ijk = _seg_header(label)
     elif label.is_file() and label.name.lower().endswith(".nrrd"):  # a .nrrd may hold Slicer segments too

@@ -60,13 +60,15 @@ def body_mask(vol: Volume, modality: str) -> np.ndarray:
         fg = a > CT_BODY_HU
     else:
         fg = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.GetImageFromArray(a), 0, 1)).astype(bool)
-    labels, n = ndimage.label(fg)
+    labels = np.zeros(fg.shape, np.int32)
+    ndimage.label(fg, output=labels)
+    n = int(labels.max())
     if n == 0:
         what = f"above {CT_BODY_HU:g} HU (is this CT in Hounsfield units?)" if modality.lower() == "ct" else "above the Otsu threshold"
         raise InputError(f"No body found: no voxel is {what}. Check the image and its modality.")
     largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
     body = labels == largest
-    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+    return np.stack([np.asarray(ndimage.binary_fill_holes(s), dtype=bool) for s in body])
 
 
 def body_box(vol: Volume, modality: str, margin_mm: float = 5.0) -> Box:

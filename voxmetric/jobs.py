@@ -3,11 +3,17 @@
 This is how the Slicer modules keep the GUI responsive (DESIGN.md rule 5): the engine runs in
 ``PythonSlicer -m voxmetric … --events-jsonl``; a reader thread parses every stdout line into
 an event dict and puts it on a queue that the GUI polls from a timer. ``cancel()`` kills the
-whole process tree. Nothing here imports Slicer or Qt.
+whole process tree; a ``timeout`` kills it too. Work that grows with the scan but must happen
+in this process (writing the child's input, reading its result) runs in the job's own worker
+thread through the ``prepare`` / ``collect`` hooks, never on the caller's (GUI) thread, and
+``cleanup`` (e.g. deleting the temporary folder holding a copy of the patient's scan) runs
+when the job ends, whatever the outcome, and at interpreter exit. Nothing here imports Slicer
+or Qt.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -16,10 +22,16 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ENGINE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds ``voxmetric/``
+
+#: An event sink: hooks call it with progress events, e.g. ``{"event": "progress", "done": 1, "total": 2}``.
+Emit = Callable[[dict[str, Any]], None]
 
 
 def engine_python() -> str:
@@ -35,39 +47,117 @@ def engine_python() -> str:
 
 
 class Job:
-    """A running ``python -m voxmetric ARGS`` child process.
+    """A running ``python -m MODULE ARGS`` child process (``MODULE`` = ``voxmetric`` by default).
 
     Events are dicts such as ``{"event": "progress", "done": 3, "total": 10}``; lines that are
-    not JSON become ``{"event": "log", "message": line}``. When the process ends a final
-    ``{"event": "exit", "returncode": rc, "stderr": tail}`` is queued.
+    not JSON become ``{"event": "log", "message": line}``. When everything is over a final
+    ``{"event": "exit", "returncode": rc, "cancelled": bool, "timed_out": bool, "stderr": tail,
+    "message": text}`` is queued (``message`` says what went wrong, "" on success).
+
+    Hooks, all run in the job's worker thread (never the caller's):
+
+    - ``prepare(emit)``: before the child starts (e.g. write its input); an exception ends the
+      job with an ``error`` event and returncode -1, without starting the child;
+    - ``collect(emit)``: after the child exited with 0 (e.g. read its output); its return value
+      becomes :attr:`result`; an exception gives an ``error`` event and returncode 1;
+    - ``cleanup()``: last, in every case (success, failure, cancel, timeout).
+
+    ``timeout``: seconds from the start; a job still running then is killed (process tree) and
+    its exit event has ``timed_out: true``.
     """
 
     def __init__(self, args: Sequence[str], python: str | None = None, cwd: str | Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.command = [python or engine_python(), "-m", "voxmetric", *map(str, args)]
-        self.events: "queue.Queue[dict]" = queue.Queue()
+                 env: dict[str, str] | None = None, *, module: str = "voxmetric", timeout: float | None = None,
+                 prepare: Callable[[Emit], None] | None = None, collect: Callable[[Emit], Any] | None = None,
+                 cleanup: Callable[[], None] | None = None) -> None:
+        self.command = [python or engine_python(), "-m", module, *map(str, args)]
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cancelled = False
+        self.timed_out = False
+        self.timeout = timeout
+        self.result: Any = None
+        self.process: subprocess.Popen[str] | None = None
+        self._cwd, self._env = cwd, _child_env(env)
+        self._prepare, self._collect, self._cleanup = prepare, collect, cleanup
         self._stderr: list[str] = []
-        popen_kw: dict = {}
-        if os.name == "posix":
-            popen_kw["start_new_session"] = True  # own process group: cancel kills the tree
-        else:
-            popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-            errors="replace", bufsize=1,
-            cwd=cwd, env=_child_env(env), **popen_kw,
-        )
-        self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for t in self._threads:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._started = time.monotonic()
+        _LIVE.add(self)
+        self._thread = threading.Thread(target=self._run, name="voxmetric-job", daemon=True)
+        self._thread.start()
+
+    # -- the worker thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        rc, message = -1, ""
+        try:
+            if self._prepare is not None and not self.cancelled:
+                try:
+                    self._prepare(self.events.put)
+                except Exception as e:  # noqa: BLE001  (reported to the user through the events)
+                    message = _describe(e)
+                    self.events.put({"event": "error", "message": message})
+                    return
+            rc = self._run_child()
+            if self.timed_out:
+                message = (f"The job ran longer than its time limit of {self.timeout:.0f} s and was stopped "
+                           "(its processes were killed).")
+            elif self.cancelled:
+                message = "Cancelled."
+            elif rc != 0:
+                message = f"The engine exited with code {rc}."
+            elif self._collect is not None:
+                try:
+                    self.result = self._collect(self.events.put)
+                except Exception as e:  # noqa: BLE001
+                    rc, message = 1, _describe(e)
+                    self.events.put({"event": "error", "message": message})
+        finally:
+            self.run_cleanup()
+            self._done.set()
+            self.events.put({"event": "exit", "returncode": rc, "cancelled": self.cancelled,
+                             "timed_out": self.timed_out, "stderr": "\n".join(self._stderr[-20:]),
+                             "message": message})
+            _LIVE.discard(self)
+
+    def _run_child(self) -> int:
+        with self._lock:
+            if self.cancelled or self._expired():
+                self.timed_out = self._expired() and not self.cancelled
+                return -1
+            popen_kw: dict[str, Any] = {}
+            if os.name == "posix":
+                popen_kw["start_new_session"] = True  # own process group: cancel kills the tree
+            else:
+                popen_kw["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+            self.process = subprocess.Popen(
+                self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                errors="replace", bufsize=1, cwd=self._cwd, env=self._env, **popen_kw)
+        readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                   threading.Thread(target=self._read_stderr, daemon=True)]
+        for t in readers:
             t.start()
-        threading.Thread(target=self._wait, daemon=True).start()
+        process = self.process
+        while True:
+            try:
+                rc = process.wait(timeout=None if self.timeout is None else max(self._left(), 0.0) + 0.01)
+                break
+            except subprocess.TimeoutExpired:
+                if self._expired():
+                    self.timed_out = True
+                    self._kill()
+        for t in readers:
+            t.join(timeout=5)
+        return rc
+
+    def _left(self) -> float:
+        return float("inf") if self.timeout is None else self.timeout - (time.monotonic() - self._started)
+
+    def _expired(self) -> bool:
+        return self.timeout is not None and self._left() <= 0
 
     def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
+        assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             line = line.strip()
             if not line:
@@ -81,23 +171,18 @@ class Job:
             self.events.put(event)
 
     def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
+        assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self._stderr.append(line.rstrip("\n"))
             del self._stderr[:-200]  # keep the tail only
 
-    def _wait(self) -> None:
-        rc = self.process.wait()
-        for t in self._threads:
-            t.join(timeout=5)
-        self.events.put({"event": "exit", "returncode": rc, "cancelled": self.cancelled,
-                         "stderr": "\n".join(self._stderr[-20:])})
-
+    # -- the caller's side ------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self.process.poll() is None
+        """True until the exit event is queued (preparing, child running, or collecting)."""
+        return not self._done.is_set()
 
-    def poll_events(self) -> list[dict]:
+    def poll_events(self) -> list[dict[str, Any]]:
         """All events queued since the last call (non-blocking)."""
         out = []
         while True:
@@ -106,23 +191,75 @@ class Job:
             except queue.Empty:
                 return out
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the child exits; returns its exit code."""
-        return self.process.wait(timeout=timeout)
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the job is over (exit event queued); returns the child's exit code
+        (None if the child never ran). TimeoutError when ``timeout`` seconds pass first."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the job is still running after {timeout} s")
+        return None if self.process is None else self.process.returncode
 
-    def cancel(self) -> None:
-        """Kill the child and everything it started (DataLoader workers, torchrun ranks)."""
+    def cancel(self, wait: float | None = 10.0) -> None:
+        """Kill the child and everything it started (DataLoader workers, torchrun ranks); a job
+        still preparing never starts its child. Waits up to ``wait`` s for the worker thread
+        to finish (its cleanup included)."""
         if not self.running:
             return
-        self.cancelled = True
+        with self._lock:
+            self.cancelled = True
+            self._kill()
+        if wait:
+            self._done.wait(wait)
+
+    def _kill(self) -> None:
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
         if os.name == "posix":
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         else:  # Windows: taskkill /T kills the tree
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-        self.process.wait()
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(p.pid)], capture_output=True)
+
+    def run_cleanup(self) -> None:
+        """Run the ``cleanup`` hook now (it runs again when the worker ends, so it must be
+        idempotent, e.g. deleting a folder; also called at interpreter exit)."""
+        if self._cleanup is not None:
+            try:
+                self._cleanup()
+            except Exception:  # noqa: BLE001  (cleanup must never raise into the GUI)
+                pass
+
+
+def _describe(e: BaseException) -> str:
+    from .errors import VoxMetricError
+
+    return str(e) if isinstance(e, VoxMetricError) else f"{type(e).__name__}: {e}"
+
+
+def remove_tree(path: str | Path | None) -> None:
+    """Delete a folder (quietly; a missing one is fine)."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_LIVE: weakref.WeakSet[Job] = weakref.WeakSet()
+
+
+def running_jobs() -> list[Job]:
+    """Jobs of this process that have not ended yet."""
+    return [j for j in list(_LIVE) if j.running]
+
+
+@atexit.register
+def shutdown() -> None:
+    """Kill every running job's process tree and run its cleanup (Slicer or Python exits)."""
+    for job in list(_LIVE):
+        with job._lock:
+            job.cancelled = True
+            job._kill()
+        job.run_cleanup()
 
 
 def _child_env(extra: dict[str, str] | None) -> dict[str, str]:

@@ -104,7 +104,7 @@ def surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels (I-02): ``mask`` (bool, any rank) AND NOT its erosion by the face-connected
     cross; the outside of the array is background. Returns a bool array of the same shape."""
     structure = _CROSS3 if mask.ndim == 3 else ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    return mask & ~np.asarray(ndimage.binary_erosion(mask, structure=structure, border_value=0), dtype=bool)
 
 
 def _union_box(p: np.ndarray, r: np.ndarray) -> tuple[slice, ...] | None:
@@ -120,8 +120,8 @@ def directed_surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: np.nd
     """Directed surface distances (mm) of two non-empty bool masks of equal shape:
     ``(d(∂S→∂G) per pred surface voxel, d(∂G→∂S) per ref surface voxel)``, float64 1D arrays."""
     sp, sr = surface(pred), surface(ref)
-    d_pr = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
-    d_rp = ndimage.distance_transform_edt(~sp, sampling=spacing)[sr]
+    d_pr = np.asarray(ndimage.distance_transform_edt(~sr, sampling=spacing))[sp]
+    d_rp = np.asarray(ndimage.distance_transform_edt(~sp, sampling=spacing))[sr]
     return d_pr, d_rp
 
 

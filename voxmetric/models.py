@@ -111,6 +111,7 @@ class ModelInfo:
     path: Path
     bundled: bool
     demo: bool
+    description: str = ""  # the card's free-text description (what it was trained on, for what)
 
 
 @dataclass(frozen=True)
@@ -535,7 +536,8 @@ def _scan(folder: Path, bundled: bool) -> list[ModelInfo]:
         except ModelError as e:
             warnings.warn(f"skipping model package {child}: {e}", UserWarning, stacklevel=3)
             continue
-        out.append(ModelInfo(card["name"], card["role"], card["modality"], card["method"], child, bundled, card["demo"]))
+        out.append(ModelInfo(card["name"], card["role"], card["modality"], card["method"], child, bundled, card["demo"],
+                             str(card.get("description", ""))))
     return out
 
 
@@ -559,7 +561,8 @@ def find_model(name: str | Path) -> ModelInfo:
     p = _normalise_path(name)
     if p.exists() and ((p / CARD).is_file() or p.suffix.lower() == ".zip"):
         card = read_card(p)
-        return ModelInfo(card["name"], card["role"], card["modality"], card["method"], p, False, card["demo"])
+        return ModelInfo(card["name"], card["role"], card["modality"], card["method"], p, False, card["demo"],
+                         str(card.get("description", "")))
     raise ModelError(f"no model called {str(name)!r}; {_names_hint(models)}")
 
 
@@ -581,7 +584,8 @@ def install(path: str | Path, name: str | None = None) -> ModelInfo:
         )
     target = models_dir() / card["name"]
     _write_package(target, card, data, overwrite=False)
-    return ModelInfo(card["name"], card["role"], card["modality"], card["method"], target, False, card["demo"])
+    return ModelInfo(card["name"], card["role"], card["modality"], card["method"], target, False, card["demo"],
+                     str(card.get("description", "")))
 
 
 def remove(name: str) -> Path:

@@ -226,14 +226,61 @@ def _new_segmentation_node(scene, reference_volume_node):
     return seg_node
 
 
+def geometry_from_node(node) -> Volume:
+    """World geometry (LPS) of a scalar volume node without copying its voxels: a :class:`Volume`
+    whose array is a read-only zero view of the node's shape (z, y, x). Use it as the
+    ``reference`` grid of resampling and of :func:`write_mask_segment` masks."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("Select a scalar volume (CT or MR image, or a labelmap) as input.")
+    image = node.GetImageData()
+    if image is None:
+        raise InputError(f"The volume '{node.GetName()}' has no voxels loaded. Load the image first.")
+    dims = image.GetDimensions()
+    affine = _ijk_to_world_lps(node)
+    spacing, direction = _split_columns(affine[:3, :3], f"The volume '{node.GetName()}'")
+    return Volume(np.broadcast_to(np.uint8(0), tuple(int(d) for d in dims[::-1])), spacing, affine[:3, 3], direction)
+
+
+def _offset_in(mask: Volume, ref: Volume) -> tuple[int, int, int]:
+    """Voxel offset (i, j, k) of ``mask``'s first voxel in ``ref``'s grid, when ``mask`` lies on a
+    whole-voxel sub-extent of that grid (same spacing and axes); GeometryError otherwise."""
+    if mask.same_grid(ref):
+        return (0, 0, 0)
+    shift = ref.physical_to_index(mask.origin)
+    start = np.round(shift).astype(int)
+    if (np.allclose(mask.spacing, ref.spacing, atol=1e-3) and np.allclose(mask.direction, ref.direction, atol=1e-3)
+            and np.allclose(shift, start, atol=1e-2) and np.all(start >= 0)
+            and np.all(start + mask.size_xyz <= ref.size_xyz)):
+        return (int(start[0]), int(start[1]), int(start[2]))
+    mask.check_same_grid(ref, "mask and reference volume")
+    raise GeometryError("The mask is not on the reference volume's voxel grid.")  # pragma: no cover
+
+
+def crop_to_mask(mask: Volume, margin: int = 1) -> Volume:
+    """The smallest sub-extent of ``mask`` (plus ``margin`` voxels, clipped to the grid) that
+    holds every non-zero voxel, with its own origin; a 1-voxel crop when the mask is empty.
+    Writing the crop with :func:`write_mask_segment` gives the same segment as the whole mask."""
+    nz = np.nonzero(mask.array)
+    if not nz[0].size:
+        return Volume(np.zeros((1, 1, 1), np.uint8), mask.spacing, mask.origin, mask.direction)
+    lo = [max(int(a.min()) - margin, 0) for a in nz]
+    hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nz, mask.shape)]
+    sub = np.ascontiguousarray(mask.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    origin = mask.index_to_physical(np.array(lo[::-1], float))
+    return Volume(sub, mask.spacing, origin, mask.direction)
+
+
 def _mask_image(mask: Volume | np.ndarray, reference_volume_node) -> slicer.vtkOrientedImageData:
-    """uint8 0/1 oriented image on the reference volume's local voxel grid (RAS)."""
-    ref = volume_from_node(reference_volume_node)
+    """uint8 0/1 oriented image on the reference volume's local voxel grid (RAS). A ``Volume``
+    mask may cover a sub-extent of that grid (see :func:`crop_to_mask`): only its voxels are
+    copied."""
+    ref = geometry_from_node(reference_volume_node)
     if isinstance(mask, Volume):
-        mask.check_same_grid(ref, "mask and reference volume")
+        offset = _offset_in(mask, ref)
         array = mask.array
     else:
         array = np.asarray(mask)
+        offset = (0, 0, 0)
         if array.shape != ref.shape:
             raise GeometryError(
                 f"The mask has shape {array.shape} but the reference volume "
@@ -241,8 +288,10 @@ def _mask_image(mask: Volume | np.ndarray, reference_volume_node) -> slicer.vtkO
                 "Paste the result back onto the input volume's grid first."
             )
     binary = (np.asarray(array) > 0).astype(np.uint8)
+    nz, ny, nx = binary.shape
+    i, j, k = offset
     image = slicer.vtkOrientedImageData()
-    image.SetDimensions(*(int(v) for v in ref.size_xyz))
+    image.SetExtent(i, i + nx - 1, j, j + ny - 1, k, k + nz - 1)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(binary.ravel(), deep=True))
     ijk_to_ras = vtk.vtkMatrix4x4()
     reference_volume_node.GetIJKToRASMatrix(ijk_to_ras)
@@ -261,7 +310,9 @@ def write_mask_segment(
     color: tuple[float, float, float] | None = None,
     terminology: str | None = None,
 ) -> tuple[object, str]:
-    """Write a binary ``mask`` (z, y, x) on the reference volume's grid as a segment.
+    """Write a binary ``mask`` (z, y, x) on the reference volume's grid as a segment (a
+    ``Volume`` mask may cover only a sub-extent of that grid, e.g. :func:`crop_to_mask`: the
+    segment is the same, the copy far smaller).
 
     ``seg_node`` None creates a segmentation node with the reference volume as reference
     geometry, under the volume's parent transform and subject-hierarchy parent (its study).
@@ -278,7 +329,8 @@ def write_mask_segment(
         raise InputError(f"The volume '{reference_volume_node.GetName()}' is not in a scene.")
     image = _mask_image(mask, reference_volume_node)
     info = segment_info(name, 1)
-    color = tuple(color) if color is not None else info.color
+    rgb: tuple[float, float, float] = (float(color[0]), float(color[1]), float(color[2])) if color is not None \
+        else info.color
     terminology = terminology if terminology is not None else info.terminology
     if seg_node is None:
         seg_node = _new_segmentation_node(scene, reference_volume_node)
@@ -300,9 +352,9 @@ def write_mask_segment(
     segmentation = seg_node.GetSegmentation()
     segment_id = _find_segment(seg_node, name) if replace else None
     if segment_id is None:
-        segment_id = segmentation.AddEmptySegment("", _unique_name(seg_node, name), list(color))
+        segment_id = segmentation.AddEmptySegment("", _unique_name(seg_node, name), list(rgb))
     segment = segmentation.GetSegment(segment_id)
-    segment.SetColor(*color)
+    segment.SetColor(*rgb)
     segment.SetNameAutoGenerated(False)  # our name and colour: Slicer must not replace them
     segment.SetColorAutoGenerated(False)
     if terminology:
@@ -315,9 +367,13 @@ def write_mask_segment(
     return seg_node, segment_id
 
 
-def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Volume:
+def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: bool = False) -> Volume:
     """uint8 0/1 mask (z, y, x) of a segment (case-insensitive name) on the reference
-    volume's grid, with the reference's world geometry (as :func:`volume_from_node`)."""
+    volume's grid, with the reference's world geometry (as :func:`volume_from_node`).
+
+    ``crop=True`` returns only the segment's own extent on that grid (a sub-extent with its own
+    origin, clipped to the grid; one zero voxel when the segment is empty): far less to copy on
+    Slicer's GUI thread, and the same mask once pasted back (:func:`paste_into`)."""
     if seg_node is None or not seg_node.IsA("vtkMRMLSegmentationNode"):
         raise InputError("Select a segmentation node.")
     segment_id = _find_segment(seg_node, segment_name)
@@ -327,23 +383,45 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node) -> Vol
             f"No segment '{segment_name}' in '{seg_node.GetName()}'. Available segments: "
             f"{', '.join(repr(n) for n in names) or '(none)'}. Pick one of these names."
         )
-    ref = volume_from_node(reference_volume_node)
+    ref = geometry_from_node(reference_volume_node)
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     merged = slicer.vtkOrientedImageData()
+    mode = slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS if crop else slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
     slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
-        seg_node, reference_volume_node, ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged
+        seg_node, reference_volume_node, ids, mode, merged
     )
-    extent = merged.GetExtent()
-    want = (0, int(ref.size_xyz[0]) - 1, 0, int(ref.size_xyz[1]) - 1, 0, int(ref.size_xyz[2]) - 1)
+    extent = tuple(int(v) for v in merged.GetExtent())
+    size = [int(v) for v in ref.size_xyz]
     scalars = merged.GetPointData().GetScalars() if merged.GetPointData() else None
-    if tuple(extent) != want or scalars is None:
+    if crop:
+        lo = [max(extent[2 * a], 0) for a in range(3)]
+        hi = [min(extent[2 * a + 1], size[a] - 1) for a in range(3)]
+        if scalars is None or any(h < l for l, h in zip(lo, hi)):
+            return Volume(np.zeros((1, 1, 1), np.uint8), ref.spacing, ref.origin, ref.direction)
+        dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+        labels = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1])
+        sub = labels[tuple(slice(lo[a] - extent[2 * a], hi[a] - extent[2 * a] + 1) for a in (2, 1, 0))]
+        origin = ref.index_to_physical(np.array(lo, float))
+        return Volume((sub > 0).astype(np.uint8), ref.spacing, origin, ref.direction)
+    want = (0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    if extent != want or scalars is None:
         raise GeometryError(
             f"Segment '{segment_name}' could not be exported on the grid of "
-            f"'{reference_volume_node.GetName()}' (extent {tuple(extent)} vs {want})."
+            f"'{reference_volume_node.GetName()}' (extent {extent} vs {want})."
         )
     labels = numpy_support.vtk_to_numpy(scalars).reshape(ref.shape)
     return ref.with_array((labels > 0).astype(np.uint8))
+
+
+def paste_into(mask: Volume, reference: Volume) -> Volume:
+    """A mask on a sub-extent of ``reference``'s grid (:func:`crop_to_mask`,
+    ``mask_from_segment(crop=True)``) pasted into a zero uint8 volume on the whole grid."""
+    i, j, k = _offset_in(mask, reference)
+    out = np.zeros(reference.shape, np.uint8)
+    nz, ny, nx = mask.shape
+    out[k:k + nz, j:j + ny, i:i + nx] = mask.array
+    return Volume(out, reference.spacing, reference.origin, reference.direction)
 
 
 # -- training curves --------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -264,7 +266,7 @@ def _body(p: _Painter, rng: np.random.Generator, bs: float) -> None:
         tb = (f_ant + f_post) / 2 if fat else 0
         b = bm * f**0.3 + tb
         cy = ym + ((f_post - f_ant) / 2 if fat else 0)
-        out = [(0.0, cy, np.where(f > 0, a, 0), np.where(f > 0, b, 0))]
+        out: list[tuple[float, float, Any, Any]] = [(0.0, cy, np.where(f > 0, a, 0), np.where(f > 0, b, 0))]
         thigh = z < 5
         if thigh.any():
             e = f_lat if fat else 0
@@ -494,7 +496,7 @@ def _prostate(img: np.ndarray, p: _Painter, rng: np.random.Generator, pro: dict,
     # anterior fibromuscular stroma: the anterior surface takes the TZ value
     afs = np.clip((-u[1] / np.float32(semi[1]) - 0.55) / np.float32(0.25), 0, 1)
     val = val * (1 - afs) + np.float32(values["tz"]) * afs
-    tex = ndimage.zoom(rng.standard_normal((6, 6, 6)).astype(np.float32), np.array(w.shape) / 6, order=1)
+    tex = np.asarray(ndimage.zoom(rng.standard_normal((6, 6, 6)).astype(np.float32), np.array(w.shape) / 6, order=1))
     tex = tex[: w.shape[0], : w.shape[1], : w.shape[2]]
     if tex.shape != w.shape:
         tex = np.pad(tex, [(0, a - b) for a, b in zip(w.shape, tex.shape)], mode="edge")
@@ -638,7 +640,7 @@ def make_case(
         nxy = int(min(512, np.ceil(fov / sp[0])))
         shp = (int(max(8, round(ext / sp[2]))), nxy, nxy)
     else:
-        shp = tuple(int(v) for v in shape)
+        shp = (int(shape[0]), int(shape[1]), int(shape[2]))
     flips = np.where(rng.random(3) < 0.3, -1.0, 1.0)
     ext_xyz = np.array(shp[::-1]) * sp
     # field-of-view centre in the patient frame, jittered but keeping the prostate inside
@@ -666,7 +668,8 @@ def make_case(
     p.tissue = None  # type: ignore[assignment]  (free memory early)
     if rect:  # faecal texture
         sl, lumen = rect["slices"], rect["lumen"]
-        tex = ndimage.zoom(rng.standard_normal((8, 8, 8)).astype(np.float32), np.array(lumen.shape) / 8, order=1)
+        tex = np.asarray(ndimage.zoom(rng.standard_normal((8, 8, 8)).astype(np.float32), np.array(lumen.shape) / 8,
+                                      order=1))
         tex = np.pad(tex, [(0, max(0, a - b)) for a, b in zip(lumen.shape, tex.shape)], mode="edge")[tuple(slice(0, n) for n in lumen.shape)]
         blk = img[sl]
         sel = lumen & (blk > lut[GAS] + 1) & (blk < lut[FECES] + 1) & (blk > lut[FECES] - 1)

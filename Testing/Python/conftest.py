@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,27 +28,47 @@ def mrml_scene():
     ``slicer.util`` array helpers work.
     """
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    logics = {}
-    for name, cls in (
-        ("Colors", "vtkSlicerColorLogic"),
-        ("Volumes", "vtkSlicerVolumesLogic"),
-        ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
-        ("CropVolume", "vtkSlicerCropVolumeLogic"),
-        ("Markups", "vtkSlicerMarkupsLogic"),
-        ("SubjectHierarchy", "vtkSlicerSubjectHierarchyModuleLogic"),
-    ):
-        logic = getattr(slicer, cls)()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        logics[name] = logic
+    from slicer_standins import new_mrml_scene
+
+    scene = new_mrml_scene()
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene
-    scene._voxmetric_logics = logics  # keep Python references alive for the test's duration
-    scene._voxmetric_app = app
     yield scene
-    slicer.mrmlScene = previous
     scene.Clear(1)
+    slicer.mrmlScene = previous
+
+
+MODULES = ("VoxMetricSeg", "VoxMetricTrain")
+
+
+@pytest.fixture()
+def standins(mrml_scene):
+    """Slicer's application layer stood in (Testing/Python/slicer_standins.py) around a real
+    scene; fails the test when a slot raised an exception it did not expect (``standins.
+    SLOT_ERRORS``: clear what you expect). Yields the stand-ins module."""
+    import slicer_standins
+
+    saved = slicer_standins.install()
+    for module in MODULES:
+        if str(ROOT / module) not in sys.path:
+            sys.path.insert(0, str(ROOT / module))
+    try:
+        yield slicer_standins
+        errors = list(slicer_standins.SLOT_ERRORS)
+        assert not errors, f"exceptions in slots: {errors}"
+    finally:
+        for module in MODULES:
+            sys.modules.pop(module, None)
+        slicer_standins.uninstall(saved)
+
+
+def load_module(name: str):
+    """Import ``<ROOT>/<name>/<name>.py`` afresh (the module file as Slicer loads it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / name / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -36,7 +36,8 @@ def test_parameter_names_match_the_parameter_node(module):
     source = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     wrapped = [c for c in tree.body if isinstance(c, ast.ClassDef)
-               and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)]
+               and (any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)
+                    or c.name == f"{module}Parameters")]  # wrapped with the method fields added
     assert len(wrapped) == 1
     fields = {s.target.id for s in wrapped[0].body if isinstance(s, ast.AnnAssign)}
     ui = ROOT / module / "Resources" / "UI" / f"{module}.ui"

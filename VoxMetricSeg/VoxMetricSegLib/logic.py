@@ -2,24 +2,36 @@
 
 The engine runs as ``python -m voxmetric segment … --events-jsonl`` in its own process
 (:class:`voxmetric.jobs.Job`), so the GUI stays responsive and Cancel kills the whole process
-tree. All node conversions go through :mod:`voxmetric.mrml`; nothing here imports Qt.
+tree. On the caller's (GUI) thread only the MRML reads and writes happen: a numpy snapshot of the
+input volume at :meth:`SegmentLogic.start`, and the node updates from an already cropped mask
+at :meth:`SegmentLogic.finish`. Writing the child's input and reading its result run in the
+job's worker thread; the temporary folder (a copy of the patient's scan) is deleted when the
+job ends, fails, is cancelled or times out, and at exit. One stage runs at a time. All node
+conversions go through :mod:`voxmetric.mrml`; nothing here imports Qt.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from voxmetric import mrml
 from voxmetric.errors import VoxMetricError
 from voxmetric.io import read_segment_mask, write_volume
-from voxmetric.jobs import Job
+from voxmetric.jobs import Emit, Job, remove_tree
 from voxmetric.markups import read_roi, write_roi
+from voxmetric.volume import Box, Volume
 
 STAGES = ("localize", "refine", "segment")
+#: A stage that runs longer than this is killed (seconds; CPU inference takes 10–60 s).
+DEFAULT_TIMEOUT = 1800.0
+
+
+class JobRunningError(VoxMetricError):
+    """A second job was started while one runs."""
 
 
 @dataclass
@@ -30,113 +42,153 @@ class StageResult:
     found: bool = True
     confidence: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    roi_node: object | None = None
-    segmentation_node: object | None = None
+    roi_node: Any = None
+    segmentation_node: Any = None
     segment_id: str | None = None
     message: str = ""
 
 
+@dataclass
+class StageOutput:
+    """What the worker thread read from the child's files: the ROI box and the prostate mask
+    cropped to its extent on the input's grid (None when the stage did not make them)."""
+
+    box: Box | None = None
+    mask: Volume | None = None
+
+
+def read_result(path: str | Path, reference: Volume, segment: str = "Prostate") -> Volume:
+    """The ``segment`` mask of a .seg.nrrd on ``reference``'s grid, cropped to its extent
+    (:func:`voxmetric.mrml.crop_to_mask`): what the GUI thread writes into the segment node."""
+    return mrml.crop_to_mask(read_segment_mask(path, segment, reference=reference))
+
+
 class SegmentLogic:
-    """Runs Localize / Refine / Segment Prostate for one volume node.
+    """Runs Localize / Refine / Segment Prostate for one volume node, one stage at a time.
 
     ``python``: the interpreter for the child process (default: PythonSlicer inside Slicer,
-    else this interpreter). ``env``: extra environment (e.g. ``VOXMETRIC_HOME``).
+    else this interpreter). ``env``: extra environment (e.g. ``VOXMETRIC_HOME``). ``timeout``:
+    seconds after which a stage is killed (None: never).
     """
 
-    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self.python = python
         self.env = dict(env or {})
+        self.timeout = timeout
         self.workdir: Path | None = None
         self.job: Job | None = None
+        self.stage: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
 
     # -- starting a stage ------------------------------------------------------------------------
-    def start(self, stage: str, volume_node, roi_node=None, model: str = "", device: str = "auto",
+    def start(self, stage: str, volume_node: Any, roi_node: Any = None, model: str = "", device: str = "auto",
               modality: str = "auto") -> Job:
-        """Export the inputs and start ``stage`` (localize | refine | segment) in a child process."""
+        """Snapshot the inputs (GUI thread) and start ``stage`` (localize | refine | segment):
+        a worker writes them for the child process, then the child runs. JobRunningError while
+        a stage runs."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
+        if self.busy:
+            raise JobRunningError(f"{(self.stage or 'A stage').capitalize()} is still running: wait for it to finish "
+                                  "or press Cancel, then start again.")
         if volume_node is None:
             raise VoxMetricError("Select an input volume first (a CT or MR scan of the pelvis).")
         if stage == "refine" and roi_node is None:
             raise VoxMetricError("Refine needs an ROI box: run Localize first or place an ROI.")
+        box = mrml.box_from_roi(roi_node) if stage == "refine" else None
+        snapshot: list[Volume] = [mrml.volume_from_node(volume_node)]  # numpy copy; the worker drops it
+        grid = mrml.geometry_from_node(volume_node)
         self.cleanup()
-        self.workdir = Path(tempfile.mkdtemp(prefix="voxmetric-"))
-        image = self.workdir / "input.nrrd"
-        write_volume(mrml.volume_from_node(volume_node), image)
-        args = ["segment", str(image), "-o", str(self.workdir / "output.seg.nrrd"),
-                "--stage", {"segment": "all"}.get(stage, stage), "--roi-out", str(self.workdir / "roi.mrk.json"),
-                "--device", device, "--modality", modality.lower(), "--events-jsonl"]
+        workdir = Path(tempfile.mkdtemp(prefix="voxmetric-"))
+        image, seg_out, roi_out, roi_in = (workdir / n for n in ("input.nrrd", "output.seg.nrrd", "roi.mrk.json",
+                                                                   "roi-in.mrk.json"))
+        args = ["segment", str(image), "-o", str(seg_out), "--stage", {"segment": "all"}.get(stage, stage),
+                "--roi-out", str(roi_out), "--device", device, "--modality", modality.lower(), "--events-jsonl"]
         if model:
             args += ["--model", model]
-        if stage == "refine":
-            write_roi(mrml.box_from_roi(roi_node), self.workdir / "roi-in.mrk.json")
-            args += ["--roi-file", str(self.workdir / "roi-in.mrk.json")]
-        self.job = Job(args, python=self.python, env=self.env)
+        if box is not None:
+            args += ["--roi-file", str(roi_in)]
+
+        def prepare(emit: Emit) -> None:
+            emit({"event": "progress", "done": 0, "total": 1, "message": "Writing the scan for the engine…"})
+            write_volume(snapshot.pop(), image)
+            if box is not None:
+                write_roi(box, roi_in)
+
+        def collect(emit: Emit) -> StageOutput:
+            emit({"event": "progress", "done": 1, "total": 1, "message": "Reading the result…"})
+            out = StageOutput()
+            if stage in ("localize", "segment") and roi_out.exists():
+                out.box = read_roi(roi_out)
+            if stage in ("refine", "segment"):
+                out.mask = read_result(seg_out, grid)
+            return out
+
+        self.workdir, self.stage = workdir, stage
+        self.job = Job(args, python=self.python, env=self.env, timeout=self.timeout, prepare=prepare,
+                       collect=collect, cleanup=lambda: remove_tree(workdir))
         return self.job
 
     # -- collecting the result ---------------------------------------------------------------------
-    def finish(self, stage: str, events: list[dict], scene, volume_node, roi_node=None,
-               segmentation_node=None, replace: bool = False) -> StageResult:
-        """Turn the finished job's files into nodes. Raises VoxMetricError with the engine's
-        message when the job failed or was cancelled."""
+    def finish(self, stage: str, events: list[dict[str, Any]], scene: Any, volume_node: Any, roi_node: Any = None,
+               segmentation_node: Any = None, replace: bool = False) -> StageResult:
+        """Turn the finished job's result into nodes (GUI thread: node updates only). Raises
+        VoxMetricError with the engine's message when the job failed, timed out or was cancelled."""
         exit_event = next((e for e in reversed(events) if e.get("event") == "exit"), None)
-        errors = [e.get("message", "") for e in events if e.get("event") == "error"]
-        if exit_event is None or exit_event.get("cancelled"):
+        errors = [str(e.get("message", "")) for e in events if e.get("event") == "error"]
+        if exit_event is None:
+            raise VoxMetricError(f"{stage.capitalize()} has not finished yet.")
+        if exit_event.get("cancelled"):
             raise VoxMetricError("Cancelled.")
+        if exit_event.get("timed_out"):
+            raise VoxMetricError(str(exit_event.get("message")))
         if exit_event.get("returncode") != 0:
-            detail = errors[-1] if errors else (exit_event.get("stderr") or "").strip().splitlines()[-1:]
-            raise VoxMetricError(f"{stage.capitalize()} failed: {detail if isinstance(detail, str) else ' '.join(detail)}")
+            tail = (exit_event.get("stderr") or "").strip().splitlines()[-1:]
+            detail = errors[-1] if errors else " ".join(tail) or str(exit_event.get("message", ""))
+            raise VoxMetricError(f"{stage.capitalize()} failed: {detail}")
         done = next((e for e in reversed(events) if e.get("event") == "done"), {})
         result = StageResult(stage, found=bool(done.get("found", True)), confidence=done.get("confidence"),
                              timings=dict(done.get("timings", {})))
-        assert self.workdir is not None
-        roi_file = self.workdir / "roi.mrk.json"
-        if stage in ("localize", "segment") and roi_file.exists():
-            result.roi_node = mrml.roi_from_box(scene, read_roi(roi_file), "Prostate ROI", node=roi_node)
-        if stage in ("refine", "segment"):
-            reference = mrml.volume_from_node(volume_node)
-            mask = read_segment_mask(self.workdir / "output.seg.nrrd", "Prostate", reference=reference)
+        output = self.job.result if self.job is not None else None
+        if not isinstance(output, StageOutput):
+            raise VoxMetricError(f"{stage.capitalize()} left no result to read.")
+        if output.box is not None:
+            result.roi_node = mrml.roi_from_box(scene, output.box, "Prostate ROI", node=roi_node)
+        if output.mask is not None:
             result.segmentation_node, result.segment_id = mrml.write_mask_segment(
-                segmentation_node, mask, volume_node, name="Prostate", replace=replace, scene=scene)
+                segmentation_node, output.mask, volume_node, name="Prostate", replace=replace, scene=scene)
         if not result.found:
             result.message = ("No prostate was found. The ROI box was placed at the centre of the "
                               "scan: move it over the prostate, then press Refine.")
         return result
 
-    def run(self, stage: str, scene, volume_node, roi_node=None, segmentation_node=None,
-            timeout: float | None = None, **kw) -> StageResult:
+    def run(self, stage: str, scene: Any, volume_node: Any, roi_node: Any = None, segmentation_node: Any = None,
+            timeout: float | None = None, **kw: Any) -> StageResult:
         """Start a stage and wait for it (self-tests and scripts; the GUI polls instead)."""
         job = self.start(stage, volume_node, roi_node=roi_node, **kw)
         job.wait(timeout=timeout)
-        events: list[dict] = []
+        events: list[dict[str, Any]] = []
         while not any(e.get("event") == "exit" for e in events):
             events += job.poll_events()
             time.sleep(0.02)
         return self.finish(stage, events, scene, volume_node, roi_node=roi_node,
                            segmentation_node=segmentation_node)
 
-    def cancel(self) -> None:
-        """Kill the running stage, if any."""
+    def cancel(self, wait: float | None = None) -> None:
+        """Kill the running stage, if any (its temporary folder is deleted with it); returns at
+        once unless ``wait`` (seconds) is given: the exit event follows through the job."""
         if self.job is not None:
-            self.job.cancel()
+            self.job.cancel(wait=wait)
 
     def cleanup(self) -> None:
-        """Remove the temporary folder of the previous stage."""
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-
-def progress_of(event: dict) -> tuple[int, str] | None:
-    """(percent, message) for a progress-bar update, or None for events that carry none."""
-    if event.get("event") != "progress":
-        return None
-    total = max(int(event.get("total", 1)), 1)
-    return int(100 * int(event.get("done", 0)) / total), str(event.get("message", ""))
-
-
-def describe_timings(timings: dict[str, float]) -> str:
-    """'localize 1.2 s · refine 3.4 s · total 4.6 s'"""
-    return " · ".join(f"{k} {v:.1f} s" for k, v in timings.items())
-
-
+        """Cancel a running stage, wait for it, and delete the temporary folder (module or scene
+        closed)."""
+        self.cancel(wait=10.0)
+        if self.job is not None:
+            self.job.run_cleanup()
+        remove_tree(self.workdir)
+        self.workdir = None

@@ -19,20 +19,26 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voxmetric import models, mrml
+from voxmetric.cases import CaseRecord
 from voxmetric.errors import ConfigError, InputError, VoxMetricError
 from voxmetric.io import segment_info, write_segmentation, write_volume
-from voxmetric.jobs import Job
+from voxmetric.jobs import Emit, Job
+from voxmetric.volume import Volume
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 RUN_FILE = "run.json"
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "ct", "mr")
+
+
+class JobRunningError(VoxMetricError):
+    """A second training run was started while one runs."""
 
 
 @dataclass
@@ -74,24 +80,23 @@ def _segment_name(seg_node, wanted: str) -> str | None:
     return next((n for n in names if n.casefold() == wanted.strip().casefold()), None)
 
 
-def export_cases(pairs: Sequence[CasePair], folder: str | Path, modality: str = "auto",
-                 progress: Callable[[int, int, str], None] | None = None) -> Path:
-    """Write each pair as ``caseNNN.nrrd`` (the volume) + ``caseNNN.seg.nrrd`` (the segment as
-    label 1 on the volume's grid, spelt as in the scene, SNOMED-coded by
-    :func:`voxmetric.io.segment_info`) and a ``manifest.json``;
-    returns the manifest. ``modality`` "auto" guesses per volume from its intensities.
-    InputError for a missing node, an empty segment or a pair listed twice."""
-    from voxmetric.cases import CaseRecord, write_manifest
-    from voxmetric.data import guess_modality
+@dataclass
+class CaseSnapshot:
+    """One scene case read on the GUI thread (numpy copies; no MRML reads later): the image,
+    the segment's mask cropped to its extent on the image grid, and names for messages."""
 
-    if modality not in MODALITIES:
-        raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
+    id: str
+    image: Volume
+    mask: Volume
+    segment: str
+    volume_name: str
+
+
+def check_pairs(pairs: Sequence[CasePair]) -> None:
+    """InputError for an empty list, a row without nodes or segment name, or a repeated row."""
     if not pairs:
         raise InputError("No training cases: add at least two (volume, segmentation, segment) rows.")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     seen: set[tuple[str, str, str]] = set()
-    records = []
     for i, pair in enumerate(pairs):
         row = f"Row {i + 1}"
         if pair.volume_node is None or pair.segmentation_node is None:
@@ -103,20 +108,59 @@ def export_cases(pairs: Sequence[CasePair], folder: str | Path, modality: str = 
             raise InputError(f"{row} repeats '{pair.volume_node.GetName()}' / '{pair.segmentation_node.GetName()}' "
                              f"/ '{pair.segment}'; remove the duplicate row.")
         seen.add(key)
-        image = mrml.volume_from_node(pair.volume_node)
-        mask = mrml.mask_from_segment(pair.segmentation_node, pair.segment.strip(), pair.volume_node)
-        segment = _segment_name(pair.segmentation_node, pair.segment) or pair.segment.strip()
-        if not mask.array.any():
-            raise InputError(f"{row}: segment '{pair.segment}' of '{pair.segmentation_node.GetName()}' is empty "
-                             f"on '{pair.volume_node.GetName()}'; draw it or remove the row.")
-        cid = f"case{i:03d}"
-        write_volume(image, folder / f"{cid}.nrrd")
-        write_segmentation(folder / f"{cid}.seg.nrrd", mask, [segment_info(segment, 1)])
-        records.append(CaseRecord(cid, folder / f"{cid}.nrrd", folder / f"{cid}.seg.nrrd", segment,
-                                  guess_modality(image) if modality == "auto" else modality))
+
+
+def snapshot_case(pair: CasePair, index: int) -> CaseSnapshot:
+    """GUI-thread part of exporting one case: copy the volume's voxels and the segment's own
+    extent (``mask_from_segment(crop=True)``). InputError for an empty segment."""
+    row = f"Row {index + 1}"
+    image = mrml.volume_from_node(pair.volume_node)
+    mask = mrml.mask_from_segment(pair.segmentation_node, pair.segment.strip(), pair.volume_node, crop=True)
+    if not mask.array.any():
+        raise InputError(f"{row}: segment '{pair.segment}' of '{pair.segmentation_node.GetName()}' is empty "
+                         f"on '{pair.volume_node.GetName()}'; draw it or remove the row.")
+    segment = _segment_name(pair.segmentation_node, pair.segment) or pair.segment.strip()
+    return CaseSnapshot(f"case{index:03d}", image, mask, segment, pair.volume_node.GetName())
+
+
+def write_case(case: CaseSnapshot, folder: str | Path, modality: str = "auto") -> CaseRecord:
+    """Worker part: ``<id>.nrrd`` (the volume, compressed) + ``<id>.seg.nrrd`` (the segment as
+    label 1 on the volume's grid, spelt as in the scene, SNOMED-coded by
+    :func:`voxmetric.io.segment_info`); returns its manifest record ("auto" modality is
+    guessed from the intensities)."""
+    from voxmetric.intensity import looks_like_ct
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_volume(case.image, folder / f"{case.id}.nrrd")
+    write_segmentation(folder / f"{case.id}.seg.nrrd", mrml.paste_into(case.mask, case.image),
+                       [segment_info(case.segment, 1)])
+    return CaseRecord(case.id, folder / f"{case.id}.nrrd", folder / f"{case.id}.seg.nrrd", case.segment,
+                      ("ct" if looks_like_ct(case.image.array) else "mr") if modality == "auto" else modality)
+
+
+def write_cases(cases: Sequence[CaseSnapshot], folder: str | Path, modality: str = "auto",
+                progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write every snapshot (:func:`write_case`) and a ``manifest.json``; returns the manifest."""
+    from voxmetric.cases import write_manifest
+
+    records = []
+    for i, case in enumerate(cases):
+        records.append(write_case(case, folder, modality))
         if progress is not None:
-            progress(i + 1, len(pairs), f"exported {cid} ({pair.volume_node.GetName()})")
-    return write_manifest(records, folder / "manifest.json")
+            progress(i + 1, len(cases), f"exported {case.id} ({case.volume_name})")
+    return write_manifest(records, Path(folder) / "manifest.json")
+
+
+def export_cases(pairs: Sequence[CasePair], folder: str | Path, modality: str = "auto",
+                 progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write each pair as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd`` and a ``manifest.json`` in one
+    go (scripts; the panel snapshots on the GUI thread and writes in a worker); returns the
+    manifest. InputError for a missing node, an empty segment or a pair listed twice."""
+    if modality not in MODALITIES:
+        raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
+    check_pairs(pairs)
+    return write_cases([snapshot_case(p, i) for i, p in enumerate(pairs)], folder, modality, progress)
 
 
 class TrainLogic:
@@ -128,9 +172,12 @@ class TrainLogic:
     (which installs the package) and the child agree on it.
     """
 
-    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None,
+                 timeout: float | None = None) -> None:
         self.python = python
         self.extra_env = dict(env or {})
+        self.timeout = timeout
+        self._pending: Generator[str, None, None] | None = None
         self.job: Job | None = None
         self.run_dir: Path | None = None
         self.name: str | None = None
@@ -146,27 +193,43 @@ class TrainLogic:
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and self.job.running
+        """A run is being prepared (scene cases read) or running."""
+        return self._pending is not None or (self.job is not None and self.job.running)
 
     def _env(self) -> dict[str, str]:
         return {"VOXMETRIC_HOME": str(models.models_home()), **self.extra_env}
 
     # -- starting ----------------------------------------------------------------------------------
-    def start(self, scene, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
+    def start(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
               iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
               extra_args: Sequence[str] = ()) -> Job:
-        """Check the settings, export scene cases (if ``cases`` is a list of :class:`CasePair`),
-        write ``run.json`` and start training in a child process. ``scene`` gets a loss table
-        and a chart (None: no nodes). ``extra_args``: more ``voxmetric train`` flags, e.g. the
-        method's settings (``--base 16``) or ``--val-every 100``."""
+        """Check the settings, snapshot scene cases (if ``cases`` is a list of :class:`CasePair`),
+        write ``run.json`` and start training: a worker writes the cases, then the child process
+        trains. ``scene`` gets a loss table and a chart (None: no nodes). ``extra_args``: more
+        ``voxmetric train`` flags, e.g. the method's settings (``--base 16``, see
+        :func:`VoxMetricTrainLib.form.method_flags`) or ``--val-every 100``."""
+        for _ in self.start_steps(scene, method, cases, segment, name, iterations, batch_size, device, modality,
+                                  extra_args):
+            pass
+        assert self.job is not None
+        return self.job
+
+    def start_steps(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
+                    iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
+                    extra_args: Sequence[str] = ()) -> Iterator[str]:
+        """:meth:`start` in GUI-thread steps: yields a status text after each case snapshot, so
+        the panel can take one case per timer tick; the job starts after the last step. The
+        logic counts as busy meanwhile; closing the iterator early abandons the run."""
         from voxmetric.methods import get_method
 
         if self.busy:
-            raise VoxMetricError("A training run is in progress; cancel it first.")
+            raise JobRunningError("A training run is in progress; wait for it or press Cancel first.")
         method = get_method(method).name  # ConfigError listing the methods on a typo
         name = self._check_name(name)
         if device not in DEVICES and not str(device).startswith("cuda:"):
             raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+        if modality not in MODALITIES:
+            raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
         if int(iterations) < 1 or int(batch_size) < 1:
             raise ConfigError("Iterations and batch size must be at least 1.")
         run = self.runs_dir() / name
@@ -181,24 +244,53 @@ class TrainLogic:
         if from_folder and (not str(cases).strip() or not Path(cases).expanduser().exists()):
             raise InputError(f"The cases folder or manifest '{cases}' does not exist; pick a folder of "
                              "image + .seg.nrrd pairs or a manifest.json.")
-        if run.exists():  # an earlier attempt that stopped before its first checkpoint: nothing to keep
-            shutil.rmtree(run)
-        run.mkdir(parents=True)
-        if from_folder:
-            cases_arg = str(Path(cases).expanduser().resolve())
-        else:
-            cases_arg = str(export_cases(cases, run / "cases", modality))
-        settings = {"method": method, "cases": cases_arg, "segment": segment.strip(), "name": name,
-                    "iterations": int(iterations), "batch_size": int(batch_size), "device": device,
-                    "extra_args": [str(a) for a in extra_args]}
-        _write_json(run / RUN_FILE, settings)
-        return self._launch(scene, run, settings, resume=False)
+        pairs: list[CasePair] = [] if isinstance(cases, (str, Path)) else list(cases)
+        if not from_folder:
+            check_pairs(pairs)
+        self._pending = self._prepare_run(scene, run, method, cases, pairs, segment, name, iterations, batch_size,
+                                          device, modality, extra_args)
+        return self._pending
+
+    def _prepare_run(self, scene: Any, run: Path, method: str, cases: str | Path | Sequence[CasePair],
+                     pairs: list[CasePair], segment: str, name: str, iterations: int, batch_size: int, device: str,
+                     modality: str, extra_args: Sequence[str]) -> Generator[str, None, None]:
+        started = False
+        try:
+            snapshots = []
+            for i, pair in enumerate(pairs):
+                snapshots.append(snapshot_case(pair, i))
+                yield f"Read case {i + 1}/{len(pairs)} ({pair.volume_node.GetName()}) from the scene…"
+            if run.exists():  # an earlier attempt that stopped before its first checkpoint: nothing to keep
+                shutil.rmtree(run)
+            run.mkdir(parents=True)
+            cases_arg = str(Path(cases).expanduser().resolve()) if isinstance(cases, (str, Path)) \
+                else str(run / "cases" / "manifest.json")
+            settings = {"method": method, "cases": cases_arg, "segment": segment.strip(), "name": name,
+                        "iterations": int(iterations), "batch_size": int(batch_size), "device": device,
+                        "extra_args": [str(a) for a in extra_args]}
+            _write_json(run / RUN_FILE, settings)
+
+            def prepare(emit: Emit) -> None:
+                if snapshots:
+                    def progress(done: int, total: int, message: str) -> None:
+                        emit({"event": "progress", "stage": "export", "done": done, "total": total,
+                              "message": message})
+
+                    write_cases(snapshots, run / "cases", modality, progress)
+                    snapshots.clear()  # the copies of the scans are on disk now
+
+            self._launch(scene, run, settings, resume=False, prepare=prepare)
+            started = True
+        finally:
+            self._pending = None
+            if not started and run.exists() and not (run / "work").exists():
+                shutil.rmtree(run, ignore_errors=True)
 
     def resume(self, scene, name: str, iterations: int | None = None, device: str | None = None) -> Job:
         """Continue the interrupted run ``name`` from its last checkpoint with the settings it
         was started with (``iterations`` / ``device`` may change)."""
         if self.busy:
-            raise VoxMetricError("A training run is in progress; cancel it first.")
+            raise JobRunningError("A training run is in progress; wait for it or press Cancel first.")
         run = self.runs_dir() / self._check_name(name, installed_ok=True)
         try:
             settings = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
@@ -218,6 +310,13 @@ class TrainLogic:
         _write_json(run / RUN_FILE, settings)
         return self._launch(scene, run, settings, resume=True)
 
+    def can_resume(self, name: str) -> bool:
+        """True when ``name`` has an interrupted run (a checkpoint, no finished model)."""
+        if not NAME_PATTERN.match((name or "").strip()):
+            return False
+        run = self.runs_dir() / name.strip()
+        return (run / "work" / "checkpoints" / "last.safetensors").exists() and not (run / "model").exists()
+
     def _check_name(self, name: str, installed_ok: bool = False) -> str:
         name = (name or "").strip()
         if not NAME_PATTERN.match(name):
@@ -228,7 +327,8 @@ class TrainLogic:
                               f"(or remove it with `voxmetric models remove {name}`).")
         return name
 
-    def _launch(self, scene, run: Path, s: dict, resume: bool) -> Job:
+    def _launch(self, scene: Any, run: Path, s: dict[str, Any], resume: bool,
+                prepare: Callable[[Emit], None] | None = None) -> Job:
         args = ["train", "--method", s["method"], "--cases", s["cases"], "--out", str(run / "model"),
                 "--work-dir", str(run / "work"), "--name", s["name"], "--iterations", str(s["iterations"]),
                 "--batch-size", str(s["batch_size"]), "--device", s["device"], "--events-jsonl"]
@@ -244,7 +344,14 @@ class TrainLogic:
         if scene is not None and not same_table:  # a resumed run continues its own curve
             self.table_node = mrml.loss_table(scene, title)
             self.chart_node = mrml.loss_chart(scene, self.table_node, title)
-        self.job = Job(args, python=self.python, env=self._env())
+        name = s["name"]
+
+        def install(emit: Emit) -> models.ModelInfo:  # in the worker: hashing, copying, verifying
+            emit({"event": "progress", "stage": "install", "done": 0, "total": 1, "message": "installing the model"})
+            return models.install(run / "model", name=name)
+
+        self.job = Job(args, python=self.python, env=self._env(), timeout=self.timeout, prepare=prepare,
+                       collect=install)
         return self.job
 
     # -- following ---------------------------------------------------------------------------------
@@ -294,12 +401,16 @@ class TrainLogic:
             raise VoxMetricError("The training process has not finished yet.")
         if exit_event.get("cancelled"):
             return None
+        if exit_event.get("timed_out"):
+            raise VoxMetricError(str(exit_event.get("message")))
         if exit_event.get("returncode") != 0:
             errors = [str(e.get("message", "")) for e in events if e.get("event") == "error"]
             tail = (exit_event.get("stderr") or "").strip().splitlines()[-1:]
             raise VoxMetricError(f"Training failed: {errors[-1] if errors else ' '.join(tail) or 'no message'}")
-        assert self.run_dir is not None and self.name is not None
-        return models.install(self.run_dir / "model", name=self.name)
+        result = self.job.result if self.job is not None else None
+        if not isinstance(result, models.ModelInfo):
+            raise VoxMetricError("Training finished but its model was not installed; see the log.")
+        return result
 
     def run(self, scene, *args: Any, resume: bool = False, timeout: float | None = None,
             **kw: Any) -> tuple[models.ModelInfo | None, list[dict]]:
@@ -316,10 +427,16 @@ class TrainLogic:
             time.sleep(0.05)
         return self.finish(), list(self.events)
 
-    def cancel(self) -> None:
-        """Kill the running training (and its data-loader workers); Resume continues it."""
+    def cancel(self, wait: float | None = None) -> None:
+        """Kill the running training (and its data-loader workers); Resume continues it. Returns
+        at once unless ``wait`` (seconds) is given: the exit event follows through the job. A run
+        still reading its cases from the scene is abandoned."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.close()
+            return
         if self.job is not None:
-            self.job.cancel()
+            self.job.cancel(wait=wait)
 
 
 def _num(value: Any, digits: int) -> str:

@@ -79,8 +79,8 @@ def run_train_from_scene(scene, logic: TrainLogic, home: str | Path, name: str =
         kinds = [e.get("event") for e in events]
         exit_event = events[-1]
         assert exit_event["event"] == "exit" and exit_event["returncode"] == 0, exit_event.get("stderr")
-        missing = {"progress", "iteration", "validation", "checkpoint", "done"} - set(kinds)
-        assert not missing, f"no {sorted(missing)} events; got {sorted(set(kinds))}"
+        missing = {"progress", "iteration", "validation", "checkpoint", "done"} - {str(k) for k in kinds}
+        assert not missing, f"no {sorted(missing)} events; got {sorted({str(k) for k in kinds})}"
 
         # the loss curve: one row per logged iteration, validation DSC merged into its row
         table = logic.table_node.GetTable()
@@ -93,11 +93,13 @@ def run_train_from_scene(scene, logic: TrainLogic, home: str | Path, name: str =
         assert logic.chart_node.GetNumberOfPlotSeriesNodes() == 2
 
         # the exported cases: the scene's voxels and segments, listed in a manifest
+        assert logic.run_dir is not None
         records = load_cases(logic.run_dir / "cases" / "manifest.json")
         assert [r.id for r in records] == [f"case{i:03d}" for i in range(n_cases)]
         assert all(r.modality == "ct" and r.segment == "Prostate" for r in records), records
         first = read_volume(records[0].image)
         np.testing.assert_array_equal(first.array, mrml.volume_from_node(pairs[0].volume_node).array)
+        assert records[0].label is not None
         label = read_segment_mask(records[0].label, "Prostate", reference=first)
         np.testing.assert_array_equal(label.array, mrml.mask_from_segment(pairs[0].segmentation_node, "Prostate",
                                                                           pairs[0].volume_node).array)

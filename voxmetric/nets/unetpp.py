@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.networks.nets import BasicUNetPlusPlus
+from monai.networks.nets.basic_unetplusplus import BasicUNetPlusPlus
 from torch import Tensor, nn
 
 from voxmetric.errors import InputError

@@ -1,0 +1,39 @@
+"""What the VoxMetric Train panel shows, decided without Qt (tested by pytest): the method list
+with tooltips, which widgets are enabled or visible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Widgets:
+    """Enabled (buttons) and visible (case source) state, by .ui name."""
+
+    enabled: dict[str, bool]
+    visible: dict[str, bool]
+
+
+SCENE_WIDGETS = ("pairsTableWidget", "addPairButton", "addFromSceneButton", "removePairButton")
+FOLDER_WIDGETS = ("casesPathLineEdit", "casesPathLabel")
+
+
+def widgets(busy: bool, from_scene: bool, resumable: bool) -> Widgets:
+    """One run at a time: Train and Resume only when idle (Resume when the model name has an
+    interrupted run), Cancel only while busy; the case table for scene cases, the path for
+    folder cases."""
+    enabled = {"trainButton": not busy, "resumeButton": not busy and resumable, "cancelButton": busy}
+    visible = {**{n: from_scene for n in SCENE_WIDGETS}, **{n: not from_scene for n in FOLDER_WIDGETS}}
+    return Widgets(enabled, visible)
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(name, tooltip "role: description") of every registered method, in registry order."""
+    from voxmetric.methods import available_methods, get_method
+
+    return [(n, f"{get_method(n).role}: {get_method(n).description}") for n in available_methods()]
+
+
+def default_method(names: list[str]) -> str:
+    """The paper's best configuration when registered, else the first method."""
+    return "MetricUNet-HCP" if "MetricUNet-HCP" in names else names[0]
