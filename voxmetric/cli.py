@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .dicom import SeriesChoice
+    from .pipeline import Pipeline
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -290,7 +291,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_segment)
 
 
-def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], object]:
+def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], Pipeline]:
     """modality -> Pipeline, loaded once per modality."""
     from .models import load_pipeline
     from .pipeline import PipelineConfig
@@ -299,13 +300,13 @@ def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], object]:
     device = resolve_device(a.device)
     config = PipelineConfig(roi_rule=a.roi_rule, largest_component=not a.no_postprocess,
                             fill_holes=not a.no_postprocess)
-    cache: dict[str, object] = {}
+    cache: dict[str, Pipeline] = {}
     # a given ROI needs no localizer; localizing alone needs no refiner
     stages = {"all": ("localizer", "refiner"), "localize": ("localizer",), "refine": ("refiner",)}[a.stage]
     if a.roi_file and a.stage == "all":
         stages = ("refiner",)
 
-    def get(modality: str) -> object:
+    def get(modality: str) -> Pipeline:
         if modality not in cache:
             cache[modality] = load_pipeline(a.model, modality, device, config, stages=stages)
         return cache[modality]
@@ -568,7 +569,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _a
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="voxmetric", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="voxmetric", description=(__doc__ or "voxmetric").splitlines()[0])
     parser.add_argument("--version", action="version", version=f"voxmetric {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:

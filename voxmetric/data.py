@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -106,7 +107,7 @@ def _preprocess(image: Volume, modality: str, spacing_mm: float, mask: Volume | 
     out = crop.with_array(np.asarray(intensity.normalize(crop.array, modality), dtype=np.float32))
     mout = None if m1 is None else _crop_index(m1, lo, hi)
     if not math.isclose(spacing_mm, 1.0):
-        out = resample(out, (spacing_mm,) * 3, is_label=False)
+        out = resample(out, (spacing_mm, spacing_mm, spacing_mm), is_label=False)
         out = out.with_array(out.array.astype(np.float32, copy=False))
         mout = None if mout is None else resample_to(mout, out, is_label=True)
     return out, mout
@@ -143,12 +144,12 @@ def preprocess_image_fast(image: Volume, modality: str | None = None, spacing_mm
     body = intensity.body_box(coarse, modality)
     # the 1 mm grid of volume.resample (same extent, centred) and training's crop bounds on it
     n1 = np.maximum(1, np.round(image.size_xyz * image.spacing)).astype(int)
-    iso = Volume(np.broadcast_to(np.uint8(0), tuple(n1[::-1])), (1.0, 1.0, 1.0),
+    iso = Volume(np.broadcast_to(np.uint8(0), tuple(n1[::-1])), np.ones(3),
                  image.origin - image.direction @ ((image.spacing - 1.0) / 2.0), image.direction)
     lo, hi = _box_index_bounds(iso, body)
     n = np.maximum(1, np.round((hi - lo + 1)[::-1] / spacing_mm)).astype(int)  # x, y, z
     origin = iso.index_to_physical(lo[::-1].astype(float)) + image.direction @ np.full(3, (spacing_mm - 1.0) / 2.0)
-    grid = Volume(np.zeros(tuple(n[::-1]), np.uint8), (spacing_mm,) * 3, origin, image.direction)
+    grid = Volume(np.zeros(tuple(n[::-1]), np.uint8), np.full(3, spacing_mm), origin, image.direction)
     # native voxels around that grid (+1 voxel for interpolation), normalised, resampled once
     idx = image.physical_to_index(Box.from_volume_extent(grid).corners)[:, ::-1]
     nlo = np.clip(np.floor(idx.min(0)) - 1, 0, np.array(image.shape) - 1).astype(int)
@@ -204,7 +205,7 @@ def cache_path(record: CaseRecord, recipe: DataRecipe, cache_dir: str | Path) ->
 
 def _save_prepared(path: Path, case: PreparedCase) -> None:
     img, m = case.image, case.mask
-    arrays = dict(image=img.array.astype(np.float32, copy=False), mask=m.array.astype(np.uint8, copy=False),
+    arrays: dict[str, Any] = dict(image=img.array.astype(np.float32, copy=False), mask=m.array.astype(np.uint8, copy=False),
                   spacing=img.spacing, origin=img.origin, direction=img.direction, id=np.array(case.id),
                   modality=np.array(case.modality), classes=np.array(case.classes, dtype=str),
                   labelled=np.array(case.labelled), version=np.array(PREP_VERSION))
@@ -251,7 +252,7 @@ def prepare_case(record: CaseRecord, recipe: DataRecipe | None = None, cache_dir
         if mout is None:
             mout = out.with_array(np.zeros(out.shape, np.uint8))
         elif not np.any(mout.array):
-            raise InputError(f"the label in {Path(record.label).name} vanished when resampled to {recipe.spacing_mm} mm "
+            raise InputError(f"the label in {Path(str(record.label)).name} vanished when resampled to {recipe.spacing_mm} mm "
                              "(it is smaller than a voxel). Check the label.")
     except VoxMetricError as e:
         msg = str(e)

@@ -106,8 +106,8 @@ class SeriesInfo:
         """A zero-memory Volume with this series' grid (InputError when it has a problem)."""
         if self.problem is not None or self.spacing is None:
             raise InputError(f"Series #{self.index} ({self.label}) cannot be read as one volume: {self.problem}.")
-        return Volume(np.broadcast_to(np.zeros((), np.uint8), self.size[::-1]), self.spacing, self.origin,
-                      self.direction)
+        return Volume(np.broadcast_to(np.zeros((), np.uint8), self.size[::-1]), np.asarray(self.spacing),
+                      np.asarray(self.origin), np.asarray(self.direction))
 
     @property
     def label(self) -> str:
@@ -649,7 +649,8 @@ def write_rtstruct(seg: io.Segmentation, series: SeriesInfo, path: str | Path, *
             obs.RTROIIdentificationCodeSequence = [code]
         ds.RTROIObservationsSequence.append(obs)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = rt_class, ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = rt_class  # pyright: ignore[reportAttributeAccessIssue]
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     with io._atomic(p, ".dcm") as tmp:

@@ -241,7 +241,8 @@ class Pipeline:
                 stage.model.eval().to(self.device)
                 if self.device.type == "cpu":
                     volumetric = any(p.ndim == 5 for p in stage.model.parameters())  # 3D convolutions
-                    stage.model.to(memory_format=torch.channels_last_3d if volumetric else torch.channels_last)
+                    layout = torch.channels_last_3d if volumetric else torch.channels_last
+                    stage.model.to(memory_format=layout)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
     # -- helpers -----------------------------------------------------------------------------------
     def image_modality(self, volume: Volume) -> str:
@@ -260,18 +261,26 @@ class Pipeline:
     # -- stage 1 -------------------------------------------------------------------------------------
     def localize(self, volume: Volume, progress: Progress | None = None) -> LocalizeResult:
         """Stage 1 on ``volume`` (see the module docstring); never raises for "not found"."""
-        if self.localizer is None:
-            raise ConfigError("This pipeline has no localizer model; give an ROI (--roi-file) or a pipeline with one.")
         return self._localize(volume, _report(progress, 0, 100))
+
+    def _need(self, role: str) -> Stage:
+        """The localizer or refiner Stage; ConfigError saying what to do when the pipeline lacks it."""
+        stage = self.localizer if role == "localizer" else self.refiner
+        if stage is None:
+            raise ConfigError("This pipeline has no localizer model; give an ROI (--roi-file) or a pipeline with one."
+                              if role == "localizer" else
+                              "This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
+        return stage
 
     def _localize(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
         from .data import preprocess_image_fast
 
+        loc = self._need("localizer")
         cfg = self.config
         say(0.0, "localize: preprocessing")
-        prep, _ = preprocess_image_fast(oriented(volume), self.image_modality(volume), self.localizer.spacing_mm)
+        prep, _ = preprocess_image_fast(oriented(volume), self.image_modality(volume), loc.spacing_mm)
         say(0.1, "localize: coarse segmentation")
-        probs = self._predict(self.localizer, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
+        probs = self._predict(loc, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
         prob = probs[1:].sum(0)  # any foreground class
         comp = largest_component(prob > cfg.threshold)
         voxel_mm3 = float(np.prod(prep.spacing))
@@ -319,8 +328,6 @@ class Pipeline:
     def refine(self, volume: Volume, box: Box, progress: Progress | None = None) -> Volume:
         """Stage 2: uint8 label map on ``volume``'s grid (value k = ``refiner.classes[k - 1]``),
         non-zero only inside ``box``."""
-        if self.refiner is None:
-            raise ConfigError("This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
         return self._refine(volume, box, _report(progress, 0, 100))
 
     def _normaliser(self, volume: Volume, modality: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
@@ -340,7 +347,7 @@ class Pipeline:
         cfg = self.config
         say(0.0, "refine: resampling the ROI")
         fill, norm = self._normaliser(volume, self.image_modality(volume))
-        ref = self.refiner
+        ref = self._need("refiner")
         sp = ref.spacing_mm
         # as in training (data.preprocess_image): 1 mm, normalise, then the refiner's spacing,
         # with at least the context the refiner's network was trained with
@@ -384,14 +391,14 @@ class Pipeline:
             timings["localize"] = time.perf_counter() - t0
         if box is None:
             split = 100 if stage == "localize" else 30
-            loc = self._localize_checked(volume, _report(progress, 0, split))
+            loc = self._localize(volume, _report(progress, 0, split))
             timings["localize"] = time.perf_counter() - t0
             box, found, confidence, message = loc.box, loc.found, loc.confidence, loc.message
         mask = None
         if stage != "localize":
             t1 = time.perf_counter()
             if found:
-                mask = self._refine_checked(volume, box, _report(progress, 30 if loc else 0, 100))
+                mask = self._refine(volume, box, _report(progress, 30 if loc else 0, 100))
             else:
                 mask = volume.with_array(np.zeros(volume.shape, np.uint8))
                 if progress is not None:
@@ -400,16 +407,6 @@ class Pipeline:
         timings["total"] = time.perf_counter() - t0
         classes = self.refiner.classes if self.refiner is not None else ("Prostate",)
         return SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
-
-    def _localize_checked(self, volume: Volume, say: Callable[[float, str], None]) -> LocalizeResult:
-        if self.localizer is None:
-            raise ConfigError("This pipeline has no localizer model; give an ROI (--roi-file) or a pipeline with one.")
-        return self._localize(volume, say)
-
-    def _refine_checked(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> Volume:
-        if self.refiner is None:
-            raise ConfigError("This pipeline has no refiner model; pick a pipeline with a refiner (--model).")
-        return self._refine(volume, box, say)
 
     def with_config(self, **changes: Any) -> "Pipeline":
         """The same networks with some :class:`PipelineConfig` fields changed."""
@@ -513,6 +510,7 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     a = np.asarray(image.array, np.float32)
     ct = intensity.looks_like_ct(a)
@@ -529,7 +527,7 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
     for ax, (name, cut, (ci, ri), aspect, origin) in zip(axes, views):
         ax.imshow(cut(a), cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, origin=origin, interpolation="nearest")
-        ax.add_patch(plt.Rectangle((lo[ci], lo[ri]), hi[ci] - lo[ci], hi[ri] - lo[ri], fill=False, ec="yellow", lw=1.2))
+        ax.add_patch(Rectangle((lo[ci], lo[ri]), hi[ci] - lo[ci], hi[ri] - lo[ri], fill=False, ec="yellow", lw=1.2))
         for m, colour in ((truth, "lime"), (prediction, "red")):
             if m is not None and np.any(cut(np.asarray(m))):
                 ax.contour(cut(np.asarray(m)).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)

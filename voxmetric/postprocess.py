@@ -15,7 +15,9 @@ from scipy import ndimage
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean array (all False when empty)."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    labels = np.zeros(mask.shape, np.int32)
+    ndimage.label(mask, structure=np.ones((3, 3, 3), bool), output=labels)
+    n = int(labels.max())
     if n <= 1:
         return labels > 0
     sizes = np.bincount(labels.ravel())

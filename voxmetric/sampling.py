@@ -175,6 +175,8 @@ class PatchDataset(SeededDataset):
         s = self.sampling
         off = np.arange(s.size, dtype=float) - s.size // 2
         dy, dx = np.meshgrid(off, off, indexing="ij")
+        flip_y = flip_x = False
+        scale, shift = 1.0, 0.0
         if s.augment:
             t = math.radians(rng.uniform(-10.0, 10.0))
             flip_y, flip_x = rng.random(2) < 0.5

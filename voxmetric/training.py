@@ -165,7 +165,7 @@ def _seed_all(seed: int) -> None:
 
 def _rng_state() -> dict[str, Any]:
     """All global RNG states as JSON-ready lists."""
-    npst = np.random.get_state()
+    npst: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     py = random.getstate()
     return {
         "torch": torch.get_rng_state().tolist(),

@@ -109,7 +109,7 @@ def test_training_through_the_poll_loop_installs_the_model(standins, mrml_scene,
     widget.ui.addFromSceneButton.click()
     widget.ui.methodComboBox.currentText = "UNet"
     p = widget._parameterNode
-    for name, value in (("method_base", 8), ("method_embed_channels", 16), ("method_patch", 32),
+    for name, value in (("method_base", 8), ("method_embed_channels", 16), ("method_patch", "32"),
                         ("method_per_case", 10), ("method_spacing_mm", 2.0)):
         p.setValue(name, value)
     widget.ui.iterationsSpinBox.value = 4

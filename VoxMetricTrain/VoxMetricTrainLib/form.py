@@ -59,17 +59,21 @@ def to_form(value: Any, kind: str) -> Any:
 
 
 def parameter_fields() -> dict[str, tuple[str, Any]]:
-    """``{parameter name: (kind, default)}`` for every field of every registered method (the
-    first method class that declares a field fixes its kind, as ``voxmetric train``'s flags)."""
+    """``{parameter name: (kind, default)}`` for every field of every registered method. A field
+    name that methods type differently (``patch``: an int for 2.5D methods, three sizes for 3D
+    ones) is edited as text, as ``voxmetric train``'s flags take it; each method checks it."""
     from voxmetric.methods import config_fields, method_classes
 
-    out: dict[str, tuple[str, Any]] = {}
+    kinds: dict[str, set[str]] = {}
+    defaults: dict[str, Any] = {}
     for cls in method_classes():
         for spec in config_fields(cls.config_cls):
-            name = PARAM_PREFIX + spec.name
-            if name not in out:
-                kind = kind_of(spec.type)
-                out[name] = (kind, to_form(spec.default, kind))
+            kinds.setdefault(PARAM_PREFIX + spec.name, set()).add(kind_of(spec.type))
+            defaults.setdefault(PARAM_PREFIX + spec.name, spec.default)
+    out: dict[str, tuple[str, Any]] = {}
+    for name, ks in kinds.items():
+        kind = ks.pop() if len(ks) == 1 else "text"
+        out[name] = (kind, to_form(defaults[name], kind))
     return out
 
 

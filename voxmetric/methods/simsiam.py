@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def _training_model(net: "nn.Module", cfg: VoxelSimSiamConfig) -> "nn.Module":
         def __init__(self) -> None:
             super().__init__()
             self.net = net
-            self.heads = SimSiamHeads(list(net.widths[::-1][:cfg.layers]), cfg.hidden)
+            self.heads = SimSiamHeads(list(cfg.widths[::-1][:cfg.layers]), cfg.hidden)
 
         def forward(self, x: "Tensor") -> tuple["Tensor", list["Tensor"]]:
             return self.net(x)
@@ -170,9 +170,9 @@ class VoxelSimSiam(Method[VoxelSimSiamConfig]):
         logs: Logs = {"dice": dice.detach()}
         if cfg.lam == 0:
             return dice, logs
-        from ..learning.simsiam import voxel_simsiam_loss
+        from ..learning.simsiam import SimSiamHeads, voxel_simsiam_loss
 
-        heads = getattr(model, "module", model).heads  # DDP wraps the training model
+        heads = cast(SimSiamHeads, getattr(model, "module", model).heads)  # DDP wraps the training model
         feature, parts = voxel_simsiam_loss(features, heads, batch["label"], logits, cfg.simsiam())
         if not feature.requires_grad:  # nothing sampled: keep every head in the graph (DDP needs all grads)
             feature = feature + 0.0 * sum(p.sum() for p in heads.parameters())
@@ -195,7 +195,7 @@ class VoxelSimSiam(Method[VoxelSimSiamConfig]):
                 probs = F.interpolate(torch.softmax(logits, 1), size=tuple(image.shape), mode="trilinear",
                                       align_corners=False)
             else:
-                from monai.inferers import sliding_window_inference
+                from monai.inferers.utils import sliding_window_inference
 
                 done = [0]
 

@@ -41,4 +41,4 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"Bad arguments for network {name!r}: {exc}.") from exc
 
 
-__all__ = ["NETWORKS", "UNet2D", "UNet3D", "UNetPlusPlus2D", "build_network"]
+__all__ = ["NETWORKS", "UNet2D", "UNet3D", "build_network"]  # UNetPlusPlus2D: imported on first use (__getattr__)
