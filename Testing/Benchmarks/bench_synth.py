@@ -3,13 +3,14 @@ seconds (wall and CPU) to draw a case, its size in memory, the seconds to write 
 NRRD + .seg.nrrd and the MB on disk. Prints one JSON object per case and one summary (medians)
 per field of view.
 
-    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov pelvis roi]
+    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov roi pelvis]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=6, help="cases per field of view (contrasts cycle ct, mr, random)")
     ap.add_argument("--first", type=int, default=1000, help="first seed")
-    ap.add_argument("--fov", nargs="+", default=["pelvis", "roi"], choices=["pelvis", "roi"])
+    ap.add_argument("--fov", nargs="+", default=["roi", "pelvis"], choices=["pelvis", "roi"],
+                    help="fields of view in order (the peak RSS reported is the process's so far: roi first)")
     a = ap.parse_args()
     segments = [io.segment_info(n, v) for n, v in LABELS.items()]
     for fov in a.fov:
@@ -55,6 +57,7 @@ def main() -> int:
         print(json.dumps({"event": "done", "benchmark": "synth.make_synth_case", "fov": fov, "cases": len(rows),
                           **{f"median_{k}": v for k, v in med.items()},
                           "max_memory_mb": round(max(r["memory_mb"] for r in rows), 2),
+                          "peak_rss_mb_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                           "threads": "numpy/scipy default"}), flush=True)
     return 0
 

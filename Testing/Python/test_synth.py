@@ -153,7 +153,7 @@ def test_mr_contrast_is_t2_like():
 def test_render_is_finite_for_every_contrast():
     rng = np.random.default_rng(0)
     g = sample_grid(3, "roi", **ROI3)
-    tissue, labels = synth._paint(g.grid, synth.sample_anatomy(np.random.default_rng(np.random.SeedSequence(3).spawn(4)[0])).ops)
+    tissue, labels = synth.paint(g.grid, synth.sample_anatomy(np.random.default_rng(np.random.SeedSequence(3).spawn(4)[0])).ops)
     for contrast in CONTRASTS:
         img = synth._render(tissue, labels, g, contrast, rng)
         assert img.shape == g.shape and np.isfinite(img).all()
