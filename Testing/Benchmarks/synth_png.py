@@ -74,7 +74,8 @@ def main() -> int:
             case = make_synth_case(seed, contrast, fov)
             pro = np.argwhere(case.labels.array == LABELS["Prostate"]).mean(axis=0)
             centre = case.labels.index_to_physical(pro[::-1])
-            size = 260.0 if fov == "pelvis" else 150.0
+            ext = np.sort(np.array(case.image.shape[::-1]) * case.image.spacing)
+            size = float(np.clip(ext[1], 120, 260)) if fov == "pelvis" else 150.0  # fill the panel
             vals = case.image.array
             if case.contrast == "ct":
                 lo, hi = -200.0, 250.0
