@@ -25,15 +25,33 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="write synthetic pelvic CT/MR cases with labels")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cases", type=int, default=4, help="number of cases (default 4)")
-    p.add_argument("--modality", choices=["ct", "mr"], default="ct")
+    p.add_argument("--modality", choices=["ct", "mr"], default=None,
+                   help="realistic phantom's modality (default ct); with --generator synth, same as --contrast")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed+i")
+    p.add_argument("--generator", choices=["phantom", "synth"], default="phantom",
+                   help="phantom: realistic CT/MR phantoms (tests, demo); synth: domain-randomised training "
+                        "data (SynthSeg-style: random shapes, contrasts, resolutions, noise)")
+    p.add_argument("--contrast", choices=["ct", "mr", "random", "mix"], default=None,
+                   help="synth only: CT-like (HU), T2-MR-like, fully random per tissue, or a per-seed mix (default)")
+    p.add_argument("--fov", choices=["pelvis", "roi"], default="pelvis",
+                   help="synth only: whole scan on a random acquisition grid, or a 120-160 mm stage-2 crop at 1 mm")
     p.set_defaults(func=_run_phantom)
 
 
 def _run_phantom(a: argparse.Namespace) -> int:
+    if a.generator == "synth":
+        from .synth import write_synth_cases
+
+        write_synth_cases(a.out, a.cases, contrast=a.contrast or a.modality or "mix", seed=a.seed, fov=a.fov,
+                          progress=_progress_printer())
+        return 0
+    from .errors import ConfigError
     from .phantom import write_cases
 
-    write_cases(a.out, a.cases, modality=a.modality, seed=a.seed, progress=_progress_printer())
+    if a.contrast is not None or a.fov != "pelvis":
+        raise ConfigError("--contrast and --fov choose what the synth generator draws; add --generator synth, "
+                          "or use --modality ct|mr with the realistic phantom.")
+    write_cases(a.out, a.cases, modality=a.modality or "ct", seed=a.seed, progress=_progress_printer())
     return 0
 
 

@@ -1,0 +1,193 @@
+"""Domain-randomised generator (voxmetric.synth): determinism, labels and organs, prostate volume
+range, grid ranges, contrast diversity, plausible CT values, geometry, and the cached-case writer
+behind `voxmetric phantom --generator synth`. Small grids keep it fast."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from voxmetric import synth
+from voxmetric.cases import load_cases, validate_cases
+from voxmetric.cli import main as cli_main
+from voxmetric.errors import InputError
+from voxmetric.phantom import LABELS
+from voxmetric.synth import (CLASS_NAMES, CONTRASTS, FAT, MUSCLE, PFAT, URINE, contrast_of, make_synth_case,
+                             make_synth_labels, sample_grid)
+
+WIDE = dict(shape=(64, 96, 96), spacing=(4.0, 4.0, 4.0))  # pelvis: 384 × 384 × 256 mm
+ROI3 = dict(spacing=(3.0, 3.0, 3.0))  # roi at 3 mm: ~50³ voxels
+
+
+def ml(labels, value=LABELS["Prostate"]) -> float:
+    return float((labels.array == value).sum() * np.prod(labels.spacing) / 1000.0)
+
+
+def centroid_lps(vol, value: int) -> np.ndarray:
+    return vol.index_to_physical(np.argwhere(vol.array == value).mean(axis=0)[::-1])
+
+
+@pytest.mark.parametrize("fov,kw", [("pelvis", WIDE), ("roi", ROI3)])
+def test_deterministic_per_seed(fov, kw):
+    a, b, c = (make_synth_case(s, "mix", fov, **kw) for s in (11, 11, 12))
+    assert np.array_equal(a.image.array, b.image.array) and np.array_equal(a.labels.array, b.labels.array)
+    assert a.image.same_grid(b.image) and a.contrast == b.contrast and a.seed == 11
+    assert not np.array_equal(a.labels.array, c.labels.array)
+    assert a.image.array.dtype == np.int16 and a.labels.array.dtype == np.uint8
+
+
+def test_anatomy_does_not_depend_on_contrast():
+    """Each seed has one anatomy and one grid; the contrast only changes the image."""
+    lab = make_synth_labels(5, "roi", **ROI3)
+    for contrast in CONTRASTS:
+        case = make_synth_case(5, contrast, "roi", **ROI3)
+        assert np.array_equal(case.labels.array, lab.labels.array) and case.labels.same_grid(lab.labels)
+        assert case.modality == ("ct" if contrast == "ct" else "mr") and case.contrast == contrast
+    assert contrast_of(5, "mr") == "mr" and {contrast_of(s) for s in range(30)} == set(CONTRASTS)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_every_organ_present_and_geometry(seed):
+    case = make_synth_case(seed, "mix", "pelvis", **WIDE)
+    img, lab = case.image, case.labels
+    assert set(np.unique(lab.array)) == {0, *LABELS.values()}
+    for name, value in LABELS.items():
+        assert (lab.array == value).sum() * np.prod(lab.spacing) > 1000, name  # > 1 mL each
+    assert img.same_grid(lab)
+    d = img.direction
+    assert np.allclose(d.T @ d, np.eye(3), atol=1e-6)
+    # physical anatomy is right whatever the grid's flips, plane and obliquity
+    left, right = centroid_lps(lab, LABELS["Femoral head left"]), centroid_lps(lab, LABELS["Femoral head right"])
+    pro, bla = centroid_lps(lab, LABELS["Prostate"]), centroid_lps(lab, LABELS["Bladder"])
+    rec = centroid_lps(lab, LABELS["Rectum"])
+    assert left[0] - right[0] > 100  # LPS x points to the patient's left
+    assert bla[2] > pro[2] + 10  # bladder above the prostate
+    assert rec[1] > pro[1] + 5  # rectum behind it
+
+
+def test_prostate_volume_range_over_seeds():
+    drawn, measured = [], []
+    for seed in range(24):
+        lab = make_synth_labels(seed, "roi", spacing=(2.5, 2.5, 2.5))
+        drawn.append(lab.prostate_ml)
+        measured.append(ml(lab.labels))
+        assert set(np.unique(lab.labels.array)) <= {0, *LABELS.values()}
+        assert lab.tissue.array.max() < len(CLASS_NAMES) and lab.tissue.same_grid(lab.labels)
+    drawn, measured = np.array(drawn), np.array(measured)
+    assert np.all((drawn >= 15) & (drawn <= 120))
+    assert np.all(np.abs(measured / drawn - 1) < 0.15), np.c_[drawn, measured]
+    assert measured.min() < 25 and measured.max() > 80  # the whole 15–120 mL range is used
+
+
+def test_grid_ranges():
+    planes = set()
+    for seed in range(30):
+        g = sample_grid(seed, "pelvis")
+        sx, sy, sz = g.acq
+        assert 0.3 <= sx == sy <= 1.5 and 1.0 <= sz <= 6.0
+        assert np.allclose(g.spacing, g.acq)  # pelvis: the output grid is the acquisition grid
+        assert max(g.shape[1:]) <= 512 and g.shape[0] * g.k * g.shape[1] * g.shape[2] <= synth.MAX_PAINT_VOXELS * 1.01
+        assert np.allclose(g.direction.T @ g.direction, np.eye(3), atol=1e-9)
+        planes.add(int(np.argmax(np.abs(g.direction[:, 2]))))  # which LPS axis the slices step along
+        r = sample_grid(seed, "roi")
+        assert np.allclose(r.spacing, 1.0) and r.k == 1
+        ext = np.array(r.shape[::-1]) * r.spacing
+        assert np.all((ext >= 119) & (ext <= 161))
+    assert planes == {0, 1, 2}  # axial, coronal and sagittal acquisitions all occur
+
+
+def test_roi_case_at_default_size_simulates_its_acquisition():
+    case = make_synth_case(21, "mr", "roi")
+    assert np.allclose(case.image.spacing, 1.0) and case.image.same_grid(case.labels)
+    assert 0.3 <= case.acquisition_spacing[0] <= 1.5 and 1.0 <= case.acquisition_spacing[2] <= 6.0
+    assert (case.labels.array == LABELS["Prostate"]).any() and case.fov == "roi"
+    a = case.image.array
+    assert a.min() >= 0 and a.max() > 100 and np.unique(a).size > 100
+
+
+def _ring_difference(case) -> float:
+    """Mean image inside the prostate (eroded) minus a 2-voxel ring around it."""
+    pro = case.labels.array == LABELS["Prostate"]
+    core = ndimage.binary_erosion(pro)
+    ring = ndimage.binary_dilation(pro, iterations=2) & ~pro
+    img = case.image.array.astype(float)
+    return float(img[core].mean() - img[ring].mean()) / (np.percentile(img, 99) - np.percentile(img, 1) + 1e-6)
+
+
+def test_random_contrast_is_diverse():
+    diffs, orders = [], set()
+    for s in range(8):
+        case = make_synth_case(s, "random", "roi", **ROI3)
+        t = make_synth_labels(s, "roi", **ROI3).tissue.array
+        diffs.append(_ring_difference(case))
+        orders.add(tuple(np.argsort([np.median(case.image.array[t == c]) for c in (FAT, MUSCLE, URINE)])))
+    diffs = np.array(diffs)
+    assert (diffs > 0.02).any() and (diffs < -0.02).any(), diffs  # prostate brighter in some, darker in others
+    assert len(orders) >= 3  # no fixed brightness order of fat, muscle and urine
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ct_values_are_plausible_hounsfield_units(seed):
+    case = make_synth_case(seed, "ct", "pelvis", **WIDE)
+    t = make_synth_labels(seed, "pelvis", **WIDE).tissue.array
+    img = case.image.array.astype(float)
+    assert case.modality == "ct" and img.min() >= -1024 and img.max() <= 3071
+    assert np.median(img[t == synth.AIR]) < -800
+    assert -160 < np.median(img[(t == FAT) | (t == PFAT)]) < -20
+    assert 0 < np.median(img[t == MUSCLE]) < 90
+    assert np.median(img[(t == synth.CORTEX)]) > 150
+    assert -40 < np.median(img[case.labels.array == LABELS["Prostate"]]) < 110
+
+
+def test_mr_contrast_is_t2_like():
+    for seed in range(3):
+        case = make_synth_case(seed, "mr", "roi", **ROI3)
+        t = make_synth_labels(seed, "roi", **ROI3).tissue.array
+        img = case.image.array.astype(float)
+        assert np.median(img[t == URINE]) > 2 * np.median(img[t == MUSCLE])
+
+
+def test_render_is_finite_for_every_contrast():
+    rng = np.random.default_rng(0)
+    g = sample_grid(3, "roi", **ROI3)
+    tissue, labels = synth.paint(g.grid, synth.sample_anatomy(np.random.default_rng(np.random.SeedSequence(3).spawn(4)[0])).ops)
+    for contrast in CONTRASTS:
+        img = synth._render(tissue, labels, g, contrast, rng)
+        assert img.shape == g.shape and np.isfinite(img).all()
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(InputError, match="contrast"):
+        make_synth_case(0, "pet")
+    with pytest.raises(InputError, match="field of view"):
+        make_synth_case(0, "ct", "abdomen")
+    with pytest.raises(InputError, match="seed"):
+        make_synth_labels(-1)
+
+
+def test_cli_writes_cases_that_load_and_validate(tmp_path, capsys):
+    out = tmp_path / "synth"
+    rc = cli_main(["phantom", "--generator", "synth", "--contrast", "mix", "--fov", "roi", "--out", str(out),
+                   "--cases", "2", "--seed", "4"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "voxmetric-cases/1" and len(manifest["cases"]) == 2
+    for i, e in enumerate(manifest["cases"]):
+        assert e["contrast"] == contrast_of(4 + i) and e["modality"] == ("ct" if e["contrast"] == "ct" else "mr")
+        assert e["generator"] == "synth" and e["fov"] == "roi" and e["seed"] == 4 + i
+    records = load_cases(out, "Prostate")
+    validate_cases(records)
+    assert [r.modality for r in records] == [e["modality"] for e in manifest["cases"]]
+    from voxmetric import io
+
+    seg = io.read_segmentation(records[0].label)
+    assert seg.names == list(LABELS) and "41216001" in (seg.find("Prostate").terminology or "")
+    again = make_synth_case(4, "mix", "roi")
+    assert np.array_equal(io.read_volume(records[0].image).array, again.image.array)
+    assert np.array_equal(seg.mask("Prostate").array, (again.labels.array == 1).astype(np.uint8))
+    # the realistic phantom refuses synth-only flags
+    assert cli_main(["phantom", "--contrast", "random", "--out", str(tmp_path / "p")]) == 2
+    assert "--generator synth" in capsys.readouterr().err
