@@ -226,11 +226,11 @@ def _resize_linear(a: np.ndarray, shape) -> np.ndarray:
     return a
 
 
-def _smooth(rng: np.random.Generator, shape, cells: tuple[int, int, int]) -> np.ndarray:
+def _smooth(rng: np.random.Generator, shape, cells: tuple[int, ...]) -> np.ndarray:
     """A smooth random field of unit-ish amplitude: a coarse normal grid of ``cells`` (z, y, x),
     refined by a cubic spline ×4, then linear onto ``shape``."""
     coarse = rng.standard_normal(tuple(max(2, int(c)) for c in cells)).astype(np.float32)
-    fine = ndimage.zoom(coarse, 4, order=3, mode="nearest", grid_mode=True)
+    fine = np.asarray(ndimage.zoom(coarse, 4, order=3, mode="nearest", grid_mode=True))
     return _resize_linear(fine, shape)
 
 
@@ -307,7 +307,7 @@ def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: s
         img = np.ascontiguousarray(img[plan.k // 2 :: plan.k])
         sig_in = rng.uniform(0.3, 0.9) * (1 + (rng.random() < 0.3) * rng.uniform(0, 1.5))
         img = ndimage.gaussian_filter(img, (0, sig_in, sig_in), truncate=3.0)
-        coarse = img.shape
+        coarse: tuple[int, ...] = tuple(int(n) for n in img.shape)
     else:
         img = ndimage.gaussian_filter(img, sig, truncate=3.0)
         coarse = tuple(int(max(4, round(n * s / a))) if a > 1.15 * s else n for n, s, a in zip(img.shape, sp_zyx, acq_zyx))

@@ -534,12 +534,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     def gland(X, Y, Z):
         return _prostate_rn(_local(X, Y, Z, (0, 0, 0), R), pro) < np.float32(lvl)
 
-    if "lobe" in pro:
-        lc, ls = pro["lobe"]
-        o.add(_ellipsoid(lc, ls + rng.uniform(1.5, 3.5), R), BWALL, _allow(URINE))
+    lobe = pro.get("lobe")  # (centre, semi-axes) of a median lobe, or None
+    if lobe is not None:
+        o.add(_ellipsoid(lobe[0], lobe[1] + rng.uniform(1.5, 3.5), R), BWALL, _allow(URINE))
     o.add((-ext_p, ext_p, gland), PZ, _deny(*BONE))
-    if "lobe" in pro:
-        o.add(_ellipsoid(lc, ls, R, _Wobble(rng, 0.04, 4)), TZ, _deny(*BONE))
+    if lobe is not None:
+        o.add(_ellipsoid(lobe[0], lobe[1], R, _Wobble(rng, 0.04, 4)), TZ, _deny(*BONE))
     tc, ts = pro["tz"]
     o.add(_ellipsoid(R @ tc, ts, R, _Wobble(rng, 0.05, 5)), TZ, _allow(PZ))
     for _ in range(int(rng.poisson(1.5 + 3 * pro["big"]))):
