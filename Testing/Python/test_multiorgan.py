@@ -4,6 +4,7 @@ SNOMED terminology, ``segment`` writing every class, ``evaluate`` scoring each s
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from voxmetric import io
 from voxmetric.cli import main
 from voxmetric.phantom import LABELS, make_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "VoxMetricSeg"))
 
 torch.set_num_threads(1)
 ORGANS = ("Prostate", "Bladder", "Rectum")
@@ -104,3 +107,36 @@ def test_prostate_only_model_output_is_unchanged(tmp_path: Path) -> None:
     seg = io.read_segmentation(tmp_path / "scan.seg.nrrd")
     assert seg.names == ["Prostate"] and seg.segments[0].label_value == 1 and "41216001" in seg.segments[0].terminology
     assert set(np.unique(seg.labelmap.array)) == {0, 1} and summary["classes"] == ["Prostate"]
+
+
+@pytest.mark.mrml
+@pytest.mark.slow
+def test_slicer_module_writes_every_class_as_a_segment(phantoms: Path, tmp_path: Path, capsys, mrml_scene) -> None:
+    """VoxMetric Prostate's logic with a multi-organ model: one named, SNOMED-coded segment per
+    class in the segmentation node; a second run adds "Prostate 2", … and overwrites nothing."""
+    import sys
+
+    from VoxMetricSegLib import SegmentLogic
+
+    from voxmetric import mrml
+
+    pkg = tmp_path / "grid-model"
+    rc, _, err = run(capsys, "train", "--method", "UNet3D-small", "--cases", str(phantoms), "--segment",
+                     ",".join(ORGANS), "--out", str(pkg), "--iterations", "2", "--batch-size", "1", "--val-cases", "0",
+                     "--mode", "grid", "--grid", "16,32,32", "--spacing-mm", "2", "--device", "cpu")
+    assert rc == 0, err
+    volume = mrml.node_from_volume(mrml_scene, io.read_volume(phantoms / "case1.nrrd"), "case1")
+    logic = SegmentLogic(python=sys.executable)
+    first = logic.run("segment", mrml_scene, volume, model=str(pkg), modality="ct", device="cpu")
+    seg_node = first.segmentation_node
+    segmentation = seg_node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == list(ORGANS) and list(first.segment_ids) == list(ORGANS)
+    codes = ("41216001", "89837001", "34402009")
+    for organ, code in zip(ORGANS, codes):
+        assert code in segmentation.GetSegment(first.segment_ids[organ]).GetTerminology()
+    second = logic.run("segment", mrml_scene, volume, segmentation_node=seg_node, model=str(pkg), modality="ct",
+                       device="cpu")
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == [*ORGANS, *(f"{o} 2" for o in ORGANS)] and second.segmentation_node is seg_node
+    logic.cleanup()

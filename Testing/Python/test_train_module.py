@@ -52,6 +52,31 @@ def test_export_writes_scene_voxels_segments_and_manifest(mrml_scene, tmp_path):
     assert pairs_from_scene(mrml_scene, "Bladder") == []
 
 
+def test_export_several_segments_as_classes(mrml_scene, tmp_path):
+    from voxmetric import mrml
+    from voxmetric.cases import load_cases
+    from voxmetric.io import read_label_map, read_segmentation
+
+    pairs = add_phantom_cases(mrml_scene, 2, shape=(12, 40, 40))
+    vol, seg = pairs[0].volume_node, pairs[0].segmentation_node
+    shape = mrml.volume_from_node(vol).shape
+    bladder = np.zeros(shape, np.uint8)
+    bladder[2:6, 5:15, 5:15] = 1
+    mrml.write_mask_segment(seg, bladder, vol, "bladder")  # spelt differently from the request
+    multi = pairs_from_scene(mrml_scene, "Prostate, Bladder")
+    assert [p.segment for p in multi] == ["Prostate,bladder"]  # only the case that has both
+    manifest = export_cases(multi, tmp_path / "cases", modality="ct")
+    (rec,) = load_cases(manifest)
+    assert rec.segments == ("Prostate", "bladder")
+    saved = read_segmentation(rec.label)
+    assert saved.names == ["Prostate", "bladder"] and [s.label_value for s in saved.segments] == [1, 2]
+    assert "89837001" in (saved.segments[1].terminology or "")  # SNOMED CT urinary bladder
+    labels, names = read_label_map(rec.label, rec.segments)
+    prostate = mrml.mask_from_segment(seg, "Prostate", vol).array > 0
+    np.testing.assert_array_equal(labels.array == 1, prostate)  # the first listed wins any overlap
+    np.testing.assert_array_equal(labels.array == 2, (bladder > 0) & ~prostate)
+
+
 def test_export_rejects_bad_rows(mrml_scene, tmp_path):
     from voxmetric import mrml
 

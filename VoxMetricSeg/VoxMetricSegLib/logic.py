@@ -20,7 +20,7 @@ from typing import Any
 
 from voxmetric import mrml
 from voxmetric.errors import VoxMetricError
-from voxmetric.io import read_segment_mask, write_volume
+from voxmetric.io import read_label_map, read_segmentation, write_volume
 from voxmetric.jobs import Emit, Job, remove_tree
 from voxmetric.markups import read_roi, write_roi
 from voxmetric.volume import Box, Volume
@@ -44,23 +44,31 @@ class StageResult:
     timings: dict[str, float] = field(default_factory=dict)
     roi_node: Any = None
     segmentation_node: Any = None
-    segment_id: str | None = None
+    segment_ids: dict[str, str] = field(default_factory=dict)  # segment name → id, in class order
     message: str = ""
+
+    @property
+    def segment_id(self) -> str | None:
+        """The id of the first (or only, e.g. "Prostate") segment written."""
+        return next(iter(self.segment_ids.values()), None)
 
 
 @dataclass
 class StageOutput:
-    """What the worker thread read from the child's files: the ROI box and the prostate mask
-    cropped to its extent on the input's grid (None when the stage did not make them)."""
+    """What the worker thread read from the child's files: the ROI box and, per class of the
+    model, its name and mask cropped to its extent on the input's grid."""
 
     box: Box | None = None
-    mask: Volume | None = None
+    masks: list[tuple[str, Volume]] = field(default_factory=list)
 
 
-def read_result(path: str | Path, reference: Volume, segment: str = "Prostate") -> Volume:
-    """The ``segment`` mask of a .seg.nrrd on ``reference``'s grid, cropped to its extent
-    (:func:`voxmetric.mrml.crop_to_mask`): what the GUI thread writes into the segment node."""
-    return mrml.crop_to_mask(read_segment_mask(path, segment, reference=reference))
+def read_result(path: str | Path, reference: Volume) -> list[tuple[str, Volume]]:
+    """Every segment of a .seg.nrrd as (name, mask on ``reference``'s grid cropped to its extent,
+    :func:`voxmetric.mrml.crop_to_mask`), in label order: what the GUI thread writes as segments."""
+    names = tuple(read_segmentation(path).names)
+    labels, names = read_label_map(path, names, reference=reference)
+    return [(name, mrml.crop_to_mask(labels.with_array((labels.array == k).astype("uint8"))))
+            for k, name in enumerate(names, 1)]
 
 
 class SegmentLogic:
@@ -125,7 +133,7 @@ class SegmentLogic:
             if stage in ("localize", "segment") and roi_out.exists():
                 out.box = read_roi(roi_out)
             if stage in ("refine", "segment"):
-                out.mask = read_result(seg_out, grid)
+                out.masks = read_result(seg_out, grid)
             return out
 
         self.workdir, self.stage = workdir, stage
@@ -158,9 +166,10 @@ class SegmentLogic:
             raise VoxMetricError(f"{stage.capitalize()} left no result to read.")
         if output.box is not None:
             result.roi_node = mrml.roi_from_box(scene, output.box, "Prostate ROI", node=roi_node)
-        if output.mask is not None:
-            result.segmentation_node, result.segment_id = mrml.write_mask_segment(
-                segmentation_node, output.mask, volume_node, name="Prostate", replace=replace, scene=scene)
+        for name, mask in output.masks:  # every class of the model, each a named, SNOMED-coded segment
+            segmentation_node, sid = mrml.write_mask_segment(
+                segmentation_node, mask, volume_node, name=name, replace=replace, scene=scene)
+            result.segmentation_node, result.segment_ids[name] = segmentation_node, sid
         if not result.found:
             result.message = ("No prostate was found. The ROI box was placed at the centre of the "
                               "scan: move it over the prostate, then press Refine.")

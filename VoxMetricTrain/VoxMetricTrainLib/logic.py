@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from voxmetric import models, mrml
-from voxmetric.cases import CaseRecord
+from voxmetric.cases import CaseRecord, split_segments
 from voxmetric.errors import ConfigError, InputError, VoxMetricError
 from voxmetric.io import segment_info, write_segmentation, write_volume
 from voxmetric.jobs import Emit, Job
@@ -44,7 +46,8 @@ class JobRunningError(VoxMetricError):
 @dataclass
 class CasePair:
     """One labelled case in the scene: a scalar volume node, a segmentation node and the name
-    of the segment to learn (case-insensitive)."""
+    of the segment to learn (case-insensitive; comma-separated for a multi-class model:
+    "Prostate,Bladder,Rectum")."""
 
     volume_node: Any
     segmentation_node: Any
@@ -61,15 +64,17 @@ class Update:
 
 
 def pairs_from_scene(scene, segment: str = "Prostate") -> list[CasePair]:
-    """Every segmentation node that holds ``segment`` (case-insensitive) paired with its
-    reference-geometry volume (the volume it was drawn on), in scene order."""
+    """Every segmentation node that holds ``segment`` (every one of them when comma-separated;
+    case-insensitive) paired with its reference-geometry volume (the volume it was drawn on), in
+    scene order; the pair's segment is spelt as in the node."""
+    wanted = split_segments(segment)
     pairs = []
     for k in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
         seg_node = scene.GetNthNodeByClass(k, "vtkMRMLSegmentationNode")
         volume = seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole())
-        name = _segment_name(seg_node, segment)
-        if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and name is not None:
-            pairs.append(CasePair(volume, seg_node, name))
+        names = [_segment_name(seg_node, w) for w in wanted]
+        if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and wanted and None not in names:
+            pairs.append(CasePair(volume, seg_node, ",".join(n for n in names if n)))
     return pairs
 
 
@@ -83,13 +88,18 @@ def _segment_name(seg_node, wanted: str) -> str | None:
 @dataclass
 class CaseSnapshot:
     """One scene case read on the GUI thread (numpy copies; no MRML reads later): the image,
-    the segment's mask cropped to its extent on the image grid, and names for messages."""
+    each segment's name and mask cropped to its extent on the image grid (class order), and the
+    volume's name for messages."""
 
     id: str
     image: Volume
-    mask: Volume
-    segment: str
+    masks: list[tuple[str, Volume]]
     volume_name: str
+
+    @property
+    def segment(self) -> str:
+        """The segment names, comma-separated (``voxmetric train --segment``)."""
+        return ",".join(name for name, _ in self.masks)
 
 
 def check_pairs(pairs: Sequence[CasePair]) -> None:
@@ -101,7 +111,7 @@ def check_pairs(pairs: Sequence[CasePair]) -> None:
         row = f"Row {i + 1}"
         if pair.volume_node is None or pair.segmentation_node is None:
             raise InputError(f"{row}: pick both a volume and a segmentation.")
-        if not pair.segment or not pair.segment.strip():
+        if not split_segments(pair.segment):
             raise InputError(f"{row}: type the name of the segment to learn (e.g. Prostate).")
         key = (pair.volume_node.GetID(), pair.segmentation_node.GetID(), pair.segment.strip().casefold())
         if key in seen:
@@ -111,30 +121,34 @@ def check_pairs(pairs: Sequence[CasePair]) -> None:
 
 
 def snapshot_case(pair: CasePair, index: int) -> CaseSnapshot:
-    """GUI-thread part of exporting one case: copy the volume's voxels and the segment's own
-    extent (``mask_from_segment(crop=True)``). InputError for an empty segment."""
+    """GUI-thread part of exporting one case: copy the volume's voxels and each segment's own
+    extent (``mask_from_segment(crop=True)``). InputError when the segments are all empty."""
     row = f"Row {index + 1}"
     image = mrml.volume_from_node(pair.volume_node)
-    mask = mrml.mask_from_segment(pair.segmentation_node, pair.segment.strip(), pair.volume_node, crop=True)
-    if not mask.array.any():
+    masks = [(_segment_name(pair.segmentation_node, w) or w,
+              mrml.mask_from_segment(pair.segmentation_node, w, pair.volume_node, crop=True))
+             for w in split_segments(pair.segment)]
+    if not any(m.array.any() for _, m in masks):
         raise InputError(f"{row}: segment '{pair.segment}' of '{pair.segmentation_node.GetName()}' is empty "
                          f"on '{pair.volume_node.GetName()}'; draw it or remove the row.")
-    segment = _segment_name(pair.segmentation_node, pair.segment) or pair.segment.strip()
-    return CaseSnapshot(f"case{index:03d}", image, mask, segment, pair.volume_node.GetName())
+    return CaseSnapshot(f"case{index:03d}", image, masks, pair.volume_node.GetName())
 
 
 def write_case(case: CaseSnapshot, folder: str | Path, modality: str = "auto") -> CaseRecord:
-    """Worker part: ``<id>.nrrd`` (the volume, compressed) + ``<id>.seg.nrrd`` (the segment as
-    label 1 on the volume's grid, spelt as in the scene, SNOMED-coded by
-    :func:`voxmetric.io.segment_info`); returns its manifest record ("auto" modality is
-    guessed from the intensities)."""
+    """Worker part: ``<id>.nrrd`` (the volume, compressed) + ``<id>.seg.nrrd`` (segment k as label
+    k + 1 on the volume's grid — an earlier segment wins where they overlap — spelt as in the
+    scene, SNOMED-coded by :func:`voxmetric.io.segment_info`); returns its manifest record
+    ("auto" modality is guessed from the intensities)."""
     from voxmetric.intensity import looks_like_ct
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_volume(case.image, folder / f"{case.id}.nrrd")
-    write_segmentation(folder / f"{case.id}.seg.nrrd", mrml.paste_into(case.mask, case.image),
-                       [segment_info(case.segment, 1)])
+    labels = np.zeros(case.image.shape, np.uint8)
+    for k, (_, mask) in reversed(list(enumerate(case.masks, 1))):
+        labels[mrml.paste_into(mask, case.image).array > 0] = k
+    write_segmentation(folder / f"{case.id}.seg.nrrd", case.image.with_array(labels),
+                       [segment_info(name, k) for k, (name, _) in enumerate(case.masks, 1)])
     return CaseRecord(case.id, folder / f"{case.id}.nrrd", folder / f"{case.id}.seg.nrrd", case.segment,
                       ("ct" if looks_like_ct(case.image.array) else "mr") if modality == "auto" else modality)
 
