@@ -834,8 +834,8 @@ def sample_style(rng: np.random.Generator, modality: str) -> dict:
         st["foley"] = bool(rng.random() < 0.08)
         st["calcifications"] = bool(rng.random() < 0.4)
         st["noise"] = u(6, 35)
-        st["kernel"] = u(0.4, 1.2)  # in-plane noise correlation (voxels)
-        st["cupping"] = u(0, 30)
+        st["kernel"] = u(0.3, 0.8)  # reconstruction kernel blur = in-plane noise correlation (sigma, mm)
+        st["cupping"] = u(0, 12)
         st["pad"] = rng.choice([None, -1024, -2048, -3024], p=[0.4, 0.3, 0.15, 0.15])
         st["dtype"] = str(rng.choice(["int16", "float32"], p=[0.8, 0.2]))
         st["table"] = bool(rng.random() < 0.92)
@@ -917,10 +917,15 @@ def sample_grid(rng: np.random.Generator, a: Anatomy, modality: str, max_voxels:
     spacing[2] = max(spacing[2], (z_hi - z_lo) / 150)  # at most 150 slices: long ranges get thicker slices
     n_z = int(max(8, round((z_hi - z_lo) / spacing[2])))
     shape = np.array([n_z, n_xy, n_xy])
-    if max_voxels is not None and shape.prod() > max_voxels:
-        f = (shape.prod() / max_voxels) ** (1 / 3)
-        shape = np.maximum(8, np.round(shape / f)).astype(int)
-        spacing = spacing * f
+    if max_voxels is not None and shape.prod() > max_voxels:  # coarsen the finest axes first, keep the extent
+        extent = shape[::-1] * spacing
+        lo_e, hi_e = float(spacing.min()), float(extent.max())
+        for _ in range(40):
+            e = 0.5 * (lo_e + hi_e)
+            lo_e, hi_e = (e, hi_e) if np.prod(np.ceil(extent / np.maximum(spacing, e))) > max_voxels else (lo_e, e)
+        spacing = np.maximum(spacing, hi_e)
+        shape = np.maximum(8, np.round(extent / spacing)).astype(int)[::-1]
+        spacing = extent / shape[::-1]
     sub = int(np.clip(round(spacing[2] / 1.2), 1, 3))
     sub = max(1, min(sub, int(24e6 // shape.prod())))
     direction = _direction(rng, dir_kind, modality)
@@ -1147,12 +1152,12 @@ def render(grid: Grid, a: Anatomy, style: dict, rng: np.random.Generator, seed: 
     img = np.empty(grid.shape, np.float32)
     lab_out = np.empty(grid.shape, np.uint8)
     coil = _coil(grid, a, style, rng) if not ct else None
-    psf = float(style["kernel"]) if ct else rng.uniform(0.35, 0.8)
+    psf = (float(style["kernel"]) if ct else rng.uniform(0.3, 0.6)) / float(grid.spacing[0])  # mm -> in-plane voxels
     r = int(np.ceil(2.5 * psf))
     kern = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * psf ** 2))
     noise_gain = float((kern / kern.sum()) @ (kern / kern.sum())) ** -1  # filtered white noise keeps unit sd
     cup = style.get("cupping", 0.0)
-    band_amp = rng.uniform(10, 60) if ct else 0.0
+    band_amp = rng.uniform(5, 30) if ct else 0.0
     band_box = grid.index_box(np.array([-a.hw, -40, -a.rfh - 15]), np.array([a.hw, 40, a.rfh + 15]))
     per = sub * max(1, int(3e6 // (ny * nx * sub)))
     for n_slab, k0 in enumerate(range(0, nz * sub, per)):
@@ -1256,17 +1261,24 @@ class CaseB:
     info: dict
 
 
-def make_case_b(seed: int, modality: str = "ct", max_voxels: int | None = None) -> CaseB:
-    """Case ``seed`` of the family for ``modality`` ("ct" | "mr"); ``max_voxels`` shrinks the grid
-    (same field of view, coarser voxels) for quick tests."""
+def plan_case(seed: int, modality: str = "ct", max_voxels: int | None = None) -> tuple[dict, Anatomy, Grid, dict, np.random.Generator]:
+    """The random choices of case ``seed`` without drawing it: (style, anatomy, grid, grid info,
+    the generator to continue with)."""
     if modality not in ("ct", "mr"):
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
-    t0 = time.perf_counter()
     rng = np.random.default_rng([seed, zlib.crc32(b"phantoms_b"), 1 if modality == "ct" else 2])
     style = sample_style(rng, modality)
     a = sample_anatomy(rng, endorectal=bool(style.get("endorectal")))
     a.extras["prosthesis"] = style.get("prosthesis")
     grid, ginfo = sample_grid(rng, a, modality, max_voxels)
+    return style, a, grid, ginfo, rng
+
+
+def make_case_b(seed: int, modality: str = "ct", max_voxels: int | None = None) -> CaseB:
+    """Case ``seed`` of the family for ``modality`` ("ct" | "mr"); ``max_voxels`` shrinks the grid
+    (same field of view, coarser voxels) for quick tests."""
+    t0 = time.perf_counter()
+    style, a, grid, ginfo, rng = plan_case(seed, modality, max_voxels)
     img, lab = render(grid, a, style, rng, seed)
     if modality == "ct":
         arr = np.round(img).astype(np.int16) if style["dtype"] == "int16" else img
