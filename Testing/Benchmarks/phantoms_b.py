@@ -213,7 +213,9 @@ def _prim(shape: Blob | Tube, layers: tuple[tuple[float, int, int], ...] = (), c
     for s0 in range(0, n, 4):
         lo, hi = shape.bbox(pad, slice(s0, min(n, s0 + 4)))
         # every segment that reaches into this piece's box, so that layers stay right at its ends
-        near = [int(i) for i in np.flatnonzero(np.all(seg_lo <= hi, axis=1) & np.all(seg_hi >= lo, axis=1))]
+        near = list(range(s0, min(n, s0 + 4)))
+        if custom is not None or len(layers) > 1:  # nested layers need the true distance at the piece's ends
+            near = [int(i) for i in np.flatnonzero(np.all(seg_lo <= hi, axis=1) & np.all(seg_hi >= lo, axis=1))]
         out.append(Prim(lo, hi, (lambda p, near=near: shape.sdf(p, near)), layers, custom, bone))
     return out
 
@@ -453,7 +455,7 @@ def sample_anatomy(rng: np.random.Generator, endorectal: bool = False) -> Anatom
                  [x0 + rng.normal(0, 5), y3, z3, r_amp * u(1.0, 1.3), r_amp],
                  [x0 + rng.normal(0, 8), front(z4) - r_up - u(3, 12), z4, r_up * 1.2, r_up],
                  [u(5, 30), front(z5) - r_up - u(10, 30), z5, r_up, r_up]]
-    rectum = Tube.spline(rect_ctrl, 3.0)
+    rectum = Tube.spline(rect_ctrl, 5.0)
     last = rect_ctrl[-1]
     sigmoid = Tube.spline([last, [last[0] + u(15, 35), last[1] - u(30, 60), last[2] + u(15, 35), 15, 15],
                            [u(40, 70), u(-20, 20), last[2] + u(50, 80), 16, 16], [u(55, 80), u(20, 50), last[2] + 140, 18, 18]], 4.0)
@@ -595,8 +597,8 @@ def _soft(a: Anatomy, rng: np.random.Generator, style: dict) -> tuple[list[Prim]
         # iliopsoas: beside the lumbar spine, over the pelvic brim, in front of the hip to the lesser trochanter
         muscles += _prim(Tube.spline([[s * 30, vy, 300, 14, 16], [s * 42, vy - 5, 170, 20, 22], [s * (hw - 35), vy - 50, 80, 22, 24],
                                       [s * (hw - 12), -rfh - 12, 15, 18, 16], [s * (hw + 5), -8, -55, 14, 13]], 5.0), musc)
-        muscles += _prim(Blob(np.array([s * (hw - rfh - u(18, 24)), u(12, 24), -u(15, 30)]), np.array([u(7, 10), u(28, 36), u(26, 34)]),
-                              _rot("z", -s * u(5, 20))), musc)  # obturator internus
+        muscles += _prim(Blob(np.array([s * (hw - rfh - u(11, 15)), u(12, 24), -u(15, 30)]), np.array([u(5, 8), u(28, 36), u(24, 32)]),
+                              _rot("z", -s * u(5, 20))), musc)  # obturator internus, on the inner side wall
         muscles += _prim(Blob(np.array([s * (hw - u(35, 42)), -u(0, 10), -u(40, 50)]), np.array([14.0, 9, 18]), _rot("y", s * 25)), musc)
         muscles += _prim(Tube.spline([[s * 22, sy - 5, 45, 10, 14], [s * (hw - 10), 35, 5, 12, 12], [s * (hw + 40), 15, -20, 9, 9]], 4.0), musc)
         muscles += _prim(Tube.spline([[s * u(25, 35), vy + 45, 95, 18, 22], [s * u(28, 38), vy + 45, 500, 26, 30]], 20.0), musc)
@@ -617,7 +619,7 @@ def _soft(a: Anatomy, rng: np.random.Generator, style: dict) -> tuple[list[Prim]
     z_apex = float(cp[2] - a.prostate.radii[2])
     y_rect = float(np.interp(z_apex, a.rectum.pts[:, 2], a.rectum.pts[:, 1]))
     apex = np.array([0.0, 0.5 * (cp[1] + y_rect), z_apex - u(15, 25)])
-    r0, ang, thick = u(14, 22), np.tan(np.radians(u(28, 42))), u(3.5, 6.0)
+    r0, ang, thick = u(14, 22), np.tan(np.radians(u(28, 42))), u(3.0, 5.0)
     y_cut = float(cp[1] - a.prostate.radii[1] * 0.3)
 
     def funnel(p: Pts) -> np.ndarray:
@@ -756,18 +758,21 @@ def _organs(a: Anatomy, rng: np.random.Generator, style: dict) -> list[Prim]:
         cls[trans] = T["tz"]
         cls[inside & (q[1] < -0.55) & ~trans] = T["afs"]
         cls[inside & (np.abs(q[0]) < 0.35) & (q[1] > 0.05) & (q[2] > 0.35) & ~trans] = T["cz"]
-        for k, nd in enumerate(a.nodules):
-            m = trans & (nd.sdf(p) < 0)
-            cls[m] = T["nodule_dark" if (k % 3 or inverted) else "nodule_bright"]
         cls[trans & (tz_mottle(p) > 1.2)] = T["nodule_dark"]
-        cls[inside & (a.urethra.sdf(p) < 0)] = T["urethra"]
-        if calc:
-            for c in a.calcs:
-                cls[inside & (c.sdf(p) < 0)] = T["calcification"]
-        if foley:
-            cls[inside & (a.urethra.sdf(p) < -0.5)] = T["catheter"]
 
     out.append(Prim(lo - plexus, hi + plexus, gland, custom=pr_paint))
+    # small structures inside the gland, each evaluated in its own box
+    in_tz = (T["tz"], T["nodule_dark"])
+    for k, nd in enumerate(a.nodules):
+        kind = T["nodule_dark" if (k % 3 or inverted) else "nodule_bright"]
+        out.append(Prim(*nd.bbox(1.0), nd.sdf, custom=lambda d, p, cls, lab, kind=kind: cls.__setitem__(
+            (d < 0) & np.isin(cls, in_tz), kind)))
+    inner: list[tuple[Blob | Tube, int]] = [(a.urethra, T["urethra"])]
+    inner += [(c, T["calcification"]) for c in a.calcs] if calc else []
+    for shape, kind in inner:
+        out += _prim(shape, pad=1.0, custom=lambda d, p, cls, lab, kind=kind: cls.__setitem__((d < 0) & (lab == PROSTATE), kind))
+    if foley:  # the catheter runs in the urethra up into the bladder balloon
+        out += _prim(a.urethra, pad=1.0, custom=lambda d, p, cls, lab: cls.__setitem__((d < -0.5) & (lab == PROSTATE), T["catheter"]))
     # neurovascular bundles: posterolateral to the gland
     for side in (-1, 1):
         c = pr.center + pr.axes @ (pr.radii * np.array([side * 0.8, 0.75, 0]))
@@ -784,17 +789,16 @@ def _body_fields(p: Pts, a: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     x, y, z = p
     b = a.body
     zf = z.ravel()
-    hwz = np.interp(zf, b["z"], b["hw"]).reshape(z.shape)
-    ya = np.interp(zf, b["z"], b["ya"]).reshape(z.shape)
-    yp = np.interp(zf, b["z"], b["yp"]).reshape(z.shape)
+    hwz, ya, yp = (np.interp(zf, b["z"], b[k]).reshape(z.shape).astype(np.float32) for k in ("hw", "ya", "yp"))
     low = np.clip((60 - z) / 50, 0, 1)
     yp = yp + low * (float(b["buttock"]) * np.exp(-((np.abs(x) - 0.42 * hwz) / (0.3 * hwz)) ** 2) - 9 * np.exp(-(x / 10) ** 2))
     yc, hb = (ya + yp) / 2, (yp - ya) / 2
     n = float(b["n"])
     ux, vy = np.abs(x) / hwz, np.abs(y - yc) / hb
-    nn = np.where(y > yc, n + 0.6, n)
-    rho = (ux ** nn + vy ** nn) ** (1 / nn) + 1e-6
+    back = y > yc
+    rho = np.where(back, (ux ** (n + 0.6) + vy ** (n + 0.6)) ** (1 / (n + 0.6)), (ux ** n + vy ** n) ** (1 / n)) + 1e-6
     trunk = (rho - 1) / rho * np.sqrt(x ** 2 + (y - yc) ** 2)
+    depth = -np.maximum(trunk, y - float(b["table"]))  # within the cross-section (for the muscle layer)
     crotch = float(b["crotch"])  # perineum; the buttocks reach lower behind, the trunk merges into the thighs at the sides
     z_cut = crotch - 30 * np.clip((y - yc) / hb, 0, 1) - 40 * np.clip(np.abs(x) / hwz, 0, 1) ** 2
     trunk = _smax(trunk, z_cut - z, 20.0)
@@ -810,14 +814,15 @@ def _body_fields(p: Pts, a: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     legs = np.maximum(legs, z - crotch - 25)
     skin = _smin(trunk, legs, 15.0)
     skin = np.maximum(skin, y - float(b["table"]))
-    depth, fat = -skin, float(b["fat"])
+    fat = float(b["fat"])
     phi = np.degrees(np.arctan2(y - yc, np.abs(x) + 1e-6))  # 0 lateral, +90 posterior midline, -90 anterior
     win = np.clip((130 - z) / 30, 0, 1) * np.clip((z + 110) / 30, 0, 1)
     glut = np.clip((phi + 15) / 20, 0, 1) * np.clip((62 - phi) / 15, 0, 1)  # gluteal muscles, lateral to posterolateral
     flex = np.clip((phi + 65) / 15, 0, 1) * np.clip((-5 - phi) / 15, 0, 1) * np.clip((70 - z) / 30, 0, 1)  # hip flexors
     rect = np.clip((z - a.sym_z - 20) / 20, 0, 1) * np.clip((-20 - phi) / 20, 0, 1)  # abdominal wall
     t_m = float(b["glut"]) * win * glut + float(b["flex"]) * win * flex + 10 * rect
-    band = np.maximum(fat - depth, depth - fat - t_m)
+    reach = 0.42 * np.sqrt(x ** 2 + (y - yc) ** 2) / rho  # muscles stay in the outer part of each ray
+    band = np.maximum(fat - depth, depth - np.minimum(fat + t_m, np.maximum(reach, fat + 5)))
     band = np.where(t_m > 1, band, 99.0)
     thigh = np.maximum(legs + fat, z - crotch - 10)
     return skin.astype(np.float32), np.minimum(band, thigh).astype(np.float32)
@@ -926,7 +931,7 @@ def sample_grid(rng: np.random.Generator, a: Anatomy, modality: str, max_voxels:
         spacing = np.maximum(spacing, hi_e)
         shape = np.maximum(8, np.round(extent / spacing)).astype(int)[::-1]
         spacing = extent / shape[::-1]
-    sub = int(np.clip(round(spacing[2] / 1.2), 1, 3))
+    sub = int(np.clip(round(spacing[2] / 1.6), 1, 3))
     sub = max(1, min(sub, int(24e6 // shape.prod())))
     direction = _direction(rng, dir_kind, modality)
     pose = _rot("z", rng.normal(0, 2.5)) @ _rot("y", rng.normal(0, 2.5)) @ _rot("x", rng.normal(0, 5))
@@ -1140,7 +1145,7 @@ def render(grid: Grid, a: Anatomy, style: dict, rng: np.random.Generator, seed: 
     prims = table + early + muscles + bones + organs + heads
     boxes = [grid.index_box(p.lo, p.hi) for p in prims]
     live = [(p, bx) for p, bx in zip(prims, boxes, strict=True) if bx is not None]
-    cb = Coarse(grid, 3.0)
+    cb = Coarse(grid, 4.0)
     body_c = np.stack(_body_fields(cb.points(), a), axis=-1)
     c1, c2 = Coarse(grid, 4.0), Coarse(grid, 1.6)
     f1 = c1.noise(rng, 10.0) + 0.5 * c1.noise(rng, 25.0)  # slow variation; fat septa along its zero set

@@ -81,7 +81,7 @@ def main() -> int:
         for j, (name, im, lb, aspect) in enumerate(panels(case)):
             ax = axes[row, col + j]
             lo, hi = window(case, case.image.array)
-            ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="antialiased")
+            ax.imshow(np.clip(im, lo, hi), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="antialiased")
             for v, colour in COLOURS.items():
                 if (lb == v).any():
                     ax.contour(lb == v, levels=[0.5], colors=colour, linewidths=0.7)
