@@ -4,16 +4,16 @@ kept outside the engine package so that no training code can import it.
 
 Anatomy is built from implicit surfaces in a patient frame (LPS mm, origin between the femoral
 head centres): the prostate is a tilted, base-wide, posteriorly flattened body with random
-radial-basis bumps, zones (peripheral, transition, central, anterior stroma, urethra, BPH
-nodules) and sometimes a median lobe; the bladder is a metaball-like dome that wraps the
-prostate base; the rectum is a tube along a spline that follows the sacrum; bones are tubes,
-rings and shells (femora, acetabula, pubic rami, ischia, ilia, sacrum, lumbar spine). Images
-are drawn per tissue with fractal textures, fat strands and muscle striation; CT in HU with a
-patient table, scanner noise, beam hardening, contrast-filled bladders and metal hips; MR (T2,
-fat-suppressed T2, T1) with coil bias, Rician noise and several value ranges. Grids vary
-(0.4–1.2 mm in-plane, 1–5 mm slices averaged from thin sub-slices, tight to abdomen-pelvis
-fields of view, identity / RAS-flipped / feet-first / oblique directions). Every case is a
-pure function of ``(seed, modality)``.
+radial-basis bumps, zones (peripheral, transition, central, anterior stroma, urethra, capsule,
+BPH nodules) and sometimes a median lobe; the bladder is a bumpy dome clipped by the pubis and
+the side walls that wraps the prostate base; the rectum is a tube along a spline that follows
+the sacrum; bones are tubes, rings and shells (femora, acetabula, pubic rami, ischia, ilia,
+sacrum, lumbar spine). Images are drawn per tissue with fractal textures, fat septa and
+streaky muscle texture; CT in HU with a patient table, scanner noise, beam hardening,
+contrast-filled bladders and metal hips; MR (T2, fat-suppressed T2, T1) with coil bias, Rician
+noise and several value ranges. Grids vary (0.4–1.2 mm in-plane, 0.7–5 mm slices, thick ones
+averaged from thin sub-slices, tight to abdomen-pelvis fields of view, identity / RAS-flipped /
+feet-first / oblique directions). Every case is a pure function of ``(seed, modality)``.
 
     python Testing/Benchmarks/phantoms_b.py --out DIR --cases N --modality ct|mr --seed S [--max-voxels N]
 
@@ -530,11 +530,11 @@ def _bones(a: Anatomy, rng: np.random.Generator, style: dict) -> tuple[list[Prim
         lab = FH_LEFT if side > 0 else FH_RIGHT
         head = Blob(c, np.array([rfh, rfh, rfh]))
         metal = style.get("prosthesis") == side
-        heads.append(Prim(*head.bbox(1.0), head.sdf,
-                          layers=((0.0, T["metal"], lab),) if metal else ((0.0, T["cortex"], lab), (-cort, T["marrow"], lab))))
-        if metal:
+        if metal:  # a hip prosthesis: stem in the femur, metal head (still labelled as the femoral head)
             stem = Tube.spline([[*c, 6, 6], [*neck_end, 8, 8], [*(c + [s * 33, 10, -60]), 7, 7], [*(c + [s * 30, 10, -150]), 4, 4]], 3.0)
             heads += _prim(stem, layers=((0.0, T["metal"], 0),))
+        heads.append(Prim(*head.bbox(1.0), head.sdf,
+                          layers=((0.0, T["metal"], lab),) if metal else ((0.0, T["cortex"], lab), (-cort, T["marrow"], lab))))
         # pubic body, superior ramus, inferior ramus to the ischial tuberosity, ischium
         pb = np.array([s * u(8, 11), a.sym_y, a.sym_z])
         out += _prim(Blob(pb, np.array([u(8, 10), u(12, 16), u(18, 24)]), _rot("x", u(10, 30))), bone=cort)
@@ -597,7 +597,7 @@ def _soft(a: Anatomy, rng: np.random.Generator, style: dict) -> tuple[list[Prim]
         # iliopsoas: beside the lumbar spine, over the pelvic brim, in front of the hip to the lesser trochanter
         muscles += _prim(Tube.spline([[s * 30, vy, 300, 14, 16], [s * 42, vy - 5, 170, 20, 22], [s * (hw - 35), vy - 50, 80, 22, 24],
                                       [s * (hw - 12), -rfh - 12, 15, 18, 16], [s * (hw + 5), -8, -55, 14, 13]], 5.0), musc)
-        muscles += _prim(Blob(np.array([s * (hw - rfh - u(11, 15)), u(12, 24), -u(15, 30)]), np.array([u(5, 8), u(28, 36), u(24, 32)]),
+        muscles += _prim(Blob(np.array([s * (hw - rfh - u(13, 18)), u(12, 24), -u(15, 30)]), np.array([u(7, 11), u(30, 38), u(24, 32)]),
                               _rot("z", -s * u(5, 20))), musc)  # obturator internus, on the inner side wall
         muscles += _prim(Blob(np.array([s * (hw - u(35, 42)), -u(0, 10), -u(40, 50)]), np.array([14.0, 9, 18]), _rot("y", s * 25)), musc)
         muscles += _prim(Tube.spline([[s * 22, sy - 5, 45, 10, 14], [s * (hw - 10), 35, 5, 12, 12], [s * (hw + 40), 15, -20, 9, 9]], 4.0), musc)
@@ -619,7 +619,7 @@ def _soft(a: Anatomy, rng: np.random.Generator, style: dict) -> tuple[list[Prim]
     z_apex = float(cp[2] - a.prostate.radii[2])
     y_rect = float(np.interp(z_apex, a.rectum.pts[:, 2], a.rectum.pts[:, 1]))
     apex = np.array([0.0, 0.5 * (cp[1] + y_rect), z_apex - u(15, 25)])
-    r0, ang, thick = u(14, 22), np.tan(np.radians(u(28, 42))), u(3.0, 5.0)
+    r0, ang, thick = u(14, 22), np.tan(np.radians(u(28, 42))), u(4.0, 7.0)
     y_cut = float(cp[1] - a.prostate.radii[1] * 0.3)
 
     def funnel(p: Pts) -> np.ndarray:
@@ -828,8 +828,9 @@ def _body_fields(p: Pts, a: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return skin.astype(np.float32), np.minimum(band, thigh).astype(np.float32)
 
 
-def sample_style(rng: np.random.Generator, modality: str) -> dict:
-    """Acquisition and content choices of one case."""
+def sample_style(rng: np.random.Generator, modality: str, slot: int | None = None) -> dict:
+    """Acquisition and content choices of one case; ``slot`` (the seed) stratifies the MR contrast
+    so that a few consecutive seeds already cover T2, fat-suppressed T2 and T1."""
     u = rng.uniform
     st: dict = {"modality": modality, "rectum": str(rng.choice(["gas", "feces", "fluid", "collapsed"], p=[0.3, 0.35, 0.15, 0.2]))}
     st["prosthesis"] = int(rng.choice([-1, 1])) if rng.random() < 0.12 else None
@@ -846,6 +847,8 @@ def sample_style(rng: np.random.Generator, modality: str) -> dict:
         st["table"] = bool(rng.random() < 0.92)
     else:
         st["contrast"] = str(rng.choice(["t2", "t2fs", "t1"], p=[0.6, 0.2, 0.2]))
+        if slot is not None:
+            st["contrast"] = ("t2", "t2fs", "t2", "t1", "t2")[slot % 5]
         st["zones"] = "inverted" if (st["contrast"] != "t1" and rng.random() < 0.12) else "normal"
         st["endorectal"] = bool(st["contrast"] != "t1" and rng.random() < 0.15)
         if st["endorectal"]:
@@ -853,7 +856,7 @@ def sample_style(rng: np.random.Generator, modality: str) -> dict:
         st["prosthesis"] = None
         st["calcifications"] = bool(rng.random() < 0.3)
         st["noise"] = u(0.01, 0.06)
-        st["bias"] = u(0.2, 0.7)
+        st["bias"] = u(0.3, 0.85)
         st["range"] = str(rng.choice(["float1000", "uint4095", "int16", "unit"], p=[0.35, 0.35, 0.2, 0.1]))
     return st
 
@@ -874,14 +877,18 @@ def _direction(rng: np.random.Generator, kind: str, modality: str) -> np.ndarray
     return np.eye(3)
 
 
-def sample_grid(rng: np.random.Generator, a: Anatomy, modality: str, max_voxels: int | None = None) -> tuple[Grid, dict]:
-    """Field of view, spacing, slice thickness, direction and patient pose of one case."""
+def sample_grid(rng: np.random.Generator, a: Anatomy, modality: str, max_voxels: int | None = None,
+                slot: int | None = None) -> tuple[Grid, dict]:
+    """Field of view, spacing, slice thickness, direction and patient pose of one case; ``slot``
+    (the seed) stratifies the kind of field of view over consecutive seeds."""
     u = rng.uniform
     b = a.body
     cp = a.prostate.center
     info: dict = {}
     if modality == "ct":
         kind = str(rng.choice(["pelvis", "abdomen-pelvis", "tight"], p=[0.55, 0.25, 0.2]))
+        if slot is not None:
+            kind = ("pelvis", "abdomen-pelvis", "pelvis", "tight")[slot % 4]
         n_xy = int(rng.choice([512, 384, 448], p=[0.75, 0.15, 0.1]))
         if kind == "tight":
             fov = u(220, 300)
@@ -897,6 +904,8 @@ def sample_grid(rng: np.random.Generator, a: Anatomy, modality: str, max_voxels:
         spacing = np.array([sp, sp, sz])
     else:
         kind = str(rng.choice(["2d", "3d", "large"], p=[0.65, 0.2, 0.15]))
+        if slot is not None:
+            kind = ("2d", "2d", "3d", "2d", "large", "2d", "3d")[slot % 7]
         if kind == "large":
             fov, n_xy = u(300, 420), int(rng.choice([256, 320, 384]))
             cxy = np.array([rng.normal(0, 5), (b["ya"][2] + b["yp"][2]) / 2 + rng.normal(0, 10)])
@@ -1272,17 +1281,17 @@ def plan_case(seed: int, modality: str = "ct", max_voxels: int | None = None) ->
     if modality not in ("ct", "mr"):
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
     rng = np.random.default_rng([seed, zlib.crc32(b"phantoms_b"), 1 if modality == "ct" else 2])
-    style = sample_style(rng, modality)
+    style = sample_style(rng, modality, seed)
     a = sample_anatomy(rng, endorectal=bool(style.get("endorectal")))
     a.extras["prosthesis"] = style.get("prosthesis")
-    grid, ginfo = sample_grid(rng, a, modality, max_voxels)
+    grid, ginfo = sample_grid(rng, a, modality, max_voxels, seed)
     return style, a, grid, ginfo, rng
 
 
 def make_case_b(seed: int, modality: str = "ct", max_voxels: int | None = None) -> CaseB:
     """Case ``seed`` of the family for ``modality`` ("ct" | "mr"); ``max_voxels`` shrinks the grid
     (same field of view, coarser voxels) for quick tests."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     style, a, grid, ginfo, rng = plan_case(seed, modality, max_voxels)
     img, lab = render(grid, a, style, rng, seed)
     if modality == "ct":
@@ -1299,7 +1308,7 @@ def make_case_b(seed: int, modality: str = "ct", max_voxels: int | None = None) 
             "prostate_ml": round(float((lab == PROSTATE).sum()) * vox_ml, 1),
             "bladder_ml": round(float((lab == BLADDER).sum()) * vox_ml, 1),
             "median_lobe": a.median_lobe is not None, "dtype": str(arr.dtype),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}
     return CaseB(image, labels, info)
 
 

@@ -2,7 +2,7 @@
 prostate centroid in the acquisition plane (axes flipped to patient orientation, radiological
 display), with label contours.
 
-    python Testing/Benchmarks/phantoms_b_png.py --out Resources/phantoms_b.png [--ct-seeds 0 1 2] [--mr-seeds 0 1 2]
+    python Testing/Benchmarks/phantoms_b_png.py --out Resources/phantoms_b.png [--ct-seeds 0 1 4] [--mr-seeds 5 0 6]
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def describe(info: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="Resources/phantoms_b.png")
-    ap.add_argument("--ct-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--mr-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ct-seeds", type=int, nargs="+", default=[0, 1, 4])
+    ap.add_argument("--mr-seeds", type=int, nargs="+", default=[5, 0, 6])
     ap.add_argument("--max-voxels", type=int, default=None)
-    ap.add_argument("--dpi", type=int, default=55)
+    ap.add_argument("--dpi", type=int, default=60)
     a = ap.parse_args()
     cases = [pb.make_case_b(s, "ct", a.max_voxels) for s in a.ct_seeds] + [pb.make_case_b(s, "mr", a.max_voxels) for s in a.mr_seeds]
     n_rows = max(len(a.ct_seeds), len(a.mr_seeds))
@@ -90,7 +90,7 @@ def main() -> int:
                           "shape": case.info["shape"]}))
     fig.suptitle("Second phantom family (evaluation only): prostate yellow, bladder cyan, rectum orange, "
                  "femoral heads green/magenta", color="white", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     buf = io.BytesIO()
     fig.savefig(buf, dpi=a.dpi, facecolor="black", format="png")
     from PIL import Image  # matplotlib's own dependency
