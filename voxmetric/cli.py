@@ -113,7 +113,8 @@ def _run_models(a: argparse.Namespace) -> int:
 # ---- train ---------------------------------------------------------------------------------
 _TRAIN_ARGS = ("method", "cases", "segment", "out", "work_dir", "name", "overwrite", "device", "iterations",
                "batch_size", "lr", "optimizer", "momentum", "weight_decay", "val_cases", "val_fraction",
-               "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl")
+               "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl", "init_from",
+               "freeze_encoder")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -148,6 +149,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--init-from", metavar="MODEL", help="fine-tune: start from this model's weights (a name from "
+                   "`voxmetric models list` or a package path); its method settings are the defaults")
+    p.add_argument("--freeze-encoder", action="store_true", help="with --init-from: train the decoder and heads only")
     p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --work-dir")
     p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events on stdout, no progress bar")
     g = p.add_argument_group("method settings (fields of the method's config; default: the method's preset)")
@@ -203,8 +207,14 @@ def train_config(method: Any, a: argparse.Namespace) -> Any:
     if pick["lr"] is None:
         pick["lr"] = 0.01 if pick["optimizer"] == "sgd" else 1e-3
     given = {k: v for k, v in pick.items() if v is not None}
+    if a.freeze_encoder and not a.init_from:
+        from .errors import ConfigError
+
+        raise ConfigError("--freeze-encoder keeps pretrained weights fixed; give the model to start from "
+                          "(--init-from MODEL).")
     return TrainConfig(iterations=a.iterations, amp=not a.no_amp, val_every=a.val_every,
-                       checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers, **given)
+                       checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers,
+                       freeze_encoder=a.freeze_encoder, **given)
 
 
 def _run_train(a: argparse.Namespace) -> int:
@@ -225,7 +235,12 @@ def _run_train(a: argparse.Namespace) -> int:
     if alien:
         raise ConfigError(f"--{alien[0].replace('_', '-')} is not a setting of {method.name}; its settings are: "
                           + ", ".join("--" + n.replace("_", "-") for n in sorted(own)) + ".")
-    mcfg = method.make_config(given)
+    init = None
+    if a.init_from:
+        init = models.initial_weights(a.init_from, method)
+        mcfg = method.make_config(given, base=init.config)
+    else:
+        mcfg = method.make_config(given)
     tcfg = train_config(method, a)
     resolve_device(a.device)
     out = Path(a.out)
@@ -243,8 +258,11 @@ def _run_train(a: argparse.Namespace) -> int:
         (held.append if e.get("event") == "done" else emit)(e)
 
     work = Path(a.work_dir) if a.work_dir else out.with_name(out.name + ".work")
-    result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume)
+    result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume,
+                   init_state=init.state_dict if init else None)
     if rank0:
+        if init is not None:
+            result.card_fields["training"]["init_from"] = init.source
         card = {"name": name, **result.card_fields,
                 "description": f"{method.name}: {method.description}; trained with `voxmetric train`."}
         path = models.save_package(out, card, result.state_dict, overwrite=a.overwrite)

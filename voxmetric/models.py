@@ -502,6 +502,38 @@ def build_model(pkg: ModelPackage) -> tuple[Any, Any, torch.nn.Module]:
     return method, cfg, model.eval()
 
 
+@dataclass
+class InitialWeights:
+    """What fine-tuning starts from: the package's method config (the defaults of the new run),
+    its state dict and a description of the source for the new card."""
+
+    config: Any
+    state_dict: dict[str, torch.Tensor]
+    source: dict[str, Any]
+
+
+def initial_weights(name: str | Path, method: Any) -> InitialWeights:
+    """The verified weights of model ``name`` (registry name or package path) to fine-tune with
+    ``method``: its config must be one of ``method``'s (same settings; ModelError naming the
+    method to use otherwise) and its network must be ``method``'s for it."""
+    pkg = load_package(find_model(name).path)
+    try:
+        cfg = method.config_from_dict(pkg.card.get("config", {}))
+    except ConfigError as e:
+        raise ModelError(f"model {pkg.name!r} was trained with {pkg.method}, whose settings do not fit {method.name} "
+                         f"({e}); fine-tune it with --method {pkg.method}.") from e
+    net = method.build(cfg, len(pkg.classes) + 1)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in pkg.state_dict.items()}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise ModelError(f"model {pkg.name!r} has another network than {method.name} builds with its settings "
+                         f"(first differences: {', '.join(diff[:3])}); fine-tune it with --method {pkg.method}.")
+    source = {"name": pkg.name, "method": pkg.method, "weights_sha256": pkg.card["weights_sha256"],
+              "classes": list(pkg.classes)}
+    return InitialWeights(cfg, pkg.state_dict, source)
+
+
 # ---- registry ------------------------------------------------------------------------------
 def models_home() -> Path:
     """``$VOXMETRIC_HOME`` or ``~/.voxmetric``; installed models live in its ``models`` folder."""

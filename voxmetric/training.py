@@ -89,6 +89,7 @@ class TrainConfig:
     workers: int = 0
     val_batch: int = 16
     val_margin_mm: float = 20.0
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -252,7 +253,8 @@ def _optimizer_join(group: str, tensors: Mapping[str, Tensor], meta: Mapping[str
 
 
 #: TrainConfig fields that change the result; resume refuses a run whose values differ.
-RESULT_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power", "amp", "seed")
+RESULT_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power", "amp", "seed",
+                 "freeze_encoder")
 
 
 def _resume_differences(meta: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -414,6 +416,7 @@ def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, classes: Sequence[str
                      "unlabeled_cases": len(unlabeled), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
                      "world_size": dist.world, "optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
                      "weight_decay": cfg.weight_decay, "poly_power": cfg.poly_power, "seed": cfg.seed,
+                     "freeze_encoder": cfg.freeze_encoder,
                      "amp": cfg.amp and device.type == "cuda", "device": device.type, "seconds": round(seconds, 1),
                      "final_loss": last_loss, "engine_version": __version__},
         "validation": val_fields,
@@ -422,12 +425,15 @@ def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, classes: Sequence[str
 
 def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Sequence[Any],
           val_cases: Sequence[Any], out_dir: str | Path, emit: Emit = print_json,
-          resume: bool = False, unlabeled_cases: Sequence[Any] = ()) -> TrainResult:
+          resume: bool = False, unlabeled_cases: Sequence[Any] = (),
+          init_state: Mapping[str, Tensor] | None = None) -> TrainResult:
     """Train ``method`` with ``method_cfg`` on ``train_cases``; validate on ``val_cases``.
 
     Cases are ``cases.CaseRecord`` s (prepared here, cached in ``<out_dir>/cache``) or
     ``data.PreparedCase`` s; ``unlabeled_cases`` (images only) go to methods that learn from
-    them. Checkpoints go to ``<out_dir>/checkpoints``; ``resume=True`` continues exactly from
+    them. ``init_state``: weights of the inference network to start from (fine-tuning; with
+    ``train_cfg.freeze_encoder`` the network's ``encoder_prefixes`` stay fixed). Checkpoints go to
+    ``<out_dir>/checkpoints``; ``resume=True`` continues exactly from
     ``last.safetensors`` and refuses, naming the difference, when a setting that changes the
     result differs. Under ``torchrun`` every rank calls this; rank 0 alone writes checkpoints
     and emits events. Events are dicts with key ``"event"``.
@@ -462,7 +468,7 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
         own_group = True
     try:
         return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
-                      resume, dist, device, last_path, best_path)
+                      resume, dist, device, last_path, best_path, init_state)
     except VoxMetricError as exc:
         say({"event": "error", "message": str(exc), "type": type(exc).__name__})
         raise
@@ -473,7 +479,8 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
 
 def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any], val_cases: Sequence[Any],
            unlabeled_cases: Sequence[Any], out_dir: Path, say: Emit, resume: bool, dist: _Dist,
-           device: torch.device, last_path: Path, best_path: Path) -> TrainResult:
+           device: torch.device, last_path: Path, best_path: Path,
+           init_state: Mapping[str, Tensor] | None = None) -> TrainResult:
     t0 = time.monotonic()
     recipe = method.data_recipe(mcfg)
     cache = out_dir / "cache"
@@ -490,6 +497,20 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     _seed_all(cfg.seed)  # identical initial weights on every rank
     dataset = method.dataset(train_prep, mcfg, cfg.seed, unlabeled_prep)
     net = method.build(mcfg, len(classes) + 1)
+    if init_state is not None:
+        try:
+            net.load_state_dict(dict(init_state))
+        except RuntimeError as e:
+            raise ConfigError(f"The weights to start from do not fit {method.name} with {len(classes)} class(es) "
+                              f"({str(e).splitlines()[0]}); train the same segments as that model.") from e
+    if cfg.freeze_encoder:
+        prefixes = tuple(getattr(net, "encoder_prefixes", ()))
+        if not prefixes:
+            raise ConfigError(f"{method.name}'s network does not say which layers are its encoder; train without "
+                              "--freeze-encoder.")
+        for pname, p in net.named_parameters():
+            if pname.startswith(prefixes):
+                p.requires_grad_(False)
     model = method.training_model(mcfg, net).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -347,3 +347,37 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> Non
     _, meta = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
     assert meta["world_size"] == 2 and len(meta["rng"]) == 2 and meta["rng"][0]["torch"] != meta["rng"][1]["torch"]
     assert proc.stdout.count("'event': 'done'") == 1  # only rank 0 emits events
+
+
+def test_cli_fine_tunes_from_a_model(case_dir: Path, tmp_path: Path, capsys) -> None:
+    from voxmetric import models
+
+    base = tmp_path / "base"
+    common = ["--cases", str(case_dir), "--segment", "Prostate", "--device", "cpu", "--iterations", "2",
+              "--batch-size", "2", "--val-cases", "0", "--events-jsonl"]
+    rc, _, err = run_cli(["train", "--method", "UNet", "--out", str(base), *common, "--base", "4",
+                          "--embed-channels", "8", "--patch", "32", "--per-case", "4", "--spacing-mm", "2"], capsys)
+    assert rc == 0, err
+    start = models.load_package(base).state_dict
+    # the package's settings are the defaults: no --base / --patch needed; the encoder stays as it was
+    tuned = tmp_path / "tuned"
+    rc, _, err = run_cli(["train", "--method", "UNet", "--out", str(tuned), *common, "--init-from", str(base),
+                          "--freeze-encoder"], capsys)
+    assert rc == 0, err
+    pkg = models.load_package(tuned)
+    assert pkg.card["config"]["base"] == 4 and pkg.card["training"]["init_from"]["name"] == "base"
+    assert pkg.card["training"]["freeze_encoder"] is True
+    enc = [k for k in start if k.startswith(("conv1", "conv2", "conv3", "enc4")) and "running" not in k
+           and "num_batches" not in k]
+    assert enc and all(torch.equal(start[k], pkg.state_dict[k]) for k in enc)
+    assert not torch.equal(start["segb.weight"], pkg.state_dict["segb.weight"])
+    # the wrong method, or freezing without a model, are refused with what to do
+    rc, _, err = run_cli(["train", "--method", "Localizer", "--out", str(tmp_path / "x"), *common,
+                          "--init-from", str(base)], capsys)
+    assert rc == 2 and "fine-tune it with --method UNet" in err
+    rc, _, err = run_cli(["train", "--method", "UNet", "--out", str(tmp_path / "y"), *common, "--freeze-encoder"],
+                         capsys)
+    assert rc == 2 and "--init-from" in err
+    rc, _, err = run_cli(["train", "--method", "UNet", "--out", str(tmp_path / "z"), *common, "--init-from",
+                          "no-such-model"], capsys)
+    assert rc == 2 and "no-such-model" in err

@@ -36,6 +36,9 @@ class UNet2D(nn.Module):
     the conv6d output (post-ReLU) that the voxel-metric loss samples.
     """
 
+    #: parameter-name prefixes of the encoder (fine-tuning with a frozen encoder)
+    encoder_prefixes = ("conv1", "conv2", "conv3", "enc4")
+
     def __init__(self, in_channels: int = 3, num_classes: int = 2, base: int = 32,
                  embed_channels: int = 256) -> None:
         super().__init__()

@@ -33,6 +33,9 @@ class UNet3D(nn.Module):
     ``features`` are the encoder outputs deepest first: ``features[0]`` is the bottleneck f¹,
     ``features[1]`` f², … (the layers voxel SimSiam samples, I-34)."""
 
+    #: parameter-name prefixes of the encoder (fine-tuning with a frozen encoder)
+    encoder_prefixes = ("enc.",)
+
     def __init__(self, in_channels: int = 1, num_classes: int = 2, widths: Sequence[int] = PAPER_WIDTHS) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)

@@ -1,0 +1,149 @@
+"""Reproduce the bundled research pipeline ``synth``: a stage-1 localizer and a MetricUNet-HCP
+refiner trained only on domain-randomised synthetic images (``voxmetric.synth``, SynthSeg-style),
+for CT and MR alike (modality ``any``). Research use only, not for clinical use.
+
+    python Resources/Models/train_bundled_models.py [--work DIR] [--which localizer,refiner]
+        [--loc-iterations 1500] [--ref-iterations 2000] [--threads 1] [--resume]
+
+1. writes synthetic cases (``synth.write_synth_cases``, contrast ``mix``: CT-like in Hounsfield
+   units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…)
+   and 320 stage-2 crops around the prostate (seeds 30000…); validation: 6 + 6 other synthetic
+   seeds (40000…, 41000…) and 2 + 2 realistic CT / MR phantoms (``voxmetric.phantom``, seeds
+   2000…); held-out evaluations use none of these (``Testing/Benchmarks/eval_bundled_models.py``);
+2. trains the ``Localizer`` (4 mm, 5-slice slabs, the paper's stage 1) on the pelvis scans and
+   half of the crops, and a ``MetricUNet-HCP`` refiner (1.5 mm, base width 16, 64-d embedding:
+   the paper's network scaled down 4× in width for a CPU budget) on all of them, each case
+   normalised as its modality says (CT: HU window; MR and random contrasts: percentiles);
+3. keeps the checkpoint with the best validation Dice, stores float16 weights when that changes
+   the validation Dice by at most 0.002 (else float32), and writes ``Resources/Models/<name>/``
+   and the pipeline file ``synth.pipeline.json``. The cards record the recipe, the data, the
+   budget and the wall time; every figure in them is written by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the engine of this checkout
+
+INTENDED_USE = ("research model: trained only on synthetic images (domain randomisation); not validated on "
+                "patients; not for clinical use")
+NAMES = {"localizer": "synth-localizer", "refiner": "synth-metricunet-hcp"}
+METHODS = {"localizer": "Localizer", "refiner": "MetricUNet-HCP"}
+CONFIGS = {"localizer": {"per_case": 100},
+           "refiner": {"spacing_mm": 1.5, "base": 16, "embed_channels": 64, "per_case": 100}}
+
+
+def log(event: dict) -> None:
+    if event.get("event") != "progress":
+        print(json.dumps({k: v for k, v in event.items() if k != "cases"}), flush=True)
+
+
+def synthetic(work: Path, name: str, n: int, seed: int, fov: str) -> list:
+    from voxmetric.cases import load_cases
+    from voxmetric.synth import write_synth_cases
+
+    folder = work / name
+    if not (folder / "manifest.json").exists():
+        write_synth_cases(folder, n, "mix", seed, fov)
+    return load_cases(folder / "manifest.json", "Prostate")
+
+
+def realistic(work: Path) -> list:
+    from voxmetric.cases import load_cases
+    from voxmetric.phantom import write_cases
+
+    out = []
+    for modality in ("ct", "mr"):
+        folder = work / f"phantom-{modality}"
+        if not (folder / "manifest.json").exists():
+            write_cases(folder, 2, modality=modality, seed=2000)
+        out += load_cases(folder / "manifest.json", "Prostate")
+    return out
+
+
+def data(work: Path) -> dict[str, list]:
+    pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis")
+    roi = synthetic(work, "synth-roi", 320, 30000, "roi")
+    val = synthetic(work, "synth-val-pelvis", 6, 40000, "pelvis") + synthetic(work, "synth-val-roi", 6, 41000, "roi")
+    return {"localizer": pelvis + roi[:160], "refiner": pelvis + roi, "val": val + realistic(work)}
+
+
+def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> None:
+    from voxmetric import models, training
+    from voxmetric.data import prepare_case
+    from voxmetric.methods import get_method
+
+    method = get_method(METHODS[kind])
+    cfg = method.make_config(CONFIGS[kind])
+    iterations = args.loc_iterations if kind == "localizer" else args.ref_iterations
+    tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-5,
+                                amp=False, val_every=max(1, iterations // 6), checkpoint_every=50, log_every=10,
+                                seed=0, device="cpu", val_batch=8)
+    out = args.work / f"run-{kind}"
+    resume = args.resume and (out / "checkpoints" / "last.safetensors").exists()
+    t0 = time.monotonic()
+    result = training.train(method, cfg, tcfg, sets[kind], sets["val"], out, emit=log, resume=resume)
+    hours = (time.monotonic() - t0) / 3600
+
+    # float16 storage when the validation Dice barely changes
+    state16 = {k: (v.half().float() if v.is_floating_point() else v) for k, v in result.state_dict.items()}
+    net = method.build(cfg, 2)
+    net.load_state_dict(state16)
+    recipe = method.data_recipe(cfg)
+    val_prep = [prepare_case(r, recipe, cache_dir=out / "cache") for r in sets["val"]]
+    import torch
+
+    v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
+    dsc32 = float(result.metrics.get("dsc", float("nan")))
+    half = abs(v16["dsc"] - dsc32) <= 0.002
+    card = dict(result.card_fields)
+    card.update(
+        name=NAMES[kind], demo=True, intended_use=INTENDED_USE,
+        description=(f"{METHODS[kind]} {kind} trained only on domain-randomised synthetic images (CT-like, "
+                     "T2-MR-like and random contrasts), for CT and MR. Research model, not for clinical use."),
+    )
+    card["training"] = dict(
+        card.get("training", {}), generator="voxmetric.synth (contrast mix)",
+        data=f"{len(sets[kind])} synthetic cases; validation: 12 synthetic + 2 CT and 2 MR phantoms",
+        recipe=f"python Resources/Models/train_bundled_models.py --which {kind} --loc-iterations "
+               f"{args.loc_iterations} --ref-iterations {args.ref_iterations} --threads {args.threads}",
+        wall_hours_this_session=round(hours, 2),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)")
+    card["validation"] = dict(card.get("validation", {}), dsc_float16=v16["dsc"])
+    models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
+    log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
+                                    f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "voxmetric-bundled-train")
+    p.add_argument("--which", default="localizer,refiner")
+    p.add_argument("--loc-iterations", type=int, default=1500)
+    p.add_argument("--ref-iterations", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = data(args.work)
+    for kind in args.which.split(","):
+        train_one(kind.strip(), args, sets)
+    if all((HERE / n / "model.json").exists() for n in NAMES.values()):
+        (HERE / "synth.pipeline.json").write_text(json.dumps(
+            {"name": "synth", "localizer": NAMES["localizer"], "refiner": NAMES["refiner"]}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
