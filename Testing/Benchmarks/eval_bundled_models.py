@@ -1,0 +1,184 @@
+"""Accuracy of a two-stage pipeline on scans it was not trained on; prints JSON lines and writes a
+picture of the real scans.
+
+    python Testing/Benchmarks/eval_bundled_models.py [--pipeline NAME | --localizer PKG --refiner PKG]
+        [--sets a,b,promise12,real] [--work DIR] [--png Resources/real_scans.png] [--tag TAG]
+
+Sets (none is used to train or validate the bundled models, see Resources/Models/train_bundled_models.py):
+
+* ``a``: realistic phantoms of ``voxmetric.phantom`` — CT seeds 5000–5009 and MR seeds 5100–5109;
+* ``b``: the independent second family (``Testing/Benchmarks/phantoms_b.py``) — 8 CT and 8 MR, seeds 100–107;
+* ``promise12``: the two real T2 MR cases with human labels in ``../shared/data/promise12_demo``
+  (their true spacing is unknown; the files say 1 mm, so HD95 is only relative);
+* ``real``: the unlabeled real pelvic CT and the five NCI-ISBI T2 MR — no Dice; the picture shows
+  one axial slice through each result (red) or, when nothing was found, through the scan's middle.
+
+Per case: DSC, HD95 (mm), predicted and true volume (mL), found, timings; per set: mean, median,
+min and the number of empty results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "Testing" / "Benchmarks"))
+SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def emit(d: dict) -> None:
+    print(json.dumps(d), flush=True)
+
+
+def labelled_sets(args) -> dict[str, list[tuple[str, object, object, str]]]:
+    """{set: [(case id, image Volume, prostate mask array | None, modality)]} loaded lazily."""
+    from voxmetric import io
+    from voxmetric.phantom import LABELS, make_case
+
+    sets: dict[str, list] = {}
+    if "a" in args.sets:
+        rows = []
+        for modality, first in (("ct", 5000), ("mr", 5100)):
+            for seed in range(first, first + args.count):
+                c = make_case(seed, modality)
+                rows.append((f"a-{modality}-{seed}", c.image, c.labels.array == LABELS["Prostate"], modality))
+        sets["a"] = rows
+    if "b" in args.sets:
+        import phantoms_b
+
+        rows = []
+        for modality in ("ct", "mr"):
+            for seed in range(100, 100 + min(args.count, 8)):
+                c = phantoms_b.make_case_b(seed, modality)
+                rows.append((f"b-{modality}-{seed}", c.image, c.labels.array == LABELS["Prostate"], modality))
+        sets["b"] = rows
+    if "promise12" in args.sets and (SHARED / "promise12_demo").is_dir():
+        src = SHARED / "promise12_demo"
+        sets["promise12"] = [
+            (f"promise12-case{i}", io.read_volume(src / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz"),
+             io.read_segment_mask(src / f"case{i}_prostate_label_UNKNOWN_SPACING.nii.gz").array > 0, "mr")
+            for i in (0, 1)]
+    if "real" in args.sets and SHARED.is_dir():
+        rows = [("pelvis-ct", io.read_volume(SHARED / "pelvis_ct" / "example_ct.nii.gz"), None, "ct")]
+        for f in sorted((SHARED / "ncisbi_mr_unlabeled").glob("*.nii.gz")):
+            rows.append((f.name.split("_")[0], io.read_volume(f), None, "mr"))
+        sets["real"] = rows
+    return sets
+
+
+def pipelines(args):
+    from voxmetric import models
+    from voxmetric.pipeline import Pipeline, Stage
+
+    if args.localizer and args.refiner:
+        stages = []
+        for path in (args.localizer, args.refiner):
+            pkg = models.load_package(path)
+            method, cfg, model = models.build_model(pkg)
+            stages.append(Stage(method, cfg, model, pkg.name, pkg.classes))
+        return lambda modality: Pipeline(stages[0], stages[1], modality, device="cpu")
+    cache: dict = {}
+
+    def get(modality: str):
+        if modality not in cache:
+            cache[modality] = models.load_pipeline(args.pipeline, modality, "cpu")
+        return cache[modality]
+
+    return get
+
+
+def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path, title: str) -> None:
+    """One axial slice per scan: through the result's centroid, else the middle; red contour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from voxmetric.pipeline import oriented
+
+    n = len(results)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, vol, mask, qc) in zip(axes.ravel(), results):
+        img = oriented(vol)
+        m = oriented(vol.with_array(mask.astype(np.uint8))).array > 0
+        z = int(np.argwhere(m).mean(0)[0]) if m.any() else img.shape[0] // 2
+        a = img.array[z].astype(np.float32)
+        lo, hi = ((-200, 250) if float(np.percentile(img.array, 1)) < -500 else np.percentile(img.array, (1, 99)))
+        ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, aspect=img.spacing[1] / img.spacing[0])
+        if m[z].any():
+            ax.contour(m[z].astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
+        ml = float(m.sum() * np.prod(vol.spacing) / 1000)
+        ax.set_title(f"{name}\n{ml:.0f} mL{'' if m.any() else ' (nothing found)'}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pipeline", help="pipeline or refiner name (default: the default pipeline per modality)")
+    p.add_argument("--localizer", help="localizer package path (with --refiner: evaluate these two)")
+    p.add_argument("--refiner", help="refiner package path")
+    p.add_argument("--sets", default="a,b,promise12,real")
+    p.add_argument("--count", type=int, default=10, help="phantoms per modality in sets a (and ≤ 8 in b)")
+    p.add_argument("--png", type=Path, help="picture of the real scans' results")
+    p.add_argument("--tag", default="")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    import torch
+
+    from voxmetric.metrics import evaluate_masks
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    get = pipelines(args)
+    pictures = []
+    for set_name, cases in labelled_sets(args).items():
+        rows = []
+        for cid, vol, truth, modality in cases:
+            pipe = get(modality)
+            res = pipe.segment(vol)
+            pred = res.mask.array == 1 + res.classes.index("Prostate") if res.mask is not None else np.zeros(vol.shape, bool)
+            ml = float(pred.sum() * np.prod(vol.spacing) / 1000)
+            row = {"set": set_name, "case": cid, "modality": modality, "found": res.found, "pred_ml": round(ml, 1),
+                   "models": [pipe.localizer.name if pipe.localizer else None, pipe.refiner.name],
+                   "seconds": round(res.timings.get("total", 0.0), 2), "tag": args.tag}
+            if truth is not None:
+                m = evaluate_masks(pred, truth, vol.spacing_zyx)
+                row.update(dsc=round(m["dsc"], 4), hd95=round(m["hd95"], 2), true_ml=round(m["vol_ref_ml"], 1))
+            else:
+                pictures.append((cid, vol, pred, None))
+            rows.append(row)
+            emit(row)
+        scored = [r for r in rows if "dsc" in r]
+        if scored:
+            for modality in sorted({r["modality"] for r in scored}):
+                sel = [r for r in scored if r["modality"] == modality]
+                dsc = [r["dsc"] for r in sel]
+                hd = [r["hd95"] for r in sel if np.isfinite(r["hd95"])]
+                emit({"summary": set_name, "modality": modality, "tag": args.tag, "cases": len(sel),
+                      "dsc_mean": round(statistics.mean(dsc), 3), "dsc_median": round(statistics.median(dsc), 3),
+                      "dsc_min": round(min(dsc), 3), "hd95_median": round(statistics.median(hd), 1) if hd else None,
+                      "empty": sum(r["pred_ml"] == 0 for r in sel)})
+    if args.png and pictures:
+        slice_png(pictures, args.png, f"real scans, no labels: prostate found by {args.tag or 'the pipeline'} (red)")
+        emit({"png": str(args.png)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
