@@ -133,8 +133,8 @@ def main() -> None:
         worker = report("after", "[worker] write the child's input (compressed NRRD)",
                         lambda: io.write_volume(snap, work / "input-after.nrrd"), 1)
         del worker
-        cropped = report("after", "[worker] read the result, crop to the mask",
-                         lambda: read_result(result_file, snap.geometry()), 1)
+        (_, cropped), = report("after", "[worker] read the result, crop to the mask",
+                               lambda: read_result(result_file, snap.geometry()), 1)
         seg_nodes = []
         report("after", "write the segment node (cropped mask)",
                lambda: seg_nodes.append(mrml.write_mask_segment(None, cropped, node, "Prostate", scene=scene)[0]))
