@@ -134,7 +134,7 @@ def main() -> None:
                         lambda: io.write_volume(snap, work / "input-after.nrrd"), 1)
         del worker
         (_, cropped), = report("after", "[worker] read the result, crop to the mask",
-                               lambda: read_result(result_file, snap.geometry()), 1)
+                               lambda: read_result(result_file, mrml.geometry_from_node(node)), 1)
         seg_nodes = []
         report("after", "write the segment node (cropped mask)",
                lambda: seg_nodes.append(mrml.write_mask_segment(None, cropped, node, "Prostate", scene=scene)[0]))
