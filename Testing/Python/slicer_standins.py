@@ -20,7 +20,8 @@ What stands in (installed by :func:`install`):
   exact widget class, ``connectGui`` / ``connectParametersToGui`` / ``disconnectGui``).
 - ``slicer.ScriptedLoadableModule``, ``slicer.i18n``, ``slicer.app``, ``slicer.modules``,
   ``slicer.qMRMLNodeComboBox`` (follows the scene as Slicer's: auto-selects when none is not
-  allowed), ``slicer.util.loadVolume``, ``SampleData``; the message boxes
+  allowed), ``slicer.qMRMLTableView`` (the table node it shows), ``slicer.util.loadVolume``,
+  ``SampleData``; ``qt.QFileDialog`` answers :data:`FILE_ANSWERS`; the message boxes
   (``errorDisplay``, ``warningDisplay``, ``infoDisplay``, ``confirmOkCancelDisplay``) record
   what they would show in :data:`DIALOGS`, and ``confirmOkCancelDisplay`` answers
   :data:`ANSWERS` (default OK).
@@ -47,6 +48,8 @@ SLOT_ERRORS: list[tuple[str, BaseException]] = []
 DIALOGS: list[tuple[str, str, str]] = []
 #: Answers for confirmOkCancelDisplay, consumed in order (empty: OK).
 ANSWERS: list[bool] = []
+#: Paths the file dialogs (qt.QFileDialog) answer, consumed in order (empty: cancelled).
+FILE_ANSWERS: list[str] = []
 #: QTimers alive (see fire_timers).
 TIMERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -811,6 +814,21 @@ class QUiLoader:
         return build_ui(qfile.path)
 
 
+class QFileDialog:
+    """The static file dialogs: each records what it would ask in :data:`DIALOGS` and answers the
+    next path of :data:`FILE_ANSWERS` ("" = the user cancelled)."""
+
+    @staticmethod
+    def getSaveFileName(parent: Any = None, caption: str = "", directory: str = "", filter: str = "") -> str:
+        DIALOGS.append(("save", str(caption), str(directory)))
+        return FILE_ANSWERS.pop(0) if FILE_ANSWERS else ""
+
+    @staticmethod
+    def getExistingDirectory(parent: Any = None, caption: str = "", directory: str = "") -> str:
+        DIALOGS.append(("directory", str(caption), str(directory)))
+        return FILE_ANSWERS.pop(0) if FILE_ANSWERS else ""
+
+
 class QApplication:
     @staticmethod
     def processEvents() -> None:
@@ -935,11 +953,37 @@ class qMRMLNodeComboBox(QWidget):
         self.setCurrentNode(self._scene.GetNodeByID(node_id) if self._scene and node_id else None)
 
 
+class qMRMLTableView(QWidget):
+    """Shows a vtkMRMLTableNode (Slicer's table view): the node it is bound to, and the scene."""
+
+    PROPS = {"editable": True, "selectionBehavior": 0}
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._scene: Any = None
+        self._node: Any = None
+
+    def setMRMLScene(self, scene: Any) -> None:
+        self._scene = scene
+
+    def mrmlScene(self) -> Any:
+        return self._scene
+
+    def setMRMLTableNode(self, node: Any) -> None:
+        if node is not None and not node.IsA("vtkMRMLTableNode"):
+            raise TypeError(f"{node.GetClassName()} is not a vtkMRMLTableNode")
+        self._node = node
+
+    def mrmlTableNode(self) -> Any:
+        return self._node
+
+
 # ---- the .ui loader ------------------------------------------------------------------------
 def _widget_classes() -> dict[str, type]:
     return {c.__name__: c for c in (QWidget, QLabel, QPushButton, QCheckBox, QComboBox, QSpinBox, QDoubleSpinBox,
                                     QSlider, QLineEdit, QPlainTextEdit, QTextEdit, QProgressBar, QTableWidget,
-                                    ctkCollapsibleButton, ctkPathLineEdit, qMRMLWidget, qMRMLNodeComboBox)}
+                                    ctkCollapsibleButton, ctkPathLineEdit, qMRMLWidget, qMRMLNodeComboBox,
+                                    qMRMLTableView)}
 
 
 _LAYOUTS = {"QVBoxLayout": QVBoxLayout, "QHBoxLayout": QHBoxLayout, "QFormLayout": QFormLayout,
@@ -1592,7 +1636,7 @@ def install() -> dict[str, Any]:
     qt_names = ["QObject", "QWidget", "QLayout", "QVBoxLayout", "QHBoxLayout", "QGridLayout", "QFormLayout", "QLabel",
                 "QAbstractButton", "QPushButton", "QCheckBox", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QSlider",
                 "QLineEdit", "QPlainTextEdit", "QTextEdit", "QProgressBar", "QTableWidget", "QTableWidgetItem",
-                "QTimer", "Qt", "QFile", "QUiLoader", "QApplication"]
+                "QTimer", "Qt", "QFile", "QUiLoader", "QApplication", "QFileDialog"]
     g = globals()
     modules = {
         "qt": _module("qt", **{n: g[n] for n in qt_names}),
@@ -1611,7 +1655,8 @@ def install() -> dict[str, Any]:
     }
     saved: dict[str, Any] = {"modules": {n: sys.modules.get(n) for n in modules}, "attrs": {}, "util": {}}
     sys.modules.update(modules)
-    attrs = {"app": _App(), "qMRMLNodeComboBox": qMRMLNodeComboBox, "i18n": modules["slicer.i18n"],
+    attrs = {"app": _App(), "qMRMLNodeComboBox": qMRMLNodeComboBox, "qMRMLTableView": qMRMLTableView,
+             "i18n": modules["slicer.i18n"],
              "ScriptedLoadableModule": modules["slicer.ScriptedLoadableModule"],
              "parameterNodeWrapper": modules["slicer.parameterNodeWrapper"],
              "modules": types.SimpleNamespace(plots=types.SimpleNamespace(logic=_cached(_PlotsLogic)))}
@@ -1626,6 +1671,7 @@ def install() -> dict[str, Any]:
     SLOT_ERRORS.clear()
     DIALOGS.clear()
     ANSWERS.clear()
+    FILE_ANSWERS.clear()
     _SampleDataLogic.sources.clear()
     return saved
 
