@@ -281,6 +281,9 @@ def test_evaluate_section_through_the_panel(standins, mrml_scene, tmp_path, monk
     header, rows = mrml.read_table(p.metricsTable)
     assert header == COLUMNS and len(rows) == 1
 
+    p.resultSegment = "Gone"  # a name the node does not hold: the combo box's segment is used, and said
+    assert p.resultSegment == "Prostate" and ui.resultSegmentComboBox.currentData == "Prostate"
+
     # a new segment appears in the combo box at once; an empty one gives the policy in words
     res.GetSegmentation().AddEmptySegment("", "Nothing", [0.5, 0.5, 0.5])
     assert ui.resultSegmentComboBox.count == 2 and p.resultSegment == "Prostate"  # the choice is kept

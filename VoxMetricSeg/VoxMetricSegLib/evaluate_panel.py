@@ -64,8 +64,11 @@ class EvaluateSection:
         p = self._parameters()
         if p is None:
             return
-        fill(self.ui.resultSegmentComboBox, evaluate.segment_choices(p.resultSegmentation))
-        fill(self.ui.referenceSegmentComboBox, evaluate.segment_choices(p.referenceSegmentation))
+        for combo, node, name in ((self.ui.resultSegmentComboBox, p.resultSegmentation, "resultSegment"),
+                                  (self.ui.referenceSegmentComboBox, p.referenceSegmentation, "referenceSegment")):
+            fill(combo, evaluate.segment_choices(node))
+            if (combo.currentData or "") != getattr(p, name):  # e.g. a name that is gone: the combo's shows
+                setattr(p, name, combo.currentData or "")
         plan = evaluate.plan(p.resultSegmentation, p.resultSegment, p.referenceSegmentation, p.referenceSegment,
                              p.compareVolume, self.evaluator.busy)
         self.ui.evaluateGridLabel.text = plan.grid_text or plan.reason
