@@ -8,13 +8,14 @@ with pytest.
 """
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, GuiConnector, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -26,7 +27,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
-from VoxMetricSegLib import SegmentLogic, deps, panel  # noqa: E402  (Qt-free; imports nothing heavy)
+from VoxMetricSegLib import SegmentLogic, deps, evaluate, evaluate_panel, panel  # noqa: E402  (Qt-free; imports nothing heavy)
 
 
 class VoxMetricSeg(ScriptedLoadableModule):
@@ -73,6 +74,12 @@ class VoxMetricSegParameterNode:
     model: str = panel.DEFAULT_MODEL  # a pipeline or refiner name; "" = the default pipeline
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     replaceExisting: bool = False
+    resultSegmentation: vtkMRMLSegmentationNode  # Evaluate: result vs reference, on compareVolume's grid
+    resultSegment: str = ""
+    referenceSegmentation: vtkMRMLSegmentationNode
+    referenceSegment: str = ""
+    compareVolume: vtkMRMLScalarVolumeNode  # None: the reference's own volume
+    metricsTable: vtkMRMLTableNode
 
     if TYPE_CHECKING:  # what @parameterNodeWrapper adds
         parameterNode: Any
@@ -83,9 +90,9 @@ class VoxMetricSegParameterNode:
         def disconnectGui(self, tag: int) -> None: ...
 
 
-class ModelComboConnector(GuiConnector):
-    """The model combo box ↔ the ``model`` parameter: its items (filled from the registry) carry
-    the model names as item data, so the choices can change while Slicer runs."""
+class DataComboConnector(GuiConnector):
+    """A combo box ↔ a str parameter (``model``, the Evaluate segments): its items carry the values
+    as item data (model names from the registry, segment names), so the choices can change."""
 
     def __init__(self, widget: Any) -> None:
         super().__init__()
@@ -117,7 +124,7 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._guiTags: list[int] = []
         self._registry = panel.Registry()
         self._modalityCache: tuple[Any, str] | None = None
-        self._observedVolume: Any = None
+        self._followed: dict[str, Any] = {}  # nodes whose changes refresh the panel
         self._stage = ""
         self._events: list[dict[str, Any]] = []
         self._timer = qt.QTimer()
@@ -136,6 +143,10 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.clicked.connect(lambda: self._start("segment"))
         self.ui.cancelButton.clicked.connect(self._cancel)
         self.ui.show3DButton.clicked.connect(self._show3D)
+        self.evaluation = evaluate_panel.EvaluateSection(
+            self.ui, self.logic.evaluator, qt.QTimer(), lambda: self._parameterNode, lambda: slicer.mrmlScene,
+            slicer.util.tryWithErrorDisplay, lambda name: qt.QFileDialog.getSaveFileName(
+                None, _("Export the comparison table"), name, "CSV (*.csv)"), self._refresh)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._fillModels()
@@ -180,20 +191,16 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._refresh)
         self._parameterNode = node
         if node is not None:
+            combos = {"model": self.ui.modelComboBox, "resultSegment": self.ui.resultSegmentComboBox,
+                      "referenceSegment": self.ui.referenceSegmentComboBox}
             self._guiTags = [node.connectGui(self.ui),
-                             node.connectParametersToGui({"model": ModelComboConnector(self.ui.modelComboBox)})]
+                             node.connectParametersToGui({k: DataComboConnector(w) for k, w in combos.items()})]
             self.addObserver(node.parameterNode, vtk.vtkCommand.ModifiedEvent, self._refresh)
             self._refresh()
 
     def _fillModels(self) -> None:
         self._registry = panel.read_registry()
-        combo = self.ui.modelComboBox
-        was = combo.currentData or panel.DEFAULT_MODEL
-        combo.clear()
-        for i, choice in enumerate(panel.model_choices(self._registry)):
-            combo.addItem(choice.label, choice.value)
-            combo.setItemData(i, choice.tooltip, qt.Qt.ToolTipRole)
-        combo.currentIndex = max(combo.findData(was), 0)
+        evaluate_panel.fill(self.ui.modelComboBox, panel.model_choices(self._registry))
 
     def _modality(self) -> tuple[str | None, str]:
         """(modality or None without an input volume, why)."""
@@ -215,12 +222,11 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or self.logic is None:
             return
-        if p.inputVolume is not self._observedVolume:  # its voxels may arrive or change later
-            if self._observedVolume is not None:
-                self.removeObserver(self._observedVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
-            self._observedVolume = p.inputVolume
-            if p.inputVolume is not None:
-                self.addObserver(p.inputVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._refresh)
+        self._follow("input", p.inputVolume, (slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,))  # voxels arrive later
+        segmentEvents = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                         slicer.vtkSegmentation.SegmentModified)
+        self._follow("result", p.resultSegmentation, segmentEvents)
+        self._follow("reference", p.referenceSegmentation, segmentEvents)
         modality, why = self._modality()
         plan = panel.model_plan(p.model, modality, self._registry, why)
         self.ui.modelCardLabel.text = plan.text
@@ -229,6 +235,19 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                plan.runnable)
         for name, enabled in states.items():
             getattr(self.ui, name).enabled = enabled
+        with slicer.util.NodeModify(p.parameterNode):  # refilling a combo box passes through ""
+            self.evaluation.refresh()
+
+    def _follow(self, key: str, node: Any, events: tuple[Any, ...]) -> None:
+        """Refresh the panel on ``events`` of ``node`` (the one followed as ``key`` before is let go)."""
+        old = self._followed.get(key)
+        if old is not node:
+            for event in events:
+                if old is not None:
+                    self.removeObserver(old, event, self._refresh)
+                if node is not None:
+                    self.addObserver(node, event, self._refresh)
+            self._followed[key] = node
 
     # -- running a stage in the child process --------------------------------------------------
     def _start(self, stage: str) -> None:
@@ -314,6 +333,7 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.engine = engine or SegmentLogic()
         self.installer: deps.Installer | None = None
+        self.evaluator = evaluate.Evaluator()  # Evaluate: one comparison at a time, in a worker thread
 
     @property
     def busy(self) -> bool:
@@ -341,6 +361,7 @@ class VoxMetricSegLogic(ScriptedLoadableModuleLogic):
     def cleanup(self) -> None:
         if self.installer is not None:
             self.installer.cancel()
+        self.evaluator.cancel()
         self.engine.cleanup()
 
     @staticmethod
@@ -361,3 +382,8 @@ class VoxMetricSegTest(ScriptedLoadableModuleTest):
 
         result = run_localize_move_refine(slicer.mrmlScene, SegmentLogic())
         self.delayDisplay(f"Localize → move ROI → Refine passed: Dice {result['dice']:.3f}")
+        from VoxMetricSegLib.selftest import run_compare_with_cli
+
+        with tempfile.TemporaryDirectory() as folder:
+            row = run_compare_with_cli(slicer.mrmlScene, folder)
+        self.delayDisplay(f"Evaluate gave the numbers of voxmetric evaluate: DSC {row['DSC']:.4f}")

@@ -29,7 +29,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
-from VoxMetricTrainLib import CasePair, TrainLogic, form, panel  # noqa: E402  (Qt-free; no torch)
+from VoxMetricTrainLib import CasePair, TrainLogic, form, panel, review_panel  # noqa: E402  (Qt-free; no torch)
 
 METHODS = [name for name, _tip in panel.method_choices()]
 
@@ -105,7 +105,11 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = VoxMetricTrainLogic()
+        logic = self.logic = VoxMetricTrainLogic()
+        self.review = review_panel.ReviewSection(  # after training: per-case validation table, review of the cases
+            self.ui, qt.QTimer(), lambda: logic.engine, lambda: slicer.mrmlScene,
+            lambda: self._parameterNode.device if self._parameterNode else "auto", slicer.util.tryWithErrorDisplay,
+            self._refresh)
         self.ui.trainButton.clicked.connect(lambda: self._start(resume=False))
         self.ui.resumeButton.clicked.connect(lambda: self._start(resume=True))
         self.ui.cancelButton.clicked.connect(self._cancel)
@@ -136,6 +140,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.engine.cancel()
         if self.logic:
             self.logic.engine.table_node = self.logic.engine.chart_node = None
+        self.review.forget()
         self.ui.pairsTableWidget.setRowCount(0)
         self.setParameterNode(None)
 
@@ -233,8 +238,9 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p, logic = self._parameterNode, self.logic
         if p is None or logic is None:
             return
-        state = panel.widgets(logic.busy or self._steps is not None, p.casesSource == "scene",
-                              logic.engine.can_resume(p.modelName))
+        busy = logic.busy or self._steps is not None or self.review.running
+        self.review.refresh(busy)
+        state = panel.widgets(busy, p.casesSource == "scene", logic.engine.can_resume(p.modelName))
         for name, on in state.enabled.items():
             getattr(self.ui, name).enabled = on
         for name, on in state.visible.items():
@@ -319,8 +325,10 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Model '{name}' installed ({path}): pick it in VoxMetric Prostate.").format(
                 name=info.name, path=info.path)
             self.ui.logPlainTextEdit.appendPlainText(self.ui.statusLabel.text)
+            self.review.show(info)
 
     def _cancel(self) -> None:
+        self.review.cancel()
         if self.logic:
             self._steps = None
             self.logic.engine.cancel()

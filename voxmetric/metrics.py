@@ -440,6 +440,25 @@ def _atomic_write(path: Path, text: str) -> Path:
     return path
 
 
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    """Write a table as CSV (``header`` then ``rows``; floats as ``repr``, so they read back
+    exactly; NaN as an empty cell, ±inf as "inf"/"-inf"), atomically: a temporary file in the
+    target folder, then a rename. Returns the path."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(header))
+    for row in rows:
+        w.writerow([_csv_cell(v) for v in row])
+    return _atomic_write(Path(path), buf.getvalue())
+
+
+def _csv_cell(v: object) -> object:
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return "" if math.isnan(f) else repr(f) if math.isfinite(f) else ("inf" if f > 0 else "-inf")
+    return v
+
+
 def _json_number(v: object) -> object:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")

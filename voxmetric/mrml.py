@@ -367,6 +367,52 @@ def write_mask_segment(
     return seg_node, segment_id
 
 
+def _tight(mask: np.ndarray, lo: list[int], ref: Volume) -> Volume:
+    """The bool ``mask`` (z, y, x) whose first voxel is voxel ``lo`` (i, j, k) of ``ref``'s grid,
+    cropped to its non-zero voxels (one zero voxel when there are none), as a uint8 Volume."""
+    along = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]  # z, y, x
+    if not along[0].size:
+        return Volume(np.zeros((1, 1, 1), np.uint8), ref.spacing, ref.origin, ref.direction)
+    box = tuple(slice(int(v[0]), int(v[-1]) + 1) for v in along)
+    start = [lo[a] + box[2 - a].start for a in range(3)]  # (i, j, k)
+    origin = ref.index_to_physical(np.array(start, float))
+    return Volume(np.ascontiguousarray(mask[box], dtype=np.uint8), ref.spacing, origin, ref.direction)
+
+
+def _crop_on_grid(seg_node, segment_id: str, reference_volume_node, ref: Volume) -> Volume | None:
+    """``mask_from_segment(crop=True)`` without Slicer's resampling onto the whole reference
+    extent: when the segment's labelmap voxels are voxels of the reference grid (same parent
+    transform, same spacing and axes, a whole-voxel offset — e.g. it was drawn on that volume),
+    only the labelmap's effective extent is read. None when that does not hold."""
+    image = seg_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if image is None or seg_node.GetParentTransformNode() is not reference_volume_node.GetParentTransformNode():
+        return None
+    scalars = image.GetPointData().GetScalars() if image.GetPointData() else None
+    if scalars is None or image.GetNumberOfScalarComponents() != 1:
+        return None
+    image_to_ras, ijk_to_ras = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_ras)
+    reference_volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    to_ref = np.linalg.inv(_to_np(ijk_to_ras)) @ _to_np(image_to_ras)  # labelmap IJK → reference IJK
+    offset = np.round(to_ref[:3, 3]).astype(int)
+    if not (np.allclose(to_ref[:3, :3], np.eye(3), atol=1e-4) and np.allclose(to_ref[:3, 3], offset, atol=1e-3)):
+        return None
+    full = [int(v) for v in image.GetExtent()]
+    effective = [0] * 6
+    if not slicer.vtkOrientedImageDataResample.CalculateEffectiveExtent(image, effective):
+        effective = [0, -1, 0, -1, 0, -1]
+    size = [int(v) for v in ref.size_xyz]
+    lo = [max(effective[2 * a], -offset[a]) for a in range(3)]  # labelmap indices, clipped to the grid
+    hi = [min(effective[2 * a + 1], size[a] - 1 - offset[a]) for a in range(3)]
+    if any(h < l for l, h in zip(lo, hi)):
+        return _tight(np.zeros((1, 1, 1), bool), [0, 0, 0], ref)
+    dims = [full[2 * a + 1] - full[2 * a] + 1 for a in range(3)]
+    labels = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1])
+    block = labels[tuple(slice(lo[a] - full[2 * a], hi[a] - full[2 * a] + 1) for a in (2, 1, 0))]
+    value = seg_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()  # segments share labelmaps
+    return _tight(block == value, [lo[a] + int(offset[a]) for a in range(3)], ref)
+
+
 def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: bool = False) -> Volume:
     """uint8 0/1 mask (z, y, x) of a segment (case-insensitive name) on the reference
     volume's grid, with the reference's world geometry (as :func:`volume_from_node`).
@@ -384,6 +430,10 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: 
             f"{', '.join(repr(n) for n in names) or '(none)'}. Pick one of these names."
         )
     ref = geometry_from_node(reference_volume_node)
+    if crop:
+        on_grid = _crop_on_grid(seg_node, segment_id, reference_volume_node, ref)
+        if on_grid is not None:
+            return on_grid
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     merged = slicer.vtkOrientedImageData()
@@ -394,16 +444,15 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: 
     extent = tuple(int(v) for v in merged.GetExtent())
     size = [int(v) for v in ref.size_xyz]
     scalars = merged.GetPointData().GetScalars() if merged.GetPointData() else None
-    if crop:
+    if crop:  # Slicer resampled the segment onto the whole reference extent: keep the segment's own
         lo = [max(extent[2 * a], 0) for a in range(3)]
         hi = [min(extent[2 * a + 1], size[a] - 1) for a in range(3)]
         if scalars is None or any(h < l for l, h in zip(lo, hi)):
-            return Volume(np.zeros((1, 1, 1), np.uint8), ref.spacing, ref.origin, ref.direction)
+            return _tight(np.zeros((1, 1, 1), bool), [0, 0, 0], ref)
         dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
         labels = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1])
         sub = labels[tuple(slice(lo[a] - extent[2 * a], hi[a] - extent[2 * a] + 1) for a in (2, 1, 0))]
-        origin = ref.index_to_physical(np.array(lo, float))
-        return Volume((sub > 0).astype(np.uint8), ref.spacing, origin, ref.direction)
+        return _tight(sub > 0, lo, ref)
     want = (0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
     if extent != want or scalars is None:
         raise GeometryError(
@@ -412,6 +461,31 @@ def mask_from_segment(seg_node, segment_name: str, reference_volume_node, crop: 
         )
     labels = numpy_support.vtk_to_numpy(scalars).reshape(ref.shape)
     return ref.with_array((labels > 0).astype(np.uint8))
+
+
+def segment_grid(seg_node, segment_name: str) -> Volume | None:
+    """World geometry (LPS) of the voxel grid a segment is stored on (its binary labelmap, under
+    the node's parent transform), voxels not copied: a :class:`Volume` whose array is a zero view
+    of the labelmap's extent (z, y, x). None when the segment is held as something other than a
+    binary labelmap (e.g. a closed surface). SegmentNotFoundError names the segments there are."""
+    if seg_node is None or not seg_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError("Select a segmentation node.")
+    segment_id = _find_segment(seg_node, segment_name)
+    if segment_id is None:
+        names = [n for _, n in _segment_names(seg_node)]
+        raise SegmentNotFoundError(f"No segment '{segment_name}' in '{seg_node.GetName()}'. Available segments: "
+                                   f"{', '.join(repr(n) for n in names) or '(none)'}.")
+    image = seg_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if image is None:
+        return None
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    affine = _FLIP4 @ _node_to_world(seg_node) @ _to_np(m)
+    spacing, direction = _split_columns(affine[:3, :3], f"The segment '{segment_name}'")
+    ext = [int(v) for v in image.GetExtent()]
+    size = [max(ext[2 * a + 1] - ext[2 * a] + 1, 1) for a in range(3)]
+    origin = affine[:3, :3] @ np.array(ext[0::2], float) + affine[:3, 3]
+    return Volume(np.broadcast_to(np.uint8(0), tuple(size[::-1])), spacing, origin, direction)
 
 
 def paste_into(mask: Volume, reference: Volume) -> Volume:
@@ -488,3 +562,53 @@ def loss_chart(scene, table_node, name: str, x_column: str = "iteration"):
         series.SetColor(*_SERIES_COLORS[k % len(_SERIES_COLORS)])
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart
+
+
+# -- result tables ----------------------------------------------------------------------------
+def results_table(scene, name: str, columns, units=None):
+    """A new vtkMRMLTableNode called ``name`` with ``columns`` (pairs of (name, "text" | "number")):
+    string and float64 columns, no rows; ``units`` (column → unit label, e.g. "mm") are set as the
+    columns' unit labels (Slicer shows them, and they travel with the table in the scene)."""
+    if not columns:
+        raise InputError("A results table needs at least one column.")
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    for column, kind in columns:
+        if kind not in ("text", "number"):
+            raise InputError(f"Column '{column}' has kind {kind!r}; use 'text' or 'number'.")
+        array = vtk.vtkStringArray() if kind == "text" else vtk.vtkDoubleArray()
+        array.SetName(str(column))
+        node.AddColumn(array)
+    for column, unit in (units or {}).items():
+        node.SetColumnUnitLabel(column, unit)
+    return node
+
+
+def add_table_row(table_node, row) -> int:
+    """Append one row (a mapping column name → value) to a :func:`results_table`; number cells
+    the row leaves out (or gives as None) are NaN, text cells "". Returns the new row's index.
+    Unknown column names raise InputError."""
+    table = table_node.GetTable()
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    unknown = sorted(set(row) - set(names))
+    if unknown:
+        raise InputError(f"The table '{table_node.GetName()}' has no column(s) {unknown}; it has {names}.")
+    index = table.InsertNextBlankRow(float("nan"))
+    for name in names:
+        column, value = table.GetColumnByName(name), row.get(name)
+        if column.IsA("vtkStringArray"):
+            column.SetValue(index, "" if value is None else str(value))
+        else:
+            column.SetValue(index, float("nan") if value is None else float(value))
+    table.Modified()
+    table_node.Modified()
+    return int(index)
+
+
+def read_table(table_node) -> tuple[list[str], list[list[object]]]:
+    """(column names, rows) of a table node: text cells as str, number cells as float."""
+    table = table_node.GetTable()
+    columns = [table.GetColumn(i) for i in range(table.GetNumberOfColumns())]
+    names = [c.GetName() for c in columns]
+    rows: list[list[object]] = [[c.GetValue(r) if c.IsA("vtkStringArray") else float(c.GetValue(r)) for c in columns]
+                                for r in range(table.GetNumberOfRows())]
+    return names, rows

@@ -20,7 +20,8 @@ What stands in (installed by :func:`install`):
   exact widget class, ``connectGui`` / ``connectParametersToGui`` / ``disconnectGui``).
 - ``slicer.ScriptedLoadableModule``, ``slicer.i18n``, ``slicer.app``, ``slicer.modules``,
   ``slicer.qMRMLNodeComboBox`` (follows the scene as Slicer's: auto-selects when none is not
-  allowed), ``slicer.util.loadVolume``, ``SampleData``; the message boxes
+  allowed), ``slicer.qMRMLTableView`` (the table node it shows), ``slicer.util.loadVolume``,
+  ``SampleData``; ``qt.QFileDialog`` answers :data:`FILE_ANSWERS`; the message boxes
   (``errorDisplay``, ``warningDisplay``, ``infoDisplay``, ``confirmOkCancelDisplay``) record
   what they would show in :data:`DIALOGS`, and ``confirmOkCancelDisplay`` answers
   :data:`ANSWERS` (default OK).
@@ -49,12 +50,29 @@ from standins_params import (  # noqa: F401 (re-exported for the tests)
     parameterNodeWrapper,
 )
 from standins_qt import SLOT_ERRORS, TIMERS, QObject, QSpinBox, Qt, QVBoxLayout, QWidget, fire_timers  # noqa: F401 (re-exported for the tests)
-from standins_ui import ctkCollapsibleButton, ctkPathLineEdit, qMRMLNodeComboBox  # noqa: F401 (re-exported for the tests)
+from standins_ui import ctkCollapsibleButton, ctkPathLineEdit, qMRMLNodeComboBox, qMRMLTableView  # noqa: F401 (re-exported for the tests)
 
 #: Message boxes shown: (kind, text, window title).
 DIALOGS: list[tuple[str, str, str]] = []
 #: Answers for confirmOkCancelDisplay, consumed in order (empty: OK).
 ANSWERS: list[bool] = []
+#: Paths the file dialogs (qt.QFileDialog) answer, consumed in order (empty: cancelled).
+FILE_ANSWERS: list[str] = []
+
+
+class QFileDialog:
+    """The static file dialogs: each records what it would ask in :data:`DIALOGS` and answers the
+    next path of :data:`FILE_ANSWERS` ("" = the user cancelled)."""
+
+    @staticmethod
+    def getSaveFileName(parent: Any = None, caption: str = "", directory: str = "", filter: str = "") -> str:
+        DIALOGS.append(("save", str(caption), str(directory)))
+        return FILE_ANSWERS.pop(0) if FILE_ANSWERS else ""
+
+    @staticmethod
+    def getExistingDirectory(parent: Any = None, caption: str = "", directory: str = "") -> str:
+        DIALOGS.append(("directory", str(caption), str(directory)))
+        return FILE_ANSWERS.pop(0) if FILE_ANSWERS else ""
 
 
 def new_mrml_scene() -> Any:
@@ -236,7 +254,7 @@ def install() -> dict[str, Any]:
                 "QLineEdit", "QPlainTextEdit", "QTextEdit", "QProgressBar", "QTableWidget", "QTableWidgetItem",
                 "QTimer", "Qt", "QFile", "QUiLoader", "QApplication"]
     modules = {
-        "qt": _module("qt", **{n: getattr(standins_qt, n) for n in qt_names}),
+        "qt": _module("qt", QFileDialog=QFileDialog, **{n: getattr(standins_qt, n) for n in qt_names}),
         "ctk": _module("ctk", ctkCollapsibleButton=ctkCollapsibleButton, ctkPathLineEdit=ctkPathLineEdit),
         "slicer.i18n": _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
         "slicer.ScriptedLoadableModule": _module(
@@ -252,7 +270,8 @@ def install() -> dict[str, Any]:
     }
     saved: dict[str, Any] = {"modules": {n: sys.modules.get(n) for n in modules}, "attrs": {}, "util": {}}
     sys.modules.update(modules)
-    attrs = {"app": _App(), "qMRMLNodeComboBox": qMRMLNodeComboBox, "i18n": modules["slicer.i18n"],
+    attrs = {"app": _App(), "qMRMLNodeComboBox": qMRMLNodeComboBox, "qMRMLTableView": qMRMLTableView,
+             "i18n": modules["slicer.i18n"],
              "ScriptedLoadableModule": modules["slicer.ScriptedLoadableModule"],
              "parameterNodeWrapper": modules["slicer.parameterNodeWrapper"],
              "modules": types.SimpleNamespace(plots=types.SimpleNamespace(logic=_cached(_PlotsLogic)))}
@@ -267,6 +286,7 @@ def install() -> dict[str, Any]:
     SLOT_ERRORS.clear()
     DIALOGS.clear()
     ANSWERS.clear()
+    FILE_ANSWERS.clear()
     _SampleDataLogic.sources.clear()
     return saved
 

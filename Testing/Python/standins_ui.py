@@ -150,11 +150,37 @@ class qMRMLNodeComboBox(QWidget):
         self.setCurrentNode(self._scene.GetNodeByID(node_id) if self._scene and node_id else None)
 
 
+class qMRMLTableView(QWidget):
+    """Shows a vtkMRMLTableNode (Slicer's table view): the node it is bound to, and the scene."""
+
+    PROPS = {"editable": True, "selectionBehavior": 0}
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._scene: Any = None
+        self._node: Any = None
+
+    def setMRMLScene(self, scene: Any) -> None:
+        self._scene = scene
+
+    def mrmlScene(self) -> Any:
+        return self._scene
+
+    def setMRMLTableNode(self, node: Any) -> None:
+        if node is not None and not node.IsA("vtkMRMLTableNode"):
+            raise TypeError(f"{node.GetClassName()} is not a vtkMRMLTableNode")
+        self._node = node
+
+    def mrmlTableNode(self) -> Any:
+        return self._node
+
+
 # ---- the .ui loader ------------------------------------------------------------------------
 def _widget_classes() -> dict[str, type]:
     return {c.__name__: c for c in (QWidget, QLabel, QPushButton, QCheckBox, QComboBox, QSpinBox, QDoubleSpinBox,
                                     QSlider, QLineEdit, QPlainTextEdit, QTextEdit, QProgressBar, QTableWidget,
-                                    ctkCollapsibleButton, ctkPathLineEdit, qMRMLWidget, qMRMLNodeComboBox)}
+                                    ctkCollapsibleButton, ctkPathLineEdit, qMRMLWidget, qMRMLNodeComboBox,
+                                    qMRMLTableView)}
 
 
 _LAYOUTS = {"QVBoxLayout": QVBoxLayout, "QHBoxLayout": QHBoxLayout, "QFormLayout": QFormLayout,

@@ -198,6 +198,8 @@ class TrainLogic:
         self.events: list[dict] = []
         self.table_node: Any = None
         self.chart_node: Any = None
+        self.case_pairs: dict[str, CasePair] = {}  # case id → its scene row, for the run started here
+        self.model: models.ModelInfo | None = None  # the model the last run installed
 
     # -- where runs live -------------------------------------------------------------------------
     @staticmethod
@@ -274,6 +276,7 @@ class TrainLogic:
             for i, pair in enumerate(pairs):
                 snapshots.append(snapshot_case(pair, i))
                 yield f"Read case {i + 1}/{len(pairs)} ({pair.volume_node.GetName()}) from the scene…"
+            self.case_pairs = {snap.id: pair for snap, pair in zip(snapshots, pairs)}
             if run.exists():  # an earlier attempt that stopped before its first checkpoint: nothing to keep
                 shutil.rmtree(run)
             run.mkdir(parents=True)
@@ -317,6 +320,7 @@ class TrainLogic:
         if not (run / "work" / "checkpoints" / "last.safetensors").exists():
             raise ConfigError(f"The training run '{name}' stopped before its first checkpoint; press Train "
                               "to start it again.")
+        self.case_pairs = {}  # the run's scene rows are not known here: review reads its exported cases
         if iterations is not None:
             settings["iterations"] = int(iterations)
         if device is not None:
@@ -424,6 +428,7 @@ class TrainLogic:
         result = self.job.result if self.job is not None else None
         if not isinstance(result, models.ModelInfo):
             raise VoxMetricError("Training finished but its model was not installed; see the log.")
+        self.model = result
         return result
 
     def run(self, scene, *args: Any, resume: bool = False, timeout: float | None = None,
