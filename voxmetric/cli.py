@@ -33,8 +33,10 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                         "data (SynthSeg-style: random shapes, contrasts, resolutions, noise)")
     p.add_argument("--contrast", choices=["ct", "mr", "random", "mix"], default=None,
                    help="synth only: CT-like (HU), T2-MR-like, fully random per tissue, or a per-seed mix (default)")
-    p.add_argument("--fov", choices=["pelvis", "roi"], default="pelvis",
-                   help="synth only: whole scan on a random acquisition grid, or a 120-160 mm stage-2 crop at 1 mm")
+    from .synth import FOV_HELP, FOVS
+
+    p.add_argument("--fov", choices=list(FOVS), default="pelvis",
+                   help="synth only: " + "; ".join(f"{k}: {v}" for k, v in FOV_HELP.items()))
     p.set_defaults(func=_run_phantom)
 
 

@@ -39,9 +39,12 @@ from scipy import ndimage
 
 from .errors import InputError
 from .phantom import LABELS, PhantomCase
-from .synth_anatomy import (AIR, BCONTENT, BGAS, BONE, BOWEL, BWALL, CALC, CLASS_LABEL, CLASS_NAMES, CORTEX, FAT,
-                            FECES, MARROW, MUSCLE, N_CLASSES, NODULE, PFAT, PMUSCLE, PROSTATE_CLASSES, PZ, RGAS, RWALL,
-                            SOFT, SV, TABLE, TZ, URINE, VESSEL, Anatomy, Grid, paint, random_rotation, sample_anatomy)
+from .synth_abdomen import add_abdomen
+from .synth_anatomy import (ADRENAL, AIR, AORTA, BCONTENT, BGAS, BONE, BOWEL, BWALL, CALC, CANAL, CARTILAGE, CCONTENT,
+                            CLASS_LABEL, CLASS_NAMES, COLON, CORTEX, DISC, FAT, FECES, GALLB, HEART, KIDNEY, LIVER, LUNG,
+                            MARROW, MUSCLE, N_CLASSES, N_PELVIS_CLASSES, NODULE, PANCREAS, PFAT, PMUSCLE, PROSTATE_CLASSES,
+                            PSOAS, PZ, RFAT, RGAS, RPELVIS, RWALL, SCONTENT, SOFT, SPLEEN, STOMACH, SV, TABLE, TZ, URINE,
+                            VESSEL, Anatomy, Grid, paint, random_rotation, sample_anatomy)
 from .volume import Volume
 
 __all__ = ["BONE", "CLASS_LABEL", "CLASS_NAMES", "CONTRASTS", "FOVS", "N_CLASSES", "PROSTATE_CLASSES", "SynthCase",
@@ -49,9 +52,13 @@ __all__ = ["BONE", "CLASS_LABEL", "CLASS_NAMES", "CONTRASTS", "FOVS", "N_CLASSES
            "sample_grid", "write_synth_cases"]
 
 CONTRASTS = ("ct", "mr", "random")
-FOVS = ("pelvis", "roi")
+FOVS = ("pelvis", "roi", "abdomen")
+FOV_HELP = {"pelvis": "a whole-pelvis scan on a random acquisition grid",
+            "roi": "a 120-160 mm stage-2 crop around the prostate at 1 mm",
+            "abdomen": "an abdomen-pelvis scan from below the prostate up to the upper abdomen (300-550 mm)"}
 
 MAX_PAINT_VOXELS = 24_000_000  # pelvis mode: cap on the painted (sub-slice) grid, ~100 MB float32
+MAX_ABDOMEN_PAINT_VOXELS = 12_000_000  # abdomen mode: a lower cap (more paint operations per voxel)
 
 
 @dataclass
@@ -116,6 +123,8 @@ def _check_geometry(shape, spacing) -> None:
 def _sample_grid(rng: np.random.Generator, anat: Anatomy, fov: str, shape=None, spacing=None) -> SynthGrid:
     """Draw the grid: acquisition spacing and plane, field of view and offset, flips, obliquity,
     patient tilt and scanner offset. ``shape`` (z, y, x) / ``spacing`` (x, y, z) override."""
+    if fov == "abdomen":
+        return _sample_grid_abdomen(rng, anat, shape, spacing)
     tilt = random_rotation(rng, (12, 8, 8)) if rng.random() < 0.7 else np.eye(3)
     c_pat = np.array([rng.uniform(-20, 20), rng.uniform(-40, 40), rng.uniform(-500, -50)])
     plane = int(rng.choice(3, p=[0.8, 0.1, 0.1]))
@@ -153,6 +162,52 @@ def _sample_grid(rng: np.random.Generator, anat: Anatomy, fov: str, shape=None, 
     return SynthGrid(fov, shp, sp, d, origin, acq, k, grid)  # type: ignore[arg-type]
 
 
+def _sample_grid_abdomen(rng: np.random.Generator, anat: Anatomy, shape=None, spacing=None) -> SynthGrid:
+    """An abdomen–pelvis acquisition: axial (85 %) or coronal, 300–500 mm in-plane field of view
+    (≤ 512²), 1–6 mm slices, 300–550 mm from foot to head with the prostate in the lowest 5–30 %
+    (in 30 % of cases 0.5–5 %: at the very edge, partly cut), mild tilt and obliquity. The
+    in-plane spacing grows where the painted grid would pass :data:`MAX_ABDOMEN_PAINT_VOXELS`."""
+    tilt = random_rotation(rng, (6, 5, 5)) if rng.random() < 0.6 else np.eye(3)
+    c_pat = np.array([rng.uniform(-20, 20), rng.uniform(-40, 40), rng.uniform(-500, -50)])
+    plane = int(rng.choice(2, p=[0.85, 0.15]))
+    d = _PLANES[plane] * np.where(rng.random(3) < 0.3, -1.0, 1.0)[None, :]
+    if rng.random() < 0.2:
+        d = random_rotation(rng, (8, 8, 8)) @ d
+    fov_xy, ext_si = rng.uniform(300, 500), rng.uniform(300, 550)
+    ext_lps = np.array([fov_xy, fov_xy if plane == 0 else rng.uniform(180, 300), ext_si])  # L-R, A-P, S-I mm
+    sxy, sz = float(rng.uniform(0.6, 1.6)), round(float(rng.uniform(1.0, 6.0)), 2)
+    frac = rng.uniform(0.005, 0.05) if rng.random() < 0.3 else rng.uniform(0.05, 0.30)
+    axis_lps = np.argmax(np.abs(d), axis=0)  # the patient axis each grid axis runs along
+    ext = ext_lps[axis_lps]
+    if spacing is not None:
+        sp = np.array([float(v) for v in spacing])
+    else:
+        sp = np.array([sxy, sxy, sz])
+        sp[:2] = np.maximum(sp[:2], ext[:2].max() / 512)  # ≤ 512² in-plane
+    k = 2 * int(round((sp[2] / 2.0 - 1) / 2)) + 1 if sp[2] > 2.0 else 1  # sub-slices ≤ ~2 mm apart
+    if shape is None:
+        n = np.maximum(8, np.round(ext / sp)).astype(int)
+        over = n.prod() * k / MAX_ABDOMEN_PAINT_VOXELS
+        if over > 1 and spacing is None:  # coarser in-plane, same field of view
+            sp[:2] = np.round(sp[:2] * np.sqrt(over), 3) + 0.001
+            n[:2] = np.maximum(8, np.floor(ext[:2] / sp[:2])).astype(int)
+        shp = (int(n[2]), int(n[1]), int(n[0]))
+    else:
+        shp = tuple(int(v) for v in shape)
+    nv = np.array(shp[::-1], float)
+    ext_grid = nv * sp
+    si = int(np.argmax(np.abs(d[2, :])))  # the grid axis closest to superior
+    # the grid centre in the anatomy frame: the body's middle, the prostate `frac` up from the foot end
+    ym = float(anat.frame.get("ym", 0.0))
+    a_c = np.array([rng.uniform(-20, 20), ym + rng.uniform(-20, 20), (0.5 - frac) * ext_grid[si]])
+    off = d.T @ tilt @ a_c
+    origin = c_pat + d @ off - d @ ((nv - 1) * sp / 2)
+    m = tilt.T @ d @ np.diag(sp / np.array([1, 1, k]))
+    t = tilt.T @ (origin - c_pat) - m[:, 2] * (k // 2)
+    grid = Grid((shp[0] * k, shp[1], shp[2]), m, t)
+    return SynthGrid("abdomen", shp, sp, d, origin, sp.copy(), k, grid)  # type: ignore[arg-type]
+
+
 # ---- intensities ------------------------------------------------------------------------------
 # (mean low, mean high, spread low, spread high) per class. CT in HU; MR relative to urine ≈ 1.
 _CT = {AIR: (-1010, -960, 2, 15), FAT: (-130, -70, 4, 20), PFAT: (-120, -45, 4, 25), MUSCLE: (28, 70, 3, 15),
@@ -169,21 +224,78 @@ _MR = {AIR: (0, 0.03, 0, 0.01), FAT: (0.45, 0.95, 0.02, 0.08), PFAT: (0.4, 0.9, 
        PZ: (0.35, 0.9, 0.02, 0.1), TZ: (0.15, 0.5, 0.02, 0.1), NODULE: (0.1, 0.7, 0.02, 0.08), VESSEL: (0.0, 0.7, 0.01, 0.08),
        CALC: (0, 0.05, 0, 0.02), TABLE: (0, 0.02, 0, 0.01)}
 _NEIGHBOURS = (SOFT, PMUSCLE, MUSCLE, BWALL, RWALL, SV, PFAT, URINE)
+# the abdominal classes (fov="abdomen"), drawn from their own stream: unenhanced CT, and the ranges
+# a contrast phase moves them to ((mean low, mean high) in HU)
+_CT_ABD = {LIVER: (40, 80, 3, 12), GALLB: (-5, 25, 1, 6), SPLEEN: (40, 70, 3, 12), KIDNEY: (30, 45, 3, 12),
+           RPELVIS: (-5, 25, 1, 8), RFAT: (-120, -60, 4, 20), ADRENAL: (20, 60, 3, 12), STOMACH: (25, 60, 3, 12),
+           SCONTENT: (-60, 60, 5, 40), PANCREAS: (30, 60, 3, 12), COLON: (18, 60, 3, 12), CCONTENT: (-250, 60, 15, 120),
+           AORTA: (30, 55, 2, 10), PSOAS: (30, 70, 3, 15), DISC: (60, 110, 3, 15), CANAL: (0, 30, 2, 10),
+           LUNG: (-920, -700, 20, 80), HEART: (30, 55, 3, 12), CARTILAGE: (60, 250, 10, 40)}
+_CT_ARTERIAL = {AORTA: (180, 450), HEART: (100, 300), KIDNEY: (120, 200), SPLEEN: (90, 140), LIVER: (55, 85),
+                PANCREAS: (90, 140), VESSEL: (60, 150), STOMACH: (50, 100)}
+_CT_PORTAL = {AORTA: (120, 220), HEART: (100, 200), KIDNEY: (120, 200), SPLEEN: (90, 130), LIVER: (80, 120),
+              PANCREAS: (70, 110), VESSEL: (120, 220), STOMACH: (50, 90)}
+_MR_ABD = {LIVER: (0.08, 0.25, 0.01, 0.04), GALLB: (0.7, 1.0, 0.01, 0.05), SPLEEN: (0.25, 0.5, 0.02, 0.06),
+           KIDNEY: (0.3, 0.6, 0.02, 0.08), RPELVIS: (0.7, 1.0, 0.01, 0.05), RFAT: (0.45, 0.95, 0.02, 0.08),
+           ADRENAL: (0.1, 0.3, 0.01, 0.05), STOMACH: (0.1, 0.3, 0.01, 0.05), SCONTENT: (0.1, 1.0, 0.02, 0.15),
+           PANCREAS: (0.15, 0.35, 0.01, 0.05), COLON: (0.1, 0.3, 0.01, 0.05), CCONTENT: (0.02, 0.5, 0.03, 0.15),
+           AORTA: (0.0, 0.4, 0.01, 0.1), PSOAS: (0.05, 0.25, 0.01, 0.04), DISC: (0.3, 0.9, 0.02, 0.08),
+           CANAL: (0.7, 1.0, 0.01, 0.05), LUNG: (0.0, 0.05, 0.0, 0.02), HEART: (0.0, 0.4, 0.02, 0.1),
+           CARTILAGE: (0.05, 0.3, 0.01, 0.05)}
 
 
-def _intensities(contrast: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _intensities(contrast: str, rng: np.random.Generator,
+                 rx: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-class (mean, spread) float32 arrays for ``contrast``: CT in HU, MR and random in
     arbitrary units (≈ 0 … 1). The prostate may come out brighter, darker or equal to any
-    neighbour."""
+    neighbour. The pelvic classes come from ``rng``; the abdominal ones from ``rx`` (the
+    abdomen's own stream, which may also give the CT a contrast phase), or table midpoints
+    when it is None (they are then absent from the image)."""
+    mean, std = _pelvic_intensities(contrast, rng)
+    return _abdominal_intensities(contrast, rx, mean, std)
+
+
+def _abdominal_intensities(contrast: str, rx: np.random.Generator | None, mean: np.ndarray,
+                           std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mean``, ``std`` (the pelvic classes) extended by the abdominal classes, float32."""
+    n_abd = N_CLASSES - N_PELVIS_CLASSES
+    table = _CT_ABD if contrast == "ct" else _MR_ABD
+    lo, hi, slo, shi = (np.array([table[c][i] for c in range(N_PELVIS_CLASSES, N_CLASSES)], float) for i in range(4))
+    if rx is None:
+        return (np.concatenate([mean, (lo + hi) / 2]).astype(np.float32),
+                np.concatenate([std, (slo + shi) / 2]).astype(np.float32))
+    mean, std = mean.astype(float), std.astype(float)
     if contrast == "random":
-        mean = rng.uniform(0, 1, N_CLASSES)
-        std = rng.uniform(0, 0.1, N_CLASSES)
+        m_abd, s_abd = rx.uniform(0, 1, n_abd), rx.uniform(0, 0.1, n_abd)
+    else:
+        m_abd, s_abd = rx.uniform(lo, hi), rx.uniform(slo, shi)
+    mean, std = np.concatenate([mean, m_abd]), np.concatenate([std, s_abd])
+    if contrast == "ct":
+        phase = rx.choice(3, p=[0.35, 0.2, 0.45])  # unenhanced, arterial, portal venous
+        for c, (a, b) in ({} if phase == 0 else _CT_ARTERIAL if phase == 1 else _CT_PORTAL).items():
+            mean[c] = rx.uniform(a, b)
+        if rx.random() < 0.1:  # excretory phase: contrast in the collecting system
+            mean[RPELVIS] = rx.uniform(300, 1200)
+        if rx.random() < 0.2:  # oral contrast
+            mean[[SCONTENT, BCONTENT]] = rx.uniform(150, 500, 2)
+    elif contrast == "mr":
+        if mean[FAT] < _MR[FAT][0]:  # the pelvic draw chose fat suppression
+            mean[RFAT] *= mean[FAT] / rx.uniform(*_MR[FAT][:2])
+        mean[SPLEEN] = max(mean[SPLEEN], mean[LIVER] + rx.uniform(0.05, 0.2))  # T2: the liver darker than the spleen
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _pelvic_intensities(contrast: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, spread) of the pelvic classes (0 … N_PELVIS_CLASSES − 1) for ``contrast``."""
+    if contrast == "random":
+        mean = rng.uniform(0, 1, N_PELVIS_CLASSES)
+        std = rng.uniform(0, 0.1, N_PELVIS_CLASSES)
         if rng.random() < 0.5:  # a homogeneous gland
             mean[[TZ, NODULE]] = mean[PZ]
         equal_p, neighbours = 0.25, _NEIGHBOURS
     else:
         table = _CT if contrast == "ct" else _MR
-        lo, hi, slo, shi = (np.array([table[c][i] for c in range(N_CLASSES)], float) for i in range(4))
+        lo, hi, slo, shi = (np.array([table[c][i] for c in range(N_PELVIS_CLASSES)], float) for i in range(4))
         mean, std = rng.uniform(lo, hi), rng.uniform(slo, shi)
         if contrast == "ct":
             if rng.random() < 0.1:  # contrast medium in the urine, the bowel, the vessels
@@ -199,7 +311,7 @@ def _intensities(contrast: str, rng: np.random.Generator) -> tuple[np.ndarray, n
             equal_p, neighbours = 0.15, _NEIGHBOURS
     if rng.random() < equal_p:  # no contrast between the gland and one neighbour
         mean[[PZ, TZ, NODULE]] = mean[int(rng.choice(neighbours))] + rng.normal(0, 0.01 if contrast != "ct" else 1.0, 3)
-    return mean.astype(np.float32), std.astype(np.float32)
+    return mean, std
 
 
 def _white(rng: np.random.Generator, shape) -> np.ndarray:
@@ -277,11 +389,12 @@ def _streaks(img: np.ndarray, rng: np.random.Generator, spacing_zyx: np.ndarray)
     img += win[:, None, None] * pat[None]
 
 
-def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: str, rng: np.random.Generator) -> np.ndarray:
+def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: str, rng: np.random.Generator,
+            rx: np.random.Generator | None = None) -> np.ndarray:
     """The image on the output grid (float32): class intensities with texture on the painting
     grid, fuzzy prostate edge, CT streaks, slice profile and in-plane blur, acquisition
-    resampling, bias field, noise, gamma."""
-    mean, std = _intensities(contrast, rng)
+    resampling, bias field, noise, gamma. ``rx``: the abdominal classes' stream (abdomen)."""
+    mean, std = _intensities(contrast, rng, rx)
     sp_zyx = plan.paint_spacing[::-1]
     img = mean[tissue]
     w = np.float32(rng.uniform(0.2, 1.0))
@@ -301,7 +414,7 @@ def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: s
     fwhm = acq_zyx * np.array([rng.uniform(0.8, 1.3), rng.uniform(0.6, 1.4), 1.0])
     fwhm[2] = fwhm[1]
     sig = np.sqrt(np.maximum((fwhm / 2.355) ** 2 - (0.35 * sp_zyx) ** 2, 0)) / sp_zyx
-    if plan.fov == "pelvis":
+    if plan.fov != "roi":  # pelvis, abdomen: painted on the acquisition grid
         if sig[0] > 0.2:
             img = ndimage.gaussian_filter1d(img, sig[0], axis=0, truncate=3.0)
         img = np.ascontiguousarray(img[plan.k // 2 :: plan.k])
@@ -314,7 +427,8 @@ def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: s
         img = _resize_linear(img, coarse)
 
     # bias field and noise on the acquisition grid
-    ref = float(mean.max() - mean.min()) if contrast != "ct" else 1.0
+    drawn = mean if rx is not None else mean[:N_PELVIS_CLASSES]  # the classes this field of view can hold
+    ref = float(drawn.max() - drawn.min()) if contrast != "ct" else 1.0
     cells = tuple(int(rng.integers(2, 5)) for _ in range(3))
     if contrast == "ct":
         if rng.random() < 0.5:  # low-frequency shading (cupping, scatter)
@@ -353,7 +467,8 @@ def _check(contrast: str, fov: str, seed: int) -> tuple[str, str]:
     if c not in (*CONTRASTS, "mix"):
         raise InputError(f"Unknown synthetic contrast {contrast!r}; use one of {', '.join(CONTRASTS)} or 'mix'.")
     if f not in FOVS:
-        raise InputError(f"Unknown synthetic field of view {fov!r}; use 'pelvis' (whole scan) or 'roi' (stage-2 crop).")
+        raise InputError(f"Unknown synthetic field of view {fov!r}; use one of "
+                         + ", ".join(f"'{k}' ({v})" for k, v in FOV_HELP.items()) + ".")
     if int(seed) < 0:
         raise InputError(f"The seed must be ≥ 0, got {seed}.")
     return c, f
@@ -362,6 +477,21 @@ def _check(contrast: str, fov: str, seed: int) -> tuple[str, str]:
 def _streams(seed: int) -> list[np.random.Generator]:
     """Independent random streams of one seed: anatomy, grid, image, contrast choice."""
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)]
+
+
+def _abdomen_streams(seed: int) -> list[np.random.Generator]:
+    """Two more streams of the seed, for the abdomen only (its anatomy, its classes' intensities):
+    the first four (:func:`_streams`) are the same, so the pelvis of a seed is the same in every
+    field of view and the ``pelvis`` / ``roi`` cases do not change."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(6)[4:]]
+
+
+def _anatomy(seed: int, fov: str, ra: np.random.Generator) -> Anatomy:
+    """The anatomy of ``seed``: the pelvis from ``ra``; for ``abdomen`` the abdomen above it."""
+    anat = sample_anatomy(ra, abdomen=fov == "abdomen")
+    if fov == "abdomen":
+        add_abdomen(anat, _abdomen_streams(seed)[0])
+    return anat
 
 
 def contrast_of(seed: int, contrast: str = "mix") -> str:
@@ -376,7 +506,7 @@ def sample_grid(seed: int, fov: str = "pelvis", *, shape=None, spacing=None) -> 
     _, f = _check("ct", fov, seed)
     _check_geometry(shape, spacing)
     ra, rg, _, _ = _streams(seed)
-    return _sample_grid(rg, sample_anatomy(ra), f, shape, spacing)
+    return _sample_grid(rg, sample_anatomy(ra), f, shape, spacing)  # the grid needs only the pelvis
 
 
 def make_synth_labels(seed: int, fov: str = "roi", *, shape=None, spacing=None) -> SynthLabels:
@@ -386,7 +516,7 @@ def make_synth_labels(seed: int, fov: str = "roi", *, shape=None, spacing=None) 
     _, f = _check("ct", fov, seed)
     _check_geometry(shape, spacing)
     ra, rg, _, _ = _streams(seed)
-    anat = sample_anatomy(ra)
+    anat = _anatomy(seed, f, ra)
     plan = _sample_grid(rg, anat, f, shape, spacing)
     tissue, labels = paint(plan.grid, anat.ops)
     c = plan.k // 2
@@ -409,10 +539,10 @@ def make_synth_case(seed: int, contrast: str = "mix", fov: str = "pelvis", *, sh
     _check_geometry(shape, spacing)
     ra, rg, ri, _ = _streams(seed)
     c = contrast_of(seed, c)
-    anat = sample_anatomy(ra)
+    anat = _anatomy(seed, f, ra)
     plan = _sample_grid(rg, anat, f, shape, spacing)
     tissue, labels = paint(plan.grid, anat.ops)
-    img = _render(tissue, labels, plan, c, ri)
+    img = _render(tissue, labels, plan, c, ri, _abdomen_streams(seed)[1] if f == "abdomen" else None)
     del tissue
     labels = np.ascontiguousarray(labels[plan.k // 2 :: plan.k])
     if c == "ct":

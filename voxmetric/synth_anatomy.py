@@ -13,7 +13,7 @@ gives the same anatomy on every grid. Tissue classes: :data:`CLASS_NAMES`; label
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,10 +25,18 @@ CLASS_NAMES = (
     "cortical bone", "bone marrow", "urine", "bladder wall", "rectal wall", "faeces", "rectal gas",
     "seminal vesicle", "bowel wall", "bowel content", "bowel gas", "peripheral zone",
     "transition zone", "nodule", "vessel", "calcification", "table",
+    # the abdomen above the pelvis (fov="abdomen" only: voxmetric.synth_abdomen)
+    "liver", "gallbladder", "spleen", "kidney", "renal pelvis", "perirenal fat", "adrenal", "stomach wall",
+    "gastric content", "pancreas", "colon wall", "colon content", "aorta", "psoas", "intervertebral disc",
+    "spinal canal", "lung", "heart", "costal cartilage",
 )
 (AIR, FAT, PFAT, MUSCLE, PMUSCLE, SOFT, CORTEX, MARROW, URINE, BWALL, RWALL, FECES, RGAS, SV,
- BOWEL, BCONTENT, BGAS, PZ, TZ, NODULE, VESSEL, CALC, TABLE) = range(len(CLASS_NAMES))
+ BOWEL, BCONTENT, BGAS, PZ, TZ, NODULE, VESSEL, CALC, TABLE,
+ LIVER, GALLB, SPLEEN, KIDNEY, RPELVIS, RFAT, ADRENAL, STOMACH, SCONTENT, PANCREAS, COLON, CCONTENT, AORTA,
+ PSOAS, DISC, CANAL, LUNG, HEART, CARTILAGE) = range(len(CLASS_NAMES))
 N_CLASSES = len(CLASS_NAMES)
+N_PELVIS_CLASSES = LIVER
+"""The pelvic classes come first (0 … 22); the ``pelvis`` and ``roi`` fields of view use only these."""
 BONE = (CORTEX, MARROW)
 PROSTATE_CLASSES = (PZ, TZ, NODULE, CALC)
 CLASS_LABEL = np.zeros(N_CLASSES, np.uint8)
@@ -274,11 +282,14 @@ def paint(grid: Grid, ops: Ops, block_voxels: int = 1 << 22) -> tuple[np.ndarray
 @dataclass
 class Anatomy:
     """The drawn anatomy: paint operations and a few numbers (``prostate_ml``; ``radius`` mm, a
-    bound on the gland's distance from the origin, used to keep it inside fields of view)."""
+    bound on the gland's distance from the origin, used to keep it inside fields of view;
+    ``frame``: the pelvis's landmarks and body outline, mm in the anatomy frame, from which
+    :func:`voxmetric.synth_abdomen.add_abdomen` builds the abdomen above it)."""
 
     ops: Ops
     prostate_ml: float
     radius: float
+    frame: dict = field(default_factory=dict)
 
 
 def _prostate(rng: np.random.Generator) -> dict:
@@ -329,9 +340,11 @@ def _prostate_rn(u, p: dict) -> np.ndarray:
     return rn * (1 + np.float32(p["indent"]) * post) / (1 + p["wobble"](un))
 
 
-def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+def sample_anatomy(rng: np.random.Generator, abdomen: bool = False) -> Anatomy:
     """Draw one male pelvis as ordered paint operations in the anatomy frame (LPS mm: x → left,
-    y → posterior, z → superior; prostate centre at the origin)."""
+    y → posterior, z → superior; prostate centre at the origin). ``abdomen``: the same draws,
+    with the upper sacrum brought inside the body (it meets the lumbar spine of
+    :func:`voxmetric.synth_abdomen.add_abdomen`; the pelvis's own fields of view rarely reach it)."""
     o = Ops()
     pro = _prostate(rng)
     ext = pro["extent"]
@@ -440,10 +453,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
           _allow(MUSCLE, PMUSCLE))
 
     # ---- vessels: external iliac → femoral, both sides ----
+    iliac_top = {}
     for s in (-1, 1):
         pts = [np.array([s * rng.uniform(35, 55) * bs, y_head - rng.uniform(20, 45), z_head + rng.uniform(80, 120)]),
                np.array([s * (hx - rng.uniform(10, 25)), y_head - rng.uniform(30, 45), z_head + rng.uniform(10, 30)]),
                np.array([s * (hx - rng.uniform(-5, 10)), y_head - rng.uniform(35, 55), z_head - rng.uniform(60, 120)])]
+        iliac_top[s] = pts[0]
         for off, r in ((0.0, rng.uniform(3, 5.5)), (-s * rng.uniform(8, 14), rng.uniform(4, 7.5))):
             shift = np.array([off, 0, 0])
             for p0, p1 in zip(pts[:-1], pts[1:]):
@@ -586,6 +601,8 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     # sacrum and coccyx: flat pieces on a curve behind the rectum, widening upward
     zs = np.linspace(apex + rng.uniform(0, 15), z_head + rng.uniform(100, 140), 12)
     ys = [float(rect(np.float32(z))[1]) + ar + rng.uniform(12, 24) + 8 for z in zs]
+    if abdomen:  # the upper sacrum inside the body, in line with the lumbar spine above it
+        ys = [min(y, ym + bm - (20 + 55 * t) - (4 + 11 * t) * bs) for t, y in zip(np.linspace(0, 1, len(ys)), ys)]
     for i, (z, y) in enumerate(zip(zs, ys)):
         t = i / (len(zs) - 1)
         j0, j1 = max(i - 1, 0), min(i + 1, len(zs) - 1)
@@ -614,7 +631,11 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         lab = LABELS["Femoral head left"] if s > 0 else LABELS["Femoral head right"]
         o.label(_ellipsoid(hc, np.full(3, rh)), lab, _allow(*BONE))
     r_all = float(np.linalg.norm(ext)) + 2
-    return Anatomy(o, pro["vol"] / 1000.0, r_all)
+    frame = {"bs": bs, "hx": hx, "rh": rh, "y_head": y_head, "z_head": z_head, "y_sym": y_sym, "apex": apex,
+             "torso": torso, "ym": ym, "bm": bm, "y_back": y_back, "rect": rect, "z_r1": z_r1,
+             "cavity": cavity, "bladder": (c_b, semi_b), "iliac_top": iliac_top,
+             "s1": (np.array([0.0, ys[-1] + (4 + 11) * bs, zs[-1]]), np.array([55.0, 15.0, 14.0]) * bs)}
+    return Anatomy(o, pro["vol"] / 1000.0, r_all, frame)
 
 
 def _cup(c, r_in: float, r_out: float, n: np.ndarray):

@@ -3,7 +3,7 @@ seconds (wall and CPU) to draw a case, its size in memory, the seconds to write 
 NRRD + .seg.nrrd and the MB on disk. Prints one JSON object per case and one summary (medians)
 per field of view.
 
-    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov roi pelvis]
+    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov roi pelvis abdomen]
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from voxmetric import io  # noqa: E402
 from voxmetric.phantom import LABELS  # noqa: E402
-from voxmetric.synth import CONTRASTS, make_synth_case  # noqa: E402
+from voxmetric.synth import CONTRASTS, FOVS, make_synth_case  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=6, help="cases per field of view (contrasts cycle ct, mr, random)")
     ap.add_argument("--first", type=int, default=1000, help="first seed")
-    ap.add_argument("--fov", nargs="+", default=["roi", "pelvis"], choices=["pelvis", "roi"],
+    ap.add_argument("--fov", nargs="+", default=["roi", "pelvis"], choices=list(FOVS),
                     help="fields of view in order (the peak RSS reported is the process's so far: roi first)")
     a = ap.parse_args()
     segments = [io.segment_info(n, v) for n, v in LABELS.items()]

@@ -163,7 +163,7 @@ def test_bad_arguments_are_explained():
     with pytest.raises(InputError, match="contrast"):
         make_synth_case(0, "pet")
     with pytest.raises(InputError, match="field of view"):
-        make_synth_case(0, "ct", "abdomen")
+        make_synth_case(0, "ct", "thorax")
     with pytest.raises(InputError, match="seed"):
         make_synth_labels(-1)
 
@@ -191,3 +191,107 @@ def test_cli_writes_cases_that_load_and_validate(tmp_path, capsys):
     # the realistic phantom refuses synth-only flags
     assert cli_main(["phantom", "--contrast", "random", "--out", str(tmp_path / "p")]) == 2
     assert "--generator synth" in capsys.readouterr().err
+
+
+# ---- the abdomen field of view ------------------------------------------------------------------
+ABD = dict(spacing=(5.0, 5.0, 5.0))  # ~90² × 60–110 voxels
+ABDOMINAL = ("liver", "spleen", "kidney", "stomach wall", "pancreas", "colon wall", "aorta", "psoas",
+             "intervertebral disc", "spinal canal", "renal pelvis", "perirenal fat", "gallbladder", "lung")
+
+# Fingerprints of pelvis / roi cases recorded from the generator before the abdomen existed (label voxel
+# counts 1–5, image mean and std, 8 voxels): the abdomen draws from streams of its own, so these stay.
+BEFORE_ABDOMEN = {
+    (0, "ct", "pelvis"): [1657, 8717, 2954, 375, 479, -732.773, 425.884, -998, -961, -945, -997, 68, 80, -969, -8],
+    (1, "mr", "pelvis"): [984, 5423, 2088, 1689, 1609, 456.311, 563.843, 23, 23, 69, 466, 523, 482, 288, 4],
+    (2, "random", "roi"): [3860, 1276, 4703, 467, 247, 1465.808, 227.682, 1667, 1223, 1528, 1457, 1698, 1453, 1226, 1690],
+    (3, "mix", "roi"): [1704, 12221, 1484, 1175, 75, 413.086, 374.844, 189, 174, 125, 203, 83, 227, 723, 11],
+}
+
+
+@pytest.mark.parametrize("key", list(BEFORE_ABDOMEN))
+def test_pelvis_and_roi_cases_are_unchanged_by_the_abdomen(key):
+    seed, contrast, fov = key
+    case = make_synth_case(seed, contrast, fov, **(WIDE if fov == "pelvis" else ROI3))
+    lab, img = case.labels.array, case.image.array
+    flat = img.ravel()
+    got = [int((lab == v).sum()) for v in range(1, 6)] + [float(img.mean()), float(img.std())]
+    got += [int(v) for v in flat[np.linspace(0, flat.size - 1, 8).astype(int)]]
+    assert np.allclose(got, BEFORE_ABDOMEN[key], rtol=1e-4, atol=1.01), (got, BEFORE_ABDOMEN[key])
+
+
+def test_abdomen_case_holds_the_abdomen_and_the_pelvic_labels():
+    seen: set[str] = set()
+    for seed in range(4):
+        case = make_synth_case(seed, "mix", "abdomen", **ABD)
+        lab = make_synth_labels(seed, "abdomen", **ABD)
+        assert case.fov == "abdomen" and lab.labels.same_grid(case.labels)
+        assert np.array_equal(lab.labels.array, case.labels.array)
+        assert set(np.unique(case.labels.array)) == {0, *LABELS.values()}  # the five pelvic labels, nothing else
+        names = {CLASS_NAMES[c] for c in np.unique(lab.tissue.array)}
+        assert {"psoas", "intervertebral disc", "colon wall", "aorta"} <= names, (seed, names)
+        assert not (lab.labels.array[lab.tissue.array >= synth.LIVER]).any()  # the new organs are label 0
+        seen |= names
+        # the scan reaches far above the prostate (≥ 300 mm from foot to head), the prostate low in it
+        ext = np.array(case.image.shape[::-1]) * case.image.spacing
+        corners = np.array([case.image.index_to_physical(np.array(c) * (np.array(case.image.shape[::-1]) - 1))
+                            for c in np.ndindex(2, 2, 2)])
+        z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
+        frac = (centroid_lps(case.labels, LABELS["Prostate"])[2] - z_lo) / (z_hi - z_lo)
+        assert z_hi - z_lo > 290 and max(ext) <= 560 and -0.01 < frac < 0.35, (seed, z_hi - z_lo, frac)
+    assert set(ABDOMINAL) <= seen, set(ABDOMINAL) - seen
+
+
+def test_abdomen_is_deterministic_and_keeps_the_pelvis_of_its_seed():
+    a, b = (make_synth_case(6, "mix", "abdomen", **ABD) for _ in range(2))
+    assert np.array_equal(a.image.array, b.image.array) and np.array_equal(a.labels.array, b.labels.array)
+    # the same prostate as in the other fields of view (its own stream), on another grid
+    p_abd = ml(a.labels)
+    p_roi = ml(make_synth_labels(6, "roi", spacing=(2.0, 2.0, 2.0)).labels)
+    assert a.prostate_ml == make_synth_case(6, "ct", "roi", **ROI3).prostate_ml
+    assert abs(p_abd / p_roi - 1) < 0.5  # 5 mm voxels: coarse
+
+
+def test_abdomen_grid_ranges():
+    planes, fracs = set(), []
+    for seed in range(40):
+        g = synth.sample_grid(seed, "abdomen")
+        assert max(g.shape[1:]) <= 512 and np.prod(g.shape) * g.k <= synth.MAX_ABDOMEN_PAINT_VOXELS * 1.01
+        assert np.allclose(g.acq, g.spacing) and 1.0 <= g.spacing[2] <= 6.0 and 0.6 <= g.spacing[0] == g.spacing[1] <= 3.0
+        ext = np.array(g.shape[::-1]) * g.spacing
+        si = int(np.argmax(np.abs(g.direction[2, :])))
+        assert 290 <= ext[si] <= 560 and all(290 <= e <= 520 for i, e in enumerate(ext) if i != si and abs(g.direction[1, i]) < 0.7)
+        planes.add(si)
+    assert planes == {1, 2}  # axial and coronal acquisitions
+
+
+def test_abdomen_intensities_ct_and_mr():
+    for seed in (0, 2):
+        lab = make_synth_labels(seed, "abdomen", **ABD).tissue.array
+        ct = make_synth_case(seed, "ct", "abdomen", **ABD).image.array.astype(float)
+        mr = make_synth_case(seed, "mr", "abdomen", **ABD).image.array.astype(float)
+        core = np.asarray(ndimage.binary_erosion(lab == synth.LIVER), bool)  # away from partial volume
+        assert core.sum() > 20
+        assert 20 < np.median(ct[core]) < 140
+        lung = np.asarray(ndimage.binary_erosion(lab == synth.LUNG), bool)
+        assert lung.sum() < 20 or np.median(ct[lung]) < -500
+        assert np.median(ct[lab == synth.CORTEX]) > 100
+        spleen = np.asarray(ndimage.binary_erosion(lab == synth.SPLEEN), bool)
+        if spleen.sum() > 10:  # T2: the liver darker than the spleen
+            assert np.median(mr[core]) < np.median(mr[spleen])
+    mean, _ = synth._intensities("random", np.random.default_rng(0), np.random.default_rng(1))
+    assert mean.shape == (len(CLASS_NAMES),) and np.unique(np.round(mean[synth.LIVER:], 6)).size == len(CLASS_NAMES) - synth.LIVER
+
+
+def test_cli_writes_abdomen_cases(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "MAX_ABDOMEN_PAINT_VOXELS", 600_000)  # coarse: fast
+    out = tmp_path / "abd"
+    assert cli_main(["phantom", "--generator", "synth", "--fov", "abdomen", "--contrast", "ct", "--out", str(out),
+                     "--cases", "2", "--seed", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["fov"] for e in manifest["cases"]] == ["abdomen", "abdomen"] and manifest["cases"][1]["seed"] == 4
+    records = load_cases(out, "Prostate")
+    validate_cases(records)
+    from voxmetric import io
+
+    again = make_synth_case(3, "ct", "abdomen")
+    assert np.array_equal(io.read_volume(records[0].image).array, again.image.array)
