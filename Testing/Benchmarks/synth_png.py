@@ -1,8 +1,9 @@
 """Render a grid of domain-randomised synthetic cases (voxmetric.synth) as one PNG: rows of
-CT-like, T2-MR-like and random-contrast samples (whole-pelvis field of view) and a row of
-stage-2 crops (roi, mixed contrasts); per case an axial and a sagittal slice through the
-prostate centroid, resampled onto patient axes (radiological view: patient left on the right,
-anterior up / left), with the label contours.
+CT-like, T2-MR-like and random-contrast samples (whole-pelvis field of view), a row of
+stage-2 crops (roi, mixed contrasts) and a row of abdomen–pelvis scans (abdomen, mixed
+contrasts); per case an axial and a sagittal slice through the prostate centroid (abdomen: a
+coronal slice through the kidneys and a sagittal one), resampled onto patient axes
+(radiological view: patient left on the right, anterior up / left), with the label contours.
 
     python Testing/Benchmarks/synth_png.py --out Resources/synth_samples.png [--seeds 4] [--first 0]
 """
@@ -33,6 +34,10 @@ VIEWS = {  # slice axes (columns x, y of the picture, z = slice normal) in LPS
     "axial": np.eye(3),  # columns → patient left (radiological: patient right on the left), rows → posterior
     "sagittal": np.array([[0, 1.0, 0], [0, 0, -1], [1, 0, 0]]).T,  # cols anterior → posterior, rows superior → inferior
 }
+COR_VIEWS = {  # abdomen: coronal (cols → patient left, rows superior → inferior) and sagittal
+    "coronal": np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]).T,
+    "sagittal": VIEWS["sagittal"],
+}
 
 
 def view_slice(case, centre: np.ndarray, axes: np.ndarray, size_mm: float, px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +67,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=4, help="cases per row")
     ap.add_argument("--first", type=int, default=0, help="first seed")
     ap.add_argument("--px", type=int, default=150, help="pixels per panel side")
-    ap.add_argument("--colors", type=int, default=64, help="grey levels of the saved PNG's palette (keeps it small)")
+    ap.add_argument("--colors", type=int, default=40, help="grey levels of the saved PNG's palette (keeps it small)")
     a = ap.parse_args()
-    rows = [("ct", "pelvis"), ("mr", "pelvis"), ("random", "pelvis"), ("mix", "roi")]
+    rows = [("ct", "pelvis"), ("mr", "pelvis"), ("random", "pelvis"), ("mix", "roi"), ("mix", "abdomen")]
     fig, axs = plt.subplots(len(rows), 2 * a.seeds, figsize=(2 * a.seeds * 1.8, len(rows) * 2.05), facecolor="black")
     info = []
     t0 = time.perf_counter()
@@ -76,12 +81,17 @@ def main() -> int:
             centre = case.labels.index_to_physical(pro[::-1])
             ext = np.sort(np.array(case.image.shape[::-1]) * case.image.spacing)
             size = float(np.clip(ext[1], 120, 260)) if fov == "pelvis" else 150.0  # fill the panel
+            views = VIEWS
+            if fov == "abdomen":  # the scan's middle in z, behind the prostate (kidneys), the whole length
+                mid = case.image.index_to_physical((np.array(case.image.shape[::-1]) - 1) / 2)
+                centre = np.array([centre[0], centre[1] + 35.0, mid[2]])
+                size, views = float(np.clip(ext[2], 300, 560)), COR_VIEWS
             vals = case.image.array
             if case.contrast == "ct":
                 lo, hi = -200.0, 250.0
             else:
                 lo, hi = (float(v) for v in np.percentile(vals[:: max(1, vals.shape[0] // 8)], [0.5, 99.5]))
-            for v, (name, axes) in enumerate(VIEWS.items()):
+            for v, (name, axes) in enumerate(views.items()):
                 img, lab = view_slice(case, centre, axes, size, a.px)
                 ax = axs[r, 2 * j + v]
                 ax.imshow(np.nan_to_num(img, nan=lo), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
@@ -100,9 +110,10 @@ def main() -> int:
                          "acq_spacing": [round(float(s), 3) for s in case.acquisition_spacing],
                          "prostate_ml": round(case.prostate_ml, 1)})
     names = ", ".join(f"{n}={COLOURS[v]}" for n, v in LABELS.items())
-    fig.suptitle(f"voxmetric.synth samples (axial | sagittal per case; CT window −200…250 HU)\n{names}",
+    fig.suptitle(f"voxmetric.synth samples (axial | sagittal per case, abdomen: coronal | sagittal; CT window "
+                 f"−200…250 HU)\n{names}",
                  color="white", fontsize=8)
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=0.9, wspace=0.03, hspace=0.3)
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=0.92, wspace=0.03, hspace=0.3)
     buf = pyio.BytesIO()
     fig.savefig(buf, dpi=100, facecolor="black")
     img = Image.open(buf).convert("RGB").quantize(palette=palette(a.colors), dither=Image.Dither.NONE)
