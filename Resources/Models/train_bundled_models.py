@@ -3,15 +3,16 @@ refiner trained only on domain-randomised synthetic images (``voxmetric.synth``,
 for CT and MR alike (modality ``any``). Research use only, not for clinical use.
 
     python Resources/Models/train_bundled_models.py [--work DIR] [--which localizer,refiner]
-        [--loc-iterations 1500] [--ref-iterations 2000] [--threads 1] [--resume]
+        [--loc-iterations 4000] [--ref-iterations 10000] [--threads 1] [--resume]
 
 1. writes synthetic cases (``synth.write_synth_cases``, contrast ``mix``: CT-like in Hounsfield
-   units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…)
-   and 320 stage-2 crops around the prostate (seeds 30000…); validation: 6 + 6 other synthetic
-   seeds (40000…, 41000…) and 2 + 2 realistic CT / MR phantoms (``voxmetric.phantom``, seeds
-   2000…); held-out evaluations use none of these (``Testing/Benchmarks/eval_bundled_models.py``);
-2. trains the ``Localizer`` (4 mm, 5-slice slabs, the paper's stage 1) on the pelvis scans and
-   half of the crops, and a ``MetricUNet-HCP`` refiner (1.5 mm, base width 16, 64-d embedding:
+   units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…),
+   160 abdomen-pelvis scans (seeds 50000…) and 320 stage-2 crops around the prostate (seeds
+   30000…); validation: 6 + 6 (+ 4 abdomen for the localizer) other synthetic seeds (40000…,
+   41000…, 51000…) and 2 + 2 realistic CT / MR phantoms (``voxmetric.phantom``, seeds 2000…);
+   held-out evaluations use none of these (``Testing/Benchmarks/eval_bundled_models.py``);
+2. trains the ``Localizer`` (4 mm, 5-slice slabs, the paper's stage 1) on the pelvis and
+   abdomen scans and half of the crops, and a ``MetricUNet-HCP`` refiner (1.5 mm, base width 16, 64-d embedding:
    the paper's network scaled down 4× in width for a CPU budget) on all of them, each case
    normalised as its modality says (CT: HU window; MR and random contrasts: percentiles);
 3. keeps the checkpoint with the best validation Dice, stores float16 weights when that changes
@@ -27,7 +28,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +41,22 @@ CONFIGS = {"localizer": {"per_case": 100},
            "refiner": {"spacing_mm": 1.5, "base": 16, "embed_channels": 64, "per_case": 100}}
 
 
+EVENTS: list[Path] = []  # the run's event log (appended across resumes)
+
+
 def log(event: dict) -> None:
     if event.get("event") != "progress":
-        print(json.dumps({k: v for k, v in event.items() if k != "cases"}), flush=True)
+        line = json.dumps({k: v for k, v in event.items() if k != "cases"})
+        print(line, flush=True)
+        for path in EVENTS:
+            with path.open("a") as f:
+                f.write(line + "\n")
+
+
+def training_hours(events: Path) -> float:
+    """Training wall time over every run of this output folder (the trainer's ``done`` events)."""
+    lines = events.read_text().splitlines() if events.exists() else []
+    return sum(json.loads(x).get("seconds", 0.0) for x in lines if '"event": "done"' in x) / 3600
 
 
 def synthetic(work: Path, name: str, n: int, seed: int, fov: str) -> list:
@@ -72,8 +85,11 @@ def realistic(work: Path) -> list:
 def data(work: Path) -> dict[str, list]:
     pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis")
     roi = synthetic(work, "synth-roi", 320, 30000, "roi")
+    abdomen = synthetic(work, "synth-abdomen", 160, 50000, "abdomen")
     val = synthetic(work, "synth-val-pelvis", 6, 40000, "pelvis") + synthetic(work, "synth-val-roi", 6, 41000, "roi")
-    return {"localizer": pelvis + roi[:160], "refiner": pelvis + roi, "val": val + realistic(work)}
+    val_abdomen = synthetic(work, "synth-val-abdomen", 4, 51000, "abdomen")
+    return {"localizer": pelvis + abdomen + roi[:160], "refiner": pelvis + roi,
+            "localizer-val": val + val_abdomen + realistic(work), "refiner-val": val + realistic(work)}
 
 
 def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> None:
@@ -89,16 +105,17 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
                                 seed=0, device="cpu", val_batch=8)
     out = args.work / f"run-{kind}"
     resume = args.resume and (out / "checkpoints" / "last.safetensors").exists()
-    t0 = time.monotonic()
-    result = training.train(method, cfg, tcfg, sets[kind], sets["val"], out, emit=log, resume=resume)
-    hours = (time.monotonic() - t0) / 3600
+    out.mkdir(parents=True, exist_ok=True)
+    EVENTS[:] = [out / "events.jsonl"]
+    result = training.train(method, cfg, tcfg, sets[kind], sets[f"{kind}-val"], out, emit=log, resume=resume)
+    hours = training_hours(out / "events.jsonl")
 
     # float16 storage when the validation Dice barely changes
     state16 = {k: (v.half().float() if v.is_floating_point() else v) for k, v in result.state_dict.items()}
     net = method.build(cfg, 2)
     net.load_state_dict(state16)
     recipe = method.data_recipe(cfg)
-    val_prep = [prepare_case(r, recipe, cache_dir=out / "cache") for r in sets["val"]]
+    val_prep = [prepare_case(r, recipe, cache_dir=out / "cache") for r in sets[f"{kind}-val"]]
     import torch
 
     v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
@@ -112,10 +129,11 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     )
     card["training"] = dict(
         card.get("training", {}), generator="voxmetric.synth (contrast mix)",
-        data=f"{len(sets[kind])} synthetic cases; validation: 12 synthetic + 2 CT and 2 MR phantoms",
+        data=f"{len(sets[kind])} synthetic cases; validation: {len(sets[f'{kind}-val']) - 4} synthetic + 2 CT and "
+             "2 MR phantoms",
         recipe=f"python Resources/Models/train_bundled_models.py --which {kind} --loc-iterations "
                f"{args.loc_iterations} --ref-iterations {args.ref_iterations} --threads {args.threads}",
-        wall_hours_this_session=round(hours, 2),
+        wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)")
     card["validation"] = dict(card.get("validation", {}), dsc_float16=v16["dsc"])
     models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
@@ -127,8 +145,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "voxmetric-bundled-train")
     p.add_argument("--which", default="localizer,refiner")
-    p.add_argument("--loc-iterations", type=int, default=1500)
-    p.add_argument("--ref-iterations", type=int, default=2000)
+    p.add_argument("--loc-iterations", type=int, default=4000)
+    p.add_argument("--ref-iterations", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
