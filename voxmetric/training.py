@@ -27,7 +27,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .errors import ConfigError, DeviceError, InputError, VoxMetricError
+from .files import atomic_path, remove_stale
 
 Emit = Callable[[dict[str, Any]], None]
 CHECKPOINT_FORMAT = "voxmetric-checkpoint/2"
@@ -198,17 +198,11 @@ def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: to
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 def _save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """Atomically write tensors + JSON metadata into one safetensors file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(flat, tmp, metadata={"voxmetric": json.dumps(_finite(meta))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write tensors + JSON metadata into one safetensors file (:func:`voxmetric.files.atomic_path`:
+    a killed run leaves the previous checkpoint whole)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={"voxmetric": json.dumps(_finite(meta))})
     return path
 
 
@@ -464,7 +458,8 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
         return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
                       resume, dist, device, last_path, best_path)
     except VoxMetricError as exc:
-        say({"event": "error", "message": str(exc), "type": type(exc).__name__})
+        say({"event": "error", "message": str(exc), "type": type(exc).__name__, "exit_code": 2})
+        exc.event_emitted = dist.main  # type: ignore[attr-defined]  (the CLI does not repeat it)
         raise
     finally:
         if own_group:

@@ -147,8 +147,9 @@ def main() -> int:
         train_one(kind.strip(), args, train_cases, val_cases)
     pipeline = HERE / "demo-ct.pipeline.json"
     if all((HERE / n / "model.json").exists() for n in NAMES.values()) and not pipeline.exists():
-        pipeline.write_text(json.dumps({"name": "demo-ct", "localizer": NAMES["localizer"],
-                                        "refiner": NAMES["refiner"]}, indent=2) + "\n")
+        from voxmetric.files import write_json
+
+        write_json(pipeline, {"name": "demo-ct", "localizer": NAMES["localizer"], "refiner": NAMES["refiner"]})
     return 0
 
 
