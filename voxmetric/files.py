@@ -46,34 +46,32 @@ def _umask() -> int:
     return mask
 
 
+_MESSAGES: dict[int, str] = {
+    errno.ENOSPC: "No space left on the disk holding {where} (or the disk quota is used up); free some space or "
+                  "write to another disk.",
+    errno.EDQUOT: "No space left on the disk holding {where} (or the disk quota is used up); free some space or "
+                  "write to another disk.",
+    errno.EACCES: "Permission denied: {where}. Check its permissions, or choose another location.",
+    errno.EPERM: "Permission denied: {where}. Check its permissions, or choose another location.",
+    errno.EROFS: "{where} is on a read-only file system; write to another location.",
+    errno.ENOTDIR: "{where}: a part of this path is a file, not a folder. Choose another path.",
+    errno.EEXIST: "{where} already exists (as a file where a folder is needed, or the reverse). Choose another path.",
+    errno.EISDIR: "{where} is a folder; give a file name.",
+    errno.ENOENT: "{where} does not exist. Check the path and its spelling.",
+    errno.ENAMETOOLONG: "The name {where} is too long for the file system; choose a shorter one.",
+    errno.EMFILE: "Too many open files; close other programs or raise the limit (ulimit -n) and try again.",
+    errno.ENFILE: "Too many open files; close other programs or raise the limit (ulimit -n) and try again.",
+    errno.EIO: "Input/output error on {where} ({reason}): the disk or network share failed; check it and try again.",
+}
+
+
 def os_error_message(exc: OSError, path: str | Path | None = None, writing: bool = True) -> str:
     """One line for an ``OSError``: what went wrong, on which path, and what to do."""
     where = str(path if path is not None else (exc.filename if exc.filename is not None else "a file"))
-    code = exc.errno
-    what = "write" if writing else "read"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return (f"No space left on the disk holding {where} (or the disk quota is used up); free some space or "
-                "write to another disk.")
-    if code in (errno.EACCES, errno.EPERM):
-        return f"Permission denied: {where}. Check its permissions, or choose another location."
-    if code == errno.EROFS:
-        return f"{where} is on a read-only file system; write to another location."
-    if code == errno.ENOTDIR:
-        return f"{where}: a part of this path is a file, not a folder. Choose another path."
-    if code == errno.EEXIST:
-        return f"{where} already exists (as a file where a folder is needed, or the reverse). Choose another path."
-    if code == errno.EISDIR:
-        return f"{where} is a folder; give a file name."
-    if code == errno.ENOENT:
-        return f"{where} does not exist. Check the path and its spelling."
-    if code == errno.ENAMETOOLONG:
-        return f"The name {where} is too long for the file system; choose a shorter one."
-    if code in (errno.EMFILE, errno.ENFILE):
-        return "Too many open files; close other programs or raise the limit (ulimit -n) and try again."
     reason = exc.strerror or str(exc) or type(exc).__name__
-    if code == errno.EIO:
-        return f"Input/output error on {where} ({reason}): the disk or network share failed; check it and try again."
-    return f"Cannot {what} {where}: {reason}. Check the path, the disk and the permissions."
+    template = _MESSAGES.get(exc.errno or -1) or ("Cannot " + ("write" if writing else "read")
+                                                  + " {where}: {reason}. Check the path, the disk and the permissions.")
+    return template.format(where=where, reason=reason)
 
 
 def output_error(exc: OSError, path: str | Path) -> OutputError:
@@ -83,6 +81,17 @@ def output_error(exc: OSError, path: str | Path) -> OutputError:
     if exc.errno == errno.EEXIST and Path(path).parent.exists() and Path(path).parent.is_file():
         exc = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return OutputError(os_error_message(exc, path), exc.errno, str(path))
+
+
+@contextmanager
+def _as_output_error(path: Path) -> Iterator[None]:
+    """OSErrors of the block as :class:`OutputError` s about ``path``."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        raise output_error(e, path) from e
 
 
 def check_free(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> Path:
@@ -162,7 +171,7 @@ def atomic_path(target: str | Path, *, overwrite: bool = True, suffix: str | Non
     make_folder(final.parent)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}{TEMP_MARK}{suffix}"
     try:
-        try:
+        with _as_output_error(final):
             old_mode = stat.S_IMODE(final.stat().st_mode) if final.exists() else None
             yield tmp
             if not tmp.exists():
@@ -170,17 +179,9 @@ def atomic_path(target: str | Path, *, overwrite: bool = True, suffix: str | Non
             _fsync_file(tmp)
             os.chmod(tmp, old_mode if old_mode is not None else 0o666 & ~_umask())
             _publish(tmp, final, overwrite)
-        except OutputError:
-            raise
-        except OSError as e:
-            raise output_error(e, final) from e
         _sync_folder(final.parent)
     finally:
-        if tmp.exists() or tmp.is_symlink():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        remove(tmp)
 
 
 @contextmanager
@@ -228,7 +229,7 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}{TEMP_MARK}"
     old: Path | None = None
     try:
-        try:
+        with _as_output_error(final):
             tmp.mkdir()
             yield tmp
             for f in tmp.rglob("*"):
@@ -246,10 +247,6 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
                     os.replace(old, final)
                     old = None
                 raise
-        except OutputError:
-            raise
-        except OSError as e:
-            raise output_error(e, final) from e
         _sync_folder(final.parent)
     finally:
         for leftover in (tmp, old):
@@ -258,14 +255,14 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 
 def remove(path: str | Path) -> None:
-    """Delete a file, link or folder tree (no error when it is gone)."""
+    """Delete a file, link or folder tree, as far as possible and without an error (clean-up)."""
     p = Path(path)
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     else:
         try:
             p.unlink()
-        except FileNotFoundError:
+        except OSError:
             pass
 
 
