@@ -277,3 +277,36 @@ def test_training_errors_give_one_error_event(tmp_path: Path, cli) -> None:
             "--iterations", "1", "--val-cases", "0", "--device", "cpu", "--resume", "--events-jsonl")
     assert "Nothing to resume" in _one_error_line(r)
     assert _error_event(r)["type"] == "ConfigError"
+
+
+# ---- asserts are for internal invariants only -----------------------------------------------------
+def test_a_predictor_refuses_an_image_without_slices() -> None:
+    """Was an AssertionError (and, under ``python -O``, None handed on)."""
+    from voxmetric.errors import InputError
+    from voxmetric.methods import Runtime, get_method
+
+    method = get_method("MetricUNet-HCP")
+    cfg = method.make_config({"base": 4, "embed_channels": 4})
+    with pytest.raises(InputError, match="no slices"):
+        method.predict(method.build(cfg).eval(), cfg, np.zeros((0, 16, 16), np.float32), Runtime(torch.device("cpu")))
+
+
+def test_asserts_in_the_engine_only_narrow_types() -> None:
+    """``assert`` vanishes under ``python -O``: a check a user can trip must raise a VoxMetricError.
+    What is left are internal invariants of the form ``x is not None`` (type narrowing)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    bad = []
+    for path in [*(root / "voxmetric").rglob("*.py"), *root.glob("VoxMetric*/VoxMetric*Lib/*.py"),
+                 *root.glob("VoxMetric*/VoxMetric*.py")]:
+        if path.name == "selftest.py":  # Slicer self-tests: asserts are their checks
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assert):
+                parts = node.test.values if isinstance(node.test, ast.BoolOp) else [node.test]
+                if not all(isinstance(p, ast.Compare) and isinstance(p.ops[0], ast.IsNot)
+                           and isinstance(p.comparators[0], ast.Constant) and p.comparators[0].value is None
+                           for p in parts):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not bad, bad
