@@ -17,7 +17,7 @@ Format 1 cards (before multi-class models) have no ``classes``: they are read as
 "Prostate" (:attr:`ModelPackage.classes`); new packages are written as format 2.
 
 Registry: installed packages live in ``models_home() / "models"`` (``$VOXMETRIC_HOME`` or
-``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (or
+``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (a wheel carries them as ``voxmetric/bundled_models``; or
 ``$VOXMETRIC_BUNDLED_MODELS``). Bundled packages are listed first and win on equal names.
 
 A *pipeline* names one localizer and one refiner: a file ``<name>.pipeline.json`` (or
@@ -478,13 +478,17 @@ BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from 
 
 
 def bundled_models_dir() -> Path:
-    """Folder of bundled packages: ``$VOXMETRIC_BUNDLED_MODELS`` or ``<repo>/Resources/Models``."""
+    """Folder of bundled packages: ``$VOXMETRIC_BUNDLED_MODELS``, else ``<repo>/Resources/Models``
+    of a source checkout (or an editable install), else the copy a wheel installs beside the
+    engine (``voxmetric/bundled_models``, see ``setup.py``)."""
     env = os.environ.get("VOXMETRIC_BUNDLED_MODELS")
     if env:
         return Path(env).expanduser()
     import voxmetric
 
-    return Path(voxmetric.__file__).resolve().parents[1] / "Resources" / "Models"
+    here = Path(voxmetric.__file__).resolve().parent
+    repo = here.parent / "Resources" / "Models"
+    return repo if repo.is_dir() else here / "bundled_models"
 
 
 def _scan(folder: Path, bundled: bool) -> list[ModelInfo]:

@@ -603,6 +603,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
            "unlabeled_cases": [c.id for c in unlabeled_prep], "world_size": dist.world}
 
     start, best_score, best_it, best_val = 0, -math.inf, None, None
+    seconds_before, loss_before = 0.0, None  # a resumed run's earlier parts (training time, last loss)
+    losses: list[float] = []
     _seed_all(cfg.seed + 1000003 * dist.rank)  # per-rank stream for sampling/augmentation
     if resume:
         tensors, meta = load_checkpoint(last_path)
@@ -624,6 +626,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         _set_rng_state(meta["rng"][dist.rank])
         start, best_score, best_it = meta["iteration"], meta["best_score"], meta["best_iteration"]
         best_val = meta.get("best_validation")
+        seconds_before, loss_before = float(meta.get("train_seconds") or 0.0), meta.get("last_loss")
         best_score = -math.inf if best_score is None else best_score
         say({"event": "log", "message": f"resumed from {last_path} at iteration {start}"})
 
@@ -661,7 +664,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
                 "optimizer": opt_meta, "scheduler": {n: s.state_dict() for n, s in scheds.items()},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rngs,
                 "best_score": best_score if math.isfinite(best_score) else None, "best_iteration": best_it,
-                "best_validation": best_val}
+                "best_validation": best_val, "train_seconds": round(seconds_before + time.monotonic() - t0, 3),
+                "last_loss": losses[-1] if losses else loss_before}
         _save_checkpoint(path, tensors, meta)
         say({"event": "checkpoint", "iteration": iteration, "path": str(path), "kind": path.stem})
 
@@ -679,7 +683,6 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
          + (f" + {len(unlabeled_prep)} unlabeled" if unlabeled_prep else "")
          + f", {len(dataset)} items per epoch, validating on {len(val_prep)}; device {device}, "
          f"{dist.world} process(es)"})
-    losses: list[float] = []
     window: list[dict[str, Tensor]] = []
     tick = time.monotonic()
     batches = _batches(dataset, cfg, dist, start, device)
@@ -721,9 +724,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         tensors, _ = load_checkpoint(best_path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = {k: v.detach().cpu().clone() for k, v in method.inference_net(model).state_dict().items()}
-    seconds = time.monotonic() - t0
+    seconds = seconds_before + time.monotonic() - t0  # over every resumed part of the run
     fields = _card_fields(method, mcfg, cfg, classes, train_prep, val_prep, unlabeled_prep, dist, device, seconds,
-                          best_val, best_it, losses[-1] if losses else None)
+                          best_val, best_it, losses[-1] if losses else loss_before)
     metrics = fields["validation"]
     say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "best_iteration": best_it,
          "metrics": {k: metrics.get(k) for k in ("dsc", "hd95", "asd")} if metrics else {}})

@@ -92,6 +92,8 @@ def _iteration(out: Path) -> int | None:
 
 def _same_checkpoint(a: Path, b: Path) -> bool:
     (ta, ma), (tb, mb) = load_checkpoint(a), load_checkpoint(b)
+    for m in (ma, mb):
+        m.pop("train_seconds", None)  # wall time, not a result
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and ma == mb
 
 
