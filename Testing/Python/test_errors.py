@@ -257,6 +257,24 @@ def test_interrupt_is_one_line_and_an_event(tiny_models: Path, scan: Path, tmp_p
     assert _error_event(r)["exit_code"] == 130
 
 
+def test_sigterm_discards_the_file_being_written(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slicer's Cancel and `kill` send SIGTERM: the half-written file goes, the exit code is 143."""
+    import signal
+
+    import SimpleITK as sitk
+
+    def killed_while_writing(image, name, *args, **kwargs):
+        Path(name).write_bytes(b"\0" * 64)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(sitk, "WriteImage", killed_while_writing)
+    before = signal.getsignal(signal.SIGTERM)
+    r = cli("phantom", "--out", str(tmp_path / "ph"), "--cases", "1")
+    assert r.returncode == 143 and "terminated" in r.stderr and "Traceback" not in r.stderr
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not (tmp_path / "ph").exists() or _temp_files(tmp_path / "ph") == []
+
+
 def test_bad_flags_give_an_error_event_under_events_jsonl(capsys: pytest.CaptureFixture) -> None:
     from voxmetric.cli import main
 
