@@ -95,12 +95,20 @@ def _as_output_error(path: Path) -> Iterator[None]:
 
 
 def check_free(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> Path:
-    """``path`` itself; :class:`OutputError` when it exists and ``overwrite`` is False (before
-    any work is done, so a refused run costs nothing)."""
+    """``path`` itself; :class:`OutputError` when it exists and ``overwrite`` is False, or when
+    its nearest existing folder is a file or not writable (before any work is done, so a refused
+    run costs nothing)."""
     p = Path(path).expanduser()
     if not overwrite and (p.exists() or p.is_symlink()):
         raise OutputError(f"{p} already exists; choose another output, or pass {flag} to replace it.",
                           errno.EEXIST, str(p))
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise output_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent)), parent)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise output_error(OSError(errno.EACCES, os.strerror(errno.EACCES), str(parent)), parent)
+            break
     return p
 
 
