@@ -287,7 +287,8 @@ def discard(path: str | Path) -> None:
 
 def remove_stale(folder: str | Path, name: str) -> list[Path]:
     """Delete the temporary files a killed writer of ``folder / name`` left behind (only ones
-    this module names: ``.NAME.XXXXXXXX.tmp*``); returns what was removed."""
+    this module names: ``.NAME.XXXXXXXX.tmp*``; ``name`` may be a glob such as ``*``); returns
+    what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -516,6 +516,7 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
     if dist.main:  # what a killed run was writing: the previous checkpoint is whole, the torn copy goes
         for name in (last_path.name, best_path.name):
             remove_stale(ckpt_dir, name)
+        remove_stale(out_dir / "cache", "*")  # half-written preparation cache entries
     if resume and not last_path.exists():
         raise ConfigError(f"Nothing to resume: {last_path} does not exist. Start without --resume.")
     if not resume and last_path.exists():

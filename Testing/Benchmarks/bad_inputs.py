@@ -148,6 +148,7 @@ def cancelled() -> tuple[int, str, str]:
 
 
 def full_disk() -> tuple[int, str, str] | None:
+    """A 64 KiB tmpfs filled to its last 4 KiB page."""
     if os.geteuid() != 0:
         return None
     mnt = W / "tiny_disk"
@@ -155,8 +156,9 @@ def full_disk() -> tuple[int, str, str] | None:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
         return None
     try:
+        (mnt / "filler").write_bytes(b"\0" * (shutil.disk_usage(mnt).free - 4096))
         rc, out, err = vm("segment", str(scan()), "-o", str(mnt / "scan.seg.nrrd"))
-        left = sorted(f.name for f in mnt.iterdir())
+        left = sorted(f.name for f in mnt.iterdir() if f.name != "filler")
         return rc, out, err + f"\n(files left on the disk: {left or 'none'})"
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
@@ -188,7 +190,8 @@ def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
 
     def resume_changed() -> tuple[int, str, str]:
         args = ["train", "--method", "UNet", "--cases", str(phantom_folder()), "--out", str(W / "m"), "--iterations", "2",
-                "--val-cases", "0", "--device", "cpu", "--base", "4", "--per-case", "4", "--checkpoint-every", "1"]
+                "--val-cases", "0", "--device", "cpu", "--base", "4", "--per-case", "4", "--checkpoint-every", "1",
+                "--spacing-mm", "4", "--patch", "32", "--batch-size", "2"]
         shutil.rmtree(W / "m", ignore_errors=True)
         shutil.rmtree(W / "m.work", ignore_errors=True)
         vm(*args)
@@ -266,11 +269,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
-    ap.add_argument("--only", help="run only the rows whose bad input contains this text")
-    ap.add_argument("--table-from", type=Path, help="print the table of an earlier --json run (JSON lines)")
+    ap.add_argument("--only", help="run only the rows whose bad input contains one of these texts (comma-separated)")
+    ap.add_argument("--table-from", type=Path, nargs="+",
+                    help="print the table of earlier --json runs (JSON lines; a later file's row wins)")
     a = ap.parse_args()
     if a.table_from:
-        print_table([json.loads(line) for line in a.table_from.read_text().splitlines() if line.strip()], Path("/-"))
+        got = {}
+        for f in a.table_from:
+            got.update({r["input"]: r for r in map(json.loads, f.read_text().splitlines()) if r})
+        print_table([got[what] for what, _, _ in cases() if what in got], Path("/-"))
         return 0
     W = (a.work or Path(tempfile.mkdtemp(prefix="voxmetric-bad-"))).resolve()
     W.mkdir(parents=True, exist_ok=True)
@@ -278,7 +285,7 @@ def main() -> int:
     ENV.pop("VOXMETRIC_BUNDLED_MODELS", None)
     rows = []
     for what, command, run in cases():
-        if a.only and a.only not in what:
+        if a.only and not any(text in what for text in a.only.split(",")):
             continue
         t0 = time.monotonic()
         got = run()
@@ -303,7 +310,7 @@ def print_table(rows: list[dict], work: Path) -> None:
     print("|---|---|---|---|")
     for r in rows:
         text = str(r["sees"]).replace(str(r.get("work", work)) + "/", "").replace("|", "\\|")
-        text = text if len(text) <= 200 else text[:197] + "…"
+        text = text if len(text) <= 260 else text[:257] + "…"
         extra = f" {r['extra']}" if r.get("extra") else ""
         tb = " **(traceback)**" if r.get("traceback") else ""
         print(f"| {r['input']} | `{r['command']}` | {text}{extra}{tb} | {r['exit']} |")

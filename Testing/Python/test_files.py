@@ -256,3 +256,14 @@ def test_no_writer_bypasses_the_helper() -> None:
             if needle in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert not offenders, offenders
+
+
+def test_remove_stale_clears_only_this_modules_temp_files(tmp_path: Path) -> None:
+    files, _ = _helper()
+    keep = ["last.safetensors", ".hidden", "notes.tmp", "c.npz"]
+    stale = [".last.safetensors.0a1b2c3d.tmp.safetensors", ".c.npz.12345678.tmp.npz"]
+    for name in keep + stale:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in files.remove_stale(tmp_path, "last.safetensors")) == [stale[0]]
+    assert sorted(p.name for p in files.remove_stale(tmp_path, "*")) == [stale[1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
