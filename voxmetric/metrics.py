@@ -425,6 +425,13 @@ def format_table(rows: Sequence[Mapping[str, object]], summary: Mapping[str, Map
     return "\n".join(lines)
 
 
+def _atomic_write(path: Path, text: str, overwrite: bool = True) -> Path:
+    """Write a report file the one way (:func:`voxmetric.files.write_text`; CSV line ends kept)."""
+    from .files import write_text
+
+    return write_text(path, text, overwrite=overwrite, newline="")
+
+
 def _json_number(v: object) -> object:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
@@ -445,7 +452,7 @@ def write_report(
     segment), **meta}``; infinities as the string ``"inf"``) into ``out_dir``, atomically; without
     ``overwrite`` an existing one of the two is an OutputError (before either is written).
     Returns the two paths."""
-    from .files import check_free, write_text
+    from .files import check_free
 
     out = Path(out_dir)
     for name in ("metrics.csv", "metrics.json"):
@@ -468,6 +475,6 @@ def write_report(
         "summary": clean(summary),
         "segments": {name: clean(summ) for name, summ in summarize_by_segment(rows).items()},
     }
-    csv_path = write_text(out / "metrics.csv", buf.getvalue(), overwrite=overwrite, newline="")
-    json_path = write_text(out / "metrics.json", json.dumps(doc, indent=1) + "\n", overwrite=overwrite)
+    csv_path = _atomic_write(out / "metrics.csv", buf.getvalue(), overwrite)
+    json_path = _atomic_write(out / "metrics.json", json.dumps(doc, indent=1) + "\n", overwrite)
     return csv_path, json_path

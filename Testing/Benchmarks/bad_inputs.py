@@ -38,6 +38,12 @@ ENV: dict[str, str] = {}
 SMALL = dict(shape=(48, 144, 144), spacing=(3.0, 3.0, 3.0))
 
 
+def fresh(*paths: Path) -> None:
+    """Remove what an earlier run of this script wrote there (rows that must write anew)."""
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def vm(*args: str, timeout: float = 900) -> tuple[int, str, str]:
     p = subprocess.run([sys.executable, "-m", "voxmetric", *args], env=ENV, cwd=W, capture_output=True, text=True,
                        timeout=timeout)
@@ -167,7 +173,15 @@ def full_disk() -> tuple[int, str, str] | None:
 def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
     """(bad input, command shown, run) for every row."""
     s = lambda: str(scan())  # noqa: E731
-    o = lambda n="x": str(W / f"{n}.seg.nrrd")  # noqa: E731
+    o = lambda n="x": str(W / f"{n}.seg.nrrd")  # noqa: E731  (refused inputs: nothing is written)
+
+    def chosen() -> tuple[int, str, str]:
+        fresh(*(W / f"dicom2{s}" for s in (".seg.nrrd", "_roi.mrk.json", "_timings.json")))
+        return vm("segment", str(dicom_two_series()), "-o", o("dicom2"), "--series", "2")
+
+    def new_folder() -> tuple[int, str, str]:
+        fresh(W / "new")
+        return vm("segment", s(), "-o", str(W / "new" / "dir" / "x.seg.nrrd"))
     far = lambda: str(write_roi(Box((5000.0, 5000.0, 5000.0), (60.0, 60.0, 60.0)), W / "far_roi.mrk.json"))  # noqa: E731
 
     def existing() -> tuple[int, str, str]:
@@ -235,10 +249,8 @@ def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
         ("cancelled run (SIGTERM while refining)", "segment … then kill", cancelled),
         ("DICOM folder with two equally good series", "segment dicom_study/",
          lambda: vm("segment", str(dicom_two_series()), "-o", o())),
-        ("… the same, one chosen", "segment dicom_study/ --series 2",
-         lambda: vm("segment", str(dicom_two_series()), "-o", o("dicom2"), "--series", "2")),
-        ("output folder does not exist", "segment -o new/dir/x.seg.nrrd",
-         lambda: vm("segment", s(), "-o", str(W / "new" / "dir" / "x.seg.nrrd"))),
+        ("… the same, one chosen", "segment dicom_study/ --series 2", chosen),
+        ("output folder does not exist", "segment -o new/dir/x.seg.nrrd", new_folder),
         ("output folder is a file", "segment -o afile/x.seg.nrrd",
          lambda: vm("segment", s(), "-o", str(_write(W / "afile", b"x") / "x.seg.nrrd"))),
         ("output where writing is not permitted", "segment -o /sys/x.seg.nrrd",
