@@ -255,7 +255,7 @@ def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
          lambda: vm("segment", s(), "-o", str(_write(W / "afile", b"x") / "x.seg.nrrd"))),
         ("output where writing is not permitted", "segment -o /sys/x.seg.nrrd",
          lambda: vm("segment", s(), "-o", "/sys/x.seg.nrrd")),
-        ("full disk (64 KiB tmpfs)", "segment -o tiny_disk/x.seg.nrrd", full_disk),
+        ("full disk (a tmpfs with one free 4 KiB page)", "segment -o tiny_disk/scan.seg.nrrd", full_disk),
         ("output exists", "segment -o mine.seg.nrrd", existing),
         ("ROI that misses the image", "segment --stage refine --roi-file far_roi.mrk.json",
          lambda: vm("segment", s(), "--stage", "refine", "--roi-file", far(), "-o", o("far"))),
@@ -289,7 +289,8 @@ def main() -> int:
         got = {}
         for f in a.table_from:
             got.update({r["input"]: r for r in map(json.loads, f.read_text().splitlines()) if r})
-        print_table([got[what] for what, _, _ in cases() if what in got], Path("/-"))
+        print_table([{**got[what], "input": what, "command": command} for what, command, _ in cases() if what in got],
+                    a.work or Path("/-"))
         return 0
     W = (a.work or Path(tempfile.mkdtemp(prefix="voxmetric-bad-"))).resolve()
     W.mkdir(parents=True, exist_ok=True)
