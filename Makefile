@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/voxmetric demo --out $(OUT)
+	$(VENV)/bin/voxmetric demo --out $(OUT) --overwrite
 
 test: setup
 	$(VENV)/bin/pyright

@@ -9,18 +9,16 @@ a message naming the case, not an hour later.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import io as vio
 from .errors import GeometryError, InputError, SegmentNotFoundError, VoxMetricError
+from .files import write_text
 from .volume import Volume
 
 MANIFEST_FORMAT = "voxmetric-cases/1"
@@ -171,9 +169,9 @@ def _manifest_example() -> str:
             '"label": "case000.seg.nrrd", "modality": "ct", "segment": "Prostate"}]}')
 
 
-def write_manifest(records: Sequence[CaseRecord], path: str | Path) -> Path:
-    """Write ``records`` as a ``manifest.json`` (atomic). Paths inside the manifest's folder are
-    stored relative to it, others absolute."""
+def write_manifest(records: Sequence[CaseRecord], path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write ``records`` as a ``manifest.json`` (atomic; an existing file is an OutputError unless
+    ``overwrite``). Paths inside the manifest's folder are stored relative to it, others absolute."""
     path = Path(path)
     root = path.parent.resolve()
 
@@ -192,20 +190,7 @@ def write_manifest(records: Sequence[CaseRecord], path: str | Path) -> Path:
             entry["segment"] = r.segment
         cases.append(entry)
     text = json.dumps({"format": MANIFEST_FORMAT, "cases": cases}, indent=1) + "\n"
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return write_text(path, text, overwrite=overwrite)
 
 
 # ---- eager validation from headers ----------------------------------------------------------

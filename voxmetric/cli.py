@@ -1,5 +1,12 @@
-"""The ``voxmetric`` command. Each sub-command is a thin wrapper over an engine function;
-errors of the :class:`VoxMetricError` family print their message and exit 2."""
+"""The ``voxmetric`` command. Each sub-command is a thin wrapper over an engine function.
+
+Every way out of it says, in one line on stderr, what went wrong and what to do, and under
+``--events-jsonl`` also prints an ``error`` event (message, type, exit code); a traceback only
+with ``--debug`` (or ``VOXMETRIC_DEBUG=1``). Exit codes: 0 done; 2 a problem the user can fix
+(a :class:`VoxMetricError`: bad input, settings, model, device, an output that exists; an
+``OSError``: a missing file, permission, a full disk; a bad flag); 1 an internal error (a bug:
+report it with the ``--debug`` traceback); 130 / 143 interrupted (Ctrl+C) / terminated (SIGTERM),
+after the file being written was discarded."""
 
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--fov", choices=list(FOVS), default="pelvis",
                    help="synth only: " + "; ".join(f"{k}: {v}" for k, v in FOV_HELP.items()))
+    p.add_argument("--overwrite", action="store_true", help="replace existing caseNNN files and manifest.json in --out")
     p.set_defaults(func=_run_phantom)
 
 
@@ -45,7 +53,7 @@ def _run_phantom(a: argparse.Namespace) -> int:
         from .synth import write_synth_cases
 
         write_synth_cases(a.out, a.cases, contrast=a.contrast or a.modality or "mix", seed=a.seed, fov=a.fov,
-                          progress=_progress_printer())
+                          progress=_progress_printer(), overwrite=a.overwrite)
         return 0
     from .errors import ConfigError
     from .phantom import write_cases
@@ -53,7 +61,8 @@ def _run_phantom(a: argparse.Namespace) -> int:
     if a.contrast is not None or a.fov != "pelvis":
         raise ConfigError("--contrast and --fov choose what the synth generator draws; add --generator synth, "
                           "or use --modality ct|mr with the realistic phantom.")
-    write_cases(a.out, a.cases, modality=a.modality or "ct", seed=a.seed, progress=_progress_printer())
+    write_cases(a.out, a.cases, modality=a.modality or "ct", seed=a.seed, progress=_progress_printer(),
+                overwrite=a.overwrite)
     return 0
 
 
@@ -283,14 +292,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hd95", choices=["directed", "pooled"], default="directed",
                    help="HD95 definition: max of the two directed 95th percentiles (default) or pooled")
     p.add_argument("--out", help="folder for metrics.csv and metrics.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.csv / metrics.json in --out")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
     import warnings
+    from pathlib import Path
 
+    from .files import check_free
     from .metrics import evaluate_files, format_table, summarize, write_report
 
+    if a.out:  # refuse before any work
+        for name in ("metrics.csv", "metrics.json"):
+            check_free(Path(a.out) / name, a.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = evaluate_files(a.pred, a.ref, a.segment, reference_images=a.images, hd95_definition=a.hd95)
@@ -300,7 +315,8 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     print(format_table(rows, summary))
     if a.out:
         meta = {"pred": a.pred, "ref": a.ref, "segment": a.segment, "images": a.images}
-        csv_path, json_path = write_report(a.out, rows, summary, meta=meta, hd95_definition=a.hd95)
+        csv_path, json_path = write_report(a.out, rows, summary, meta=meta, hd95_definition=a.hd95,
+                                           overwrite=a.overwrite)
         print(f"wrote {csv_path} and {json_path}")
     return 0
 
@@ -325,7 +341,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write the segmentation as DICOM SEG")
     d.add_argument("--rtstruct", metavar="OUT.dcm", help="also write it as an RT Structure Set")
     d.add_argument("--allow-empty", action="store_true", help="write empty segments / ROIs instead of failing")
-    d.add_argument("--overwrite", action="store_true", help="replace existing --dicom-seg / --rtstruct files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (segmentation, ROI, timings, --dicom-seg, --rtstruct); without it "
+                        "an existing output stops the run before any work")
     p.set_defaults(func=_run_segment)
 
 
@@ -356,7 +374,8 @@ def _run_segment(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .errors import InputError
-    from .pipeline import image_files, segment_file
+    from .files import make_folder
+    from .pipeline import image_files, segment_file, segment_outputs
 
     src = Path(a.input)
     if not src.exists():
@@ -372,11 +391,18 @@ def _run_segment(a: argparse.Namespace) -> int:
     single = src.is_file() or not any(src.iterdir()) or not any(
         f.name.lower().endswith((".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr")) for f in src.iterdir())
     choice = _dicom_choice(a, src, single)
+    files = [] if single else image_files(src)
+    outputs = _folder_outputs(files, Path(a.output))
+    if single:  # every output is checked before any work
+        segment_outputs(a.output, a.stage, a.roi_file, a.roi_out, overwrite=a.overwrite)
+    for f in files:
+        segment_outputs(outputs[f], a.stage, a.roi_file, overwrite=a.overwrite)
     if single:  # a file or a DICOM series folder
         progress = (lambda d, t, m: event({"event": "progress", "done": d, "total": t, "message": m})) \
             if a.events_jsonl else bar
         s = segment_file(pipelines, src, a.output, stage=a.stage, modality=a.modality, roi_file=a.roi_file,
-                         roi_out=a.roi_out, progress=progress, series=None if choice is None else choice.series.uid)
+                         roi_out=a.roi_out, progress=progress, series=None if choice is None else choice.series.uid,
+                         overwrite=a.overwrite)
         if choice is not None and (a.dicom_seg or a.rtstruct) and "segmentation" in s:
             s.update({k: str(v) for k, v in _dicom_export(a, Path(s["segmentation"]), choice).items()})
         if a.events_jsonl:
@@ -384,7 +410,7 @@ def _run_segment(a: argparse.Namespace) -> int:
                    "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation"),
                    **{k: s[k] for k in ("dicom_seg", "rtstruct") if k in s}})
         else:
-            if not s["found"]:
+            if s["message"]:
                 print(s["message"])
             print(f"{'wrote ' + s['segmentation'] + ' and ' if 'segmentation' in s else 'wrote '}{s['roi']} "
                   f"(found: {s['found']}, confidence {s['confidence']:.2f}; "
@@ -393,18 +419,15 @@ def _run_segment(a: argparse.Namespace) -> int:
                 if key in s:
                     print(f"wrote {s[key]} ({what} on series {choice.series.uid})")  # type: ignore[union-attr]
         return 0
-    files = image_files(src)
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(a.output)
     results = []
     for i, f in enumerate(files):
-        stem = f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem
         if a.events_jsonl:
             event({"event": "progress", "done": i, "total": len(files), "message": f.name})
         else:
             bar(i, len(files), f.name)
-        results.append(segment_file(pipelines, f, out / f"{stem}.seg.nrrd", stage=a.stage, modality=a.modality,
-                                    roi_file=a.roi_file))
+        results.append(segment_file(pipelines, f, outputs[f], stage=a.stage, modality=a.modality,
+                                    roi_file=a.roi_file, overwrite=a.overwrite))
     if a.events_jsonl:
         event({"event": "done", "found": all(r["found"] for r in results), "cases": len(results),
                "not_found": [r["image"] for r in results if not r["found"]],
@@ -414,6 +437,23 @@ def _run_segment(a: argparse.Namespace) -> int:
         for r in results:
             print(f"{Path(r['image']).name}: found {r['found']}, {r['timings']['total']:.1f} s")
     return 0
+
+
+def _folder_outputs(files: Sequence[Path], out: Path) -> dict[Path, Path]:
+    """Image file -> ``OUT/<stem>.seg.nrrd``; InputError when two images would share an output."""
+    from .errors import InputError
+
+    outputs: dict[Path, Path] = {}
+    by_output: dict[Path, list[Path]] = {}
+    for f in files:
+        stem = f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem
+        outputs[f] = out / f"{stem}.seg.nrrd"
+        by_output.setdefault(outputs[f], []).append(f)
+    clash = next(((o, fs) for o, fs in by_output.items() if len(fs) > 1), None)
+    if clash is not None:
+        raise InputError(f"{' and '.join(f.name for f in clash[1])} would both be written to {clash[0]}; rename one "
+                         "of them, or segment them into separate output folders.")
+    return outputs
 
 
 def _dicom_choice(a: argparse.Namespace, src: Path, single: bool) -> SeriesChoice | None:
@@ -540,6 +580,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="voxmetric-demo", help="output folder (default ./voxmetric-demo)")
     p.add_argument("--seed", type=int, default=12345, help="phantom seed (default 12345, not a training seed)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
     p.set_defaults(func=_run_demo)
 
 
@@ -547,34 +588,45 @@ def _run_demo(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import io, metrics, models, phantom
-    from .errors import ModelError
+    from .errors import ConfigError, ModelError
+    from .files import check_free
     from .pipeline import _write_json, overview_png
     from .training import resolve_device
 
+    out = Path(a.out)
+    names = ("phantom.nrrd", "phantom_truth.seg.nrrd", "prediction.seg.nrrd", "prediction_roi.mrk.json", "metrics.json",
+             "overview.png")
+    for name in names:
+        check_free(out / name, a.overwrite)
     try:
         pipe = models.load_pipeline(None, "ct", resolve_device(a.device))
     except ModelError as e:
         raise ModelError(f"The demo needs the bundled demo models in {models.bundled_models_dir()} ({e}). "
-                         "Create them with `python Resources/Models/train_demo_models.py`.") from e
-    out = Path(a.out)
+                         f"{models.BUNDLED_HINT}") from e
     print(f"phantom seed {a.seed}: generating a synthetic pelvic CT")
     case = phantom.make_case(a.seed, "ct")
     truth = case.labels.array == phantom.LABELS["Prostate"]
     res = pipe.segment(case.image, progress=_progress_printer())
     m = metrics.evaluate_masks(res.mask.array == 1 + res.classes.index("Prostate"), truth, case.image.spacing_zyx)
-    io.write_volume(case.image, out / "phantom.nrrd")
-    io.write_segmentation(out / "phantom_truth.seg.nrrd", case.labels.with_array(truth.astype("uint8")), [io.PROSTATE])
+    ow = a.overwrite
+    io.write_volume(case.image, out / "phantom.nrrd", overwrite=ow)
+    io.write_segmentation(out / "phantom_truth.seg.nrrd", case.labels.with_array(truth.astype("uint8")), [io.PROSTATE],
+                          overwrite=ow)
     io.write_segmentation(out / "prediction.seg.nrrd", res.mask,
-                          [io.segment_info(n, k) for k, n in enumerate(res.classes, 1)])
+                          [io.segment_info(n, k) for k, n in enumerate(res.classes, 1)], overwrite=ow)
     from .markups import write_roi
 
-    write_roi(res.box, out / "prediction_roi.mrk.json")
+    write_roi(res.box, out / "prediction_roi.mrk.json", overwrite=ow)
     report = {"seed": a.seed, "models": [pipe.localizer.name, pipe.refiner.name], "found": res.found,
               "confidence": round(res.confidence, 4), "metrics": {k: round(float(v), 4) for k, v in m.items()},
               "timings": {k: round(v, 3) for k, v in res.timings.items()}}
-    _write_json(out / "metrics.json", report)
-    png = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array > 0,
-                       f"phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm")
+    _write_json(out / "metrics.json", report, overwrite=ow)
+    try:
+        png: object = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array > 0,
+                                   f"phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm", overwrite=ow)
+    except ConfigError as e:  # matplotlib is optional: the demo's numbers and files do not need it
+        png = "no overview.png"
+        sys.stderr.write(f"note: {e}\n")
     print(f"models: {pipe.localizer.name} -> {pipe.refiner.name} (demo models trained on synthetic phantoms, "
           "not for clinical use)")
     print(f"found: {res.found} (confidence {res.confidence:.2f})")
@@ -595,8 +647,12 @@ def _progress_printer() -> Callable[[int, int, str], None]:
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {message[:50]:<50}{end}")
         sys.stderr.flush()
+        _BAR_OPEN[0] = not end
 
     return show
+
+
+_BAR_OPEN = [False]  # a progress bar line waits for its newline (an error message starts a new line)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_models, _add_train, _add_evaluate,
@@ -604,29 +660,100 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _a
                                                                 _add_export_dicom]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that remembers its last error message (for the ``error`` event)."""
+
+    last_error: str = ""
+
+    def error(self, message: str):  # type: ignore[override]
+        _Parser.last_error = f"{self.prog}: {message}"
+        super().error(message)
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``parser`` and every sub-command's parser (before or after the command)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, print the Python traceback too")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_debug(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="voxmetric", description=(__doc__ or "voxmetric").splitlines()[0])
+    parser = _Parser(prog="voxmetric", description=(__doc__ or "voxmetric").splitlines()[0])
     parser.add_argument("--version", action="version", version=f"voxmetric {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    _add_debug(parser)
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception, so that ``finally`` blocks remove half-written files."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _report(command: str, message: str, exc: BaseException, code: int, events: bool, debug: bool) -> int:
+    """The one line on stderr (after the traceback with ``debug``) and the ``error`` event."""
+    import traceback
+
+    if _BAR_OPEN[0]:
+        sys.stderr.write("\n")
+        _BAR_OPEN[0] = False
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.write(f"voxmetric {command}: error: {message}\n")
+    sys.stderr.flush()
+    if events and not getattr(exc, "event_emitted", False):
+        print(json.dumps({"event": "error", "message": message, "type": type(exc).__name__, "exit_code": code}),
+              flush=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import os
+    import signal
+
+    from .files import os_error_message
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        if e.code not in (0, None) and "--events-jsonl" in argv:
+            print(json.dumps({"event": "error", "message": _Parser.last_error, "type": "UsageError",
+                              "exit_code": e.code}), flush=True)
+        raise
+    command, events = args.command, bool(getattr(args, "events_jsonl", False))
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("VOXMETRIC_DEBUG", "") not in ("", "0")
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         return int(args.func(args) or 0)
     except VoxMetricError as e:
-        sys.stderr.write(f"voxmetric {args.command}: error: {e}\n")
-        if getattr(args, "events_jsonl", False):
-            print(json.dumps({"event": "error", "message": str(e)}), flush=True)
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+        return _report(command, str(e), e, 2, events, debug)
+    except OSError as e:
+        return _report(command, os_error_message(e, writing=False), e, 2, events, debug)
+    except KeyboardInterrupt as e:
+        what, code = ("terminated", 143) if isinstance(e, _Terminated) else ("interrupted", 130)
+        return _report(command, f"{what}; the file being written was discarded, finished outputs are complete. "
+                       "Run the command again to redo the rest.", e, code, events, debug)
+    except Exception as e:  # a bug: say so in one line; the traceback with --debug
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return _report(command, f"internal error ({type(e).__name__}: {first}). This is a bug in VoxMetric: run "
+                       "again with --debug for the traceback and report it.", e, 1, events, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

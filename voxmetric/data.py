@@ -25,7 +25,8 @@ from scipy import ndimage
 
 from . import intensity
 from . import io as vio
-from .cases import CaseRecord, _atomic_write
+from .cases import CaseRecord
+from .files import atomic_open
 from .errors import ConfigError, InputError, VoxMetricError
 from .volume import Box, Volume, resample, resample_to
 
@@ -209,7 +210,8 @@ def _save_prepared(path: Path, case: PreparedCase) -> None:
                   spacing=img.spacing, origin=img.origin, direction=img.direction, id=np.array(case.id),
                   modality=np.array(case.modality), classes=np.array(case.classes, dtype=str),
                   labelled=np.array(case.labelled), version=np.array(PREP_VERSION))
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def _load_prepared(path: Path) -> PreparedCase:

@@ -40,6 +40,7 @@ import SimpleITK as sitk
 
 from . import io
 from .errors import GeometryError, InputError, VoxMetricError
+from .files import atomic_path
 from .volume import Volume
 
 
@@ -532,7 +533,7 @@ def write_dicom_seg(seg: io.Segmentation, series: SeriesInfo, path: str | Path, 
             manufacturer_model_name="VoxMetric", software_versions=__version__, device_serial_number="0",
             content_label="VOXMETRIC", content_description="VoxMetric segmentation",
             series_description="VoxMetric segmentation", omit_empty_frames=not any(not m.any() for _, m in masks))
-    with io._atomic(p, ".dcm") as tmp:
+    with atomic_path(p, overwrite=overwrite, suffix=".dcm") as tmp:
         obj.save_as(str(tmp))
     return p
 
@@ -653,7 +654,7 @@ def write_rtstruct(seg: io.Segmentation, series: SeriesInfo, path: str | Path, *
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    with io._atomic(p, ".dcm") as tmp:
+    with atomic_path(p, overwrite=overwrite, suffix=".dcm") as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
     return p
 

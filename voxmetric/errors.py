@@ -29,3 +29,16 @@ class ModelError(VoxMetricError):
 
 class DeviceError(VoxMetricError):
     """A device was asked for that this machine does not have."""
+
+
+class OutputError(VoxMetricError, OSError):
+    """An output cannot be written: it exists (and replacing it was not asked for), its folder
+    cannot be made, permission is denied or the disk is full. Also an ``OSError`` (``errno`` and
+    ``filename`` of the failure when there was one); ``str()`` is the message."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, filename  # pyright: ignore[reportAttributeAccessIssue]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

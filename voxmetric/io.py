@@ -1,7 +1,8 @@
 """Read and write volumes (NRRD, NIfTI, MHA/MHD, DICOM series) and Slicer ``.seg.nrrd`` files.
 
 Arrays come back ``(z, y, x)`` with LPS geometry (see :mod:`voxmetric.volume`). Every writer
-goes through a temporary file in the target folder and ``os.replace`` (DESIGN.md rule 7).
+goes through :func:`voxmetric.files.atomic_path` (a temporary file in the target folder, fsync,
+rename; an existing file is replaced only with ``overwrite=True``; DESIGN.md rule 7).
 Segmentation files are read and written with ``slicerio`` (segment names, label values,
 colours, layers and SNOMED CT terminology as Slicer stores them).
 """
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import GeometryError, InputError, SegmentNotFoundError
+from .files import atomic_path
 from .volume import Volume, resample_to
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -132,20 +132,6 @@ def _check_file(path: str | Path) -> Path:
     return p
 
 
-@contextmanager
-def _atomic(path: str | Path, suffix: str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); on success rename it onto ``path``."""
-    final = Path(path).expanduser()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _read_sitk(path: Path, series: str | int | None = None) -> sitk.Image:
     if series is not None and not path.is_dir():
         raise InputError(f"A series choice ({series!r}) applies to a DICOM folder; {path} is a file.")
@@ -187,6 +173,54 @@ def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
         raise InputError(f"{path}: {e}") from None
 
 
+def _write_failure(text: str, path: Path) -> OSError:
+    """The OSError a failed ITK write stands for (ITK keeps no errno): a full disk when it says
+    so or the disk has (almost) no room left, a permission problem when it says so."""
+    import errno
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        full = False
+    code = (errno.ENOSPC if "no space" in text.lower() or full else
+            errno.EACCES if "permission denied" in text.lower() else errno.EIO)
+    last = text.strip().splitlines()[-1][:200] if text.strip() else "write failed"
+    return OSError(code, os.strerror(code) if code != errno.EIO else last, str(path))
+
+
+def _sitk_write(img: sitk.Image, path: Path) -> None:
+    """SimpleITK's writer, with its failures as OSErrors. ITK's NIfTI writer reports a short
+    write only on stderr, so a NIfTI file is read back before it counts as written."""
+    try:
+        sitk.WriteImage(img, str(path), useCompression=True)
+    except RuntimeError as e:
+        raise _write_failure(str(e), path) from e
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not _complete_nifti(path, img):
+        raise _write_failure("the file was not written completely", path)
+
+
+def _complete_nifti(path: Path, img: sitk.Image) -> bool:
+    """True when the NIfTI file holds all of ``img``'s voxel bytes (after a 348-byte header);
+    a .nii.gz is decompressed to its end (a truncated gzip stream is an error here, while ITK
+    reads the missing part as zeros)."""
+    import gzip
+    import zlib
+
+    need = 348 + int(np.prod(img.GetSize())) * img.GetNumberOfComponentsPerPixel() \
+        * sitk.GetArrayViewFromImage(img).itemsize
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size >= need
+    got = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                got += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return got >= need
+
+
 # -- volumes ------------------------------------------------------------------------------------
 def read_volume(path: str | Path, series: str | int | None = None) -> Volume:
     """Read a 3D image (.nrrd/.nhdr, .nii/.nii.gz, .mha/.mhd, DICOM series folder) → Volume.
@@ -216,15 +250,16 @@ def read_volume(path: str | Path, series: str | int | None = None) -> Volume:
     return vol
 
 
-def write_volume(vol: Volume, path: str | Path) -> Path:
-    """Write ``vol`` to .nrrd / .nii / .nii.gz / .mha (compressed, atomic); returns the path."""
+def write_volume(vol: Volume, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write ``vol`` to .nrrd / .nii / .nii.gz / .mha (compressed, atomic; an existing file is
+    an OutputError unless ``overwrite``); returns the path."""
     p = Path(path).expanduser()
     suf = _suffix(p)
     if suf not in WRITE_SUFFIXES:
         raise InputError(f"Cannot write {p.name}: use one of {', '.join(WRITE_SUFFIXES)} (or write_segmentation for .seg.nrrd).")
     img = vol.to_sitk()
-    with _atomic(p, suf) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    with atomic_path(p, overwrite=overwrite, suffix=suf) as tmp:
+        _sitk_write(img, tmp)
     return p
 
 
@@ -341,9 +376,11 @@ def read_label_map(path: str | Path, segments: Sequence[str] = (), reference: Vo
     return (out if reference is None else _on_reference(out, reference)), tuple(i.name for i in infos)
 
 
-def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], segments: Sequence[SegmentInfo]) -> Path:
-    """Write a Slicer .seg.nrrd (atomic). ``labelmap`` is one Volume (layer 0) or one per layer,
-    all on one grid; each :class:`SegmentInfo` names a label value in its layer."""
+def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], segments: Sequence[SegmentInfo], *,
+                       overwrite: bool = True) -> Path:
+    """Write a Slicer .seg.nrrd (atomic; an existing file is an OutputError unless
+    ``overwrite``). ``labelmap`` is one Volume (layer 0) or one per layer, all on one grid; each
+    :class:`SegmentInfo` names a label value in its layer."""
     import slicerio
     from slicerio.segmentation import terminology_entry_from_string
 
@@ -374,7 +411,7 @@ def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], se
         segs.append(d)
     seg = {"voxels": vox[0] if len(layers) == 1 else vox, "ijkToLPS": layers[0].index_to_physical_matrix,
            "containedRepresentationNames": ["Binary labelmap"], "segments": segs}
-    with _atomic(p, ".seg.nrrd") as tmp:
+    with atomic_path(p, overwrite=overwrite, suffix=".seg.nrrd") as tmp:
         slicerio.write_segmentation(str(tmp), seg, compression_level=6)
     return p
 

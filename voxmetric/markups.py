@@ -8,13 +8,12 @@ coordinate system (LPS by default; RAS files are converted).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .files import write_json
 from .volume import Box
 
 SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
@@ -22,8 +21,9 @@ SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadab
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def write_roi(box: Box, path: str | Path, name: str = "Prostate ROI") -> Path:
-    """Write ``box`` (LPS) as a Slicer ROI markups file, atomically."""
+def write_roi(box: Box, path: str | Path, name: str = "Prostate ROI", *, overwrite: bool = True) -> Path:
+    """Write ``box`` (LPS) as a Slicer ROI markups file, atomically (an existing file is an
+    OutputError unless ``overwrite``)."""
     path = Path(path)
     markup = {
         "type": "ROI", "name": name, "coordinateSystem": "LPS", "coordinateUnits": "mm",
@@ -33,12 +33,7 @@ def write_roi(box: Box, path: str | Path, name: str = "Prostate ROI") -> Path:
         "controlPoints": [{"id": "1", "label": name, "position": box.center.tolist(),
                            "positionStatus": "defined"}],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"@schema": SCHEMA, "markups": [markup]}, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"@schema": SCHEMA, "markups": [markup]}, overwrite=overwrite)
 
 
 def read_roi(path: str | Path) -> Box:

@@ -33,9 +33,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -427,17 +425,11 @@ def format_table(rows: Sequence[Mapping[str, object]], summary: Mapping[str, Map
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def _atomic_write(path: Path, text: str, overwrite: bool = True) -> Path:
+    """Write a report file the one way (:func:`voxmetric.files.write_text`; CSV line ends kept)."""
+    from .files import write_text
+
+    return write_text(path, text, overwrite=overwrite, newline="")
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
@@ -471,12 +463,19 @@ def write_report(
     summary: Mapping[str, Mapping[str, float]] | None = None,
     meta: Mapping[str, object] | None = None,
     hd95_definition: str = "directed",
+    *,
+    overwrite: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``metrics.csv`` (one row per case and segment) and ``metrics.json`` (``{"format":
     "voxmetric-metrics/1", "definitions", "cases", "summary" (all rows), "segments" (a summary per
-    segment), **meta}``; infinities as the string ``"inf"``) into ``out_dir``, atomically.
+    segment), **meta}``; infinities as the string ``"inf"``) into ``out_dir``, atomically; without
+    ``overwrite`` an existing one of the two is an OutputError (before either is written).
     Returns the two paths."""
+    from .files import check_free
+
     out = Path(out_dir)
+    for name in ("metrics.csv", "metrics.json"):
+        check_free(out / name, overwrite)
     summary = summary if summary is not None else summarize(rows)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -495,6 +494,6 @@ def write_report(
         "summary": clean(summary),
         "segments": {name: clean(summ) for name, summ in summarize_by_segment(rows).items()},
     }
-    csv_path = _atomic_write(out / "metrics.csv", buf.getvalue())
-    json_path = _atomic_write(out / "metrics.json", json.dumps(doc, indent=1) + "\n")
+    csv_path = _atomic_write(out / "metrics.csv", buf.getvalue(), overwrite)
+    json_path = _atomic_write(out / "metrics.json", json.dumps(doc, indent=1) + "\n", overwrite)
     return csv_path, json_path

@@ -17,7 +17,7 @@ Format 1 cards (before multi-class models) have no ``classes``: they are read as
 "Prostate" (:attr:`ModelPackage.classes`); new packages are written as format 2.
 
 Registry: installed packages live in ``models_home() / "models"`` (``$VOXMETRIC_HOME`` or
-``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (or
+``~/.voxmetric``); bundled read-only ones in ``<repo>/Resources/Models`` (a wheel carries them as ``voxmetric/bundled_models``; or
 ``$VOXMETRIC_BUNDLED_MODELS``). Bundled packages are listed first and win on equal names.
 
 A *pipeline* names one localizer and one refiner: a file ``<name>.pipeline.json`` (or
@@ -36,9 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -49,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelError
+from .files import atomic_dir, atomic_open, discard, write_json
 
 FORMAT = "voxmetric-model/2"
 FORMATS = ("voxmetric-model/1", FORMAT)  # readable formats
@@ -214,61 +212,21 @@ def _check_free(target: Path, overwrite: bool) -> None:
         )
 
 
-def _remove_path(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    else:
-        p.unlink()
-
-
-def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished ``tmp`` onto ``target``; an existing target is kept until the move succeeded."""
-    _check_free(target, overwrite)
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        _remove_path(old)
-
-
 def _write_package(target: Path, card: Mapping[str, Any], weights: bytes, overwrite: bool) -> Path:
-    """Write a package folder (or ``.zip`` when ``target`` ends in .zip) atomically."""
+    """Write a package folder (or ``.zip`` when ``target`` ends in .zip) atomically
+    (:mod:`voxmetric.files`: an existing package is kept until the new one is complete)."""
     target = Path(target)
     _check_free(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = _card_text(card)
     if target.suffix.lower() == ".zip":
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(CARD, text)
-                zf.writestr(WEIGHTS, weights)
-            os.chmod(tmp, 0o644)
-            _replace(tmp, target, overwrite)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_open(target, "wb", overwrite=overwrite) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(CARD, text)
+            zf.writestr(WEIGHTS, weights)
         return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_dir(target, overwrite=overwrite) as tmp:
         for fname, data in ((WEIGHTS, weights), (CARD, text.encode("utf-8"))):
             with open(tmp / fname, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        _replace(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -546,14 +504,23 @@ def models_dir() -> Path:
     return models_home() / "models"
 
 
+BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from it (they include the demo models), "
+                "point VOXMETRIC_BUNDLED_MODELS at a folder holding them, or make them with "
+                "`python Resources/Models/train_demo_models.py` in a source checkout.")
+
+
 def bundled_models_dir() -> Path:
-    """Folder of bundled packages: ``$VOXMETRIC_BUNDLED_MODELS`` or ``<repo>/Resources/Models``."""
+    """Folder of bundled packages: ``$VOXMETRIC_BUNDLED_MODELS``, else ``<repo>/Resources/Models``
+    of a source checkout (or an editable install), else the copy a wheel installs beside the
+    engine (``voxmetric/bundled_models``, see ``setup.py``)."""
     env = os.environ.get("VOXMETRIC_BUNDLED_MODELS")
     if env:
         return Path(env).expanduser()
     import voxmetric
 
-    return Path(voxmetric.__file__).resolve().parents[1] / "Resources" / "Models"
+    here = Path(voxmetric.__file__).resolve().parent
+    repo = here.parent / "Resources" / "Models"
+    return repo if repo.is_dir() else here / "bundled_models"
 
 
 def _scan(folder: Path, bundled: bool) -> list[ModelInfo]:
@@ -631,9 +598,7 @@ def remove(name: str) -> Path:
             f"{name!r} is a bundled model ({match[0].path}) and cannot be removed; it ships with VoxMetric"
         )
     path = match[0].path
-    trash = path.with_name(f".{path.name}.removed-{uuid.uuid4().hex[:8]}")
-    os.replace(path, trash)  # atomic disappearance from the registry, then delete
-    _remove_path(trash)
+    discard(path)  # atomic disappearance from the registry, then delete
     return path
 
 
@@ -671,17 +636,7 @@ def write_pipeline(name: str, localizer: str, refiner: str, overwrite: bool = Fa
         raise ConfigError(f"pipeline name {name!r} must be a plain non-empty file name")
     target = models_dir() / f"{name}{PIPELINE_SUFFIX}"
     _check_free(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"name": name, "localizer": loc.name, "refiner": ref.name}, fh, indent=2)
-        os.chmod(tmp, 0o644)
-        _replace(Path(tmp), target, overwrite)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_json(target, {"name": name, "localizer": loc.name, "refiner": ref.name}, overwrite=overwrite)
 
 
 def _default_model(models: list[ModelInfo], role: str, modality: str, strict: bool) -> ModelInfo:

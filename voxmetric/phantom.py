@@ -13,8 +13,6 @@ partial-volume blur and correlated noise. Labels follow :data:`LABELS`.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -701,30 +699,47 @@ def write_cases(
     *,
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n`` cases (seeds ``seed``…``seed+n-1``) as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd``
-    and a ``manifest.json`` (format ``voxmetric-cases/1``) into ``out``; returns the manifest."""
-    from . import io
-
+    and a ``manifest.json`` (format ``voxmetric-cases/1``) into ``out``; returns the manifest.
+    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``."""
     mod = _check(modality, shape, spacing)
     if int(n) < 1:
         raise InputError(f"Number of phantom cases must be at least 1, got {n}.")
+
+    def make(i: int) -> tuple[PhantomCase, dict[str, Any]]:
+        return make_case(int(seed) + i, mod, shape, spacing), {}
+
+    return write_case_folder(out, int(n), make, lambda i: f"({mod})", progress, overwrite)
+
+
+def write_case_folder(out: str | Path, n: int, make: Callable[[int], tuple[PhantomCase, dict[str, Any]]],
+                      describe: Callable[[int], str], progress: Callable[[int, int, str], None] | None,
+                      overwrite: bool) -> Path:
+    """Write cases ``make(0)``, …, ``make(n - 1)`` (each a case and extra manifest fields) as
+    ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd`` (SNOMED-coded segments) and a ``manifest.json``
+    (``voxmetric-cases/1``) into ``out``; every target is checked first (OutputError for an existing
+    one unless ``overwrite``). ``describe(i)``: the progress text after the case id."""
+    from . import io
+    from .files import check_free, write_json
+
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"case{i:03d}" for i in range(n)]
+    for name in ["manifest.json", *(f"{c}{ext}" for c in ids for ext in (".nrrd", ".seg.nrrd"))]:
+        check_free(folder / name, overwrite)
     segments = [io.segment_info(name, value) for name, value in LABELS.items()]
     cases = []
-    for i in range(int(n)):
-        cid = f"case{i:03d}"
+    for i, cid in enumerate(ids):
         if progress is not None:
-            progress(i, int(n), f"{cid} ({mod})")
-        case = make_case(int(seed) + i, mod, shape, spacing)
-        io.write_volume(case.image, folder / f"{cid}.nrrd")
-        io.write_segmentation(folder / f"{cid}.seg.nrrd", case.labels, segments)
-        cases.append({"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": mod, "segment": "Prostate"})
-    manifest = folder / "manifest.json"
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": cases}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, manifest)
+            progress(i, n, f"{cid} {describe(i)}")
+        case, extra = make(i)
+        io.write_volume(case.image, folder / f"{cid}.nrrd", overwrite=overwrite)
+        io.write_segmentation(folder / f"{cid}.seg.nrrd", case.labels, segments, overwrite=overwrite)
+        cases.append({"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": case.modality,
+                      "segment": "Prostate", **extra})
+    manifest = write_json(folder / "manifest.json", {"format": "voxmetric-cases/1", "cases": cases},
+                          overwrite=overwrite)
     if progress is not None:
-        progress(int(n), int(n), "done")
+        progress(n, n, "done")
     return manifest

@@ -206,6 +206,24 @@ def _around(vol: Volume, box: Box) -> Volume:
                   vol.index_to_physical(lo[::-1].astype(float)), vol.direction)
 
 
+def check_roi(volume: Volume, box: Box, what: str = "The ROI box") -> None:
+    """InputError when ``box`` does not overlap ``volume``'s extent (refining there would give an
+    empty segmentation without a word)."""
+    try:
+        overlaps = Box.from_volume_extent(volume).overlaps(box)
+    except InputError:  # a volume whose axes are not orthonormal: the index bounds decide
+        overlaps = _index_bounds(volume, box) is not None
+    if not overlaps:
+        corners = volume.index_to_physical(np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)],
+                                                    float) * (volume.size_xyz - 1.0))
+        lo, hi = corners.min(0), corners.max(0)
+        fmt = lambda v: "(" + ", ".join(f"{x:.0f}" for x in v) + ")"  # noqa: E731
+        raise InputError(f"{what} (centre {fmt(box.center)} mm, size {fmt(box.size)} mm, LPS) does not overlap "
+                         f"the image (from {fmt(lo)} to {fmt(hi)} mm): it was drawn on another scan or in other "
+                         "coordinates. Move the ROI over the prostate of this image, or run the localize stage to "
+                         "place one.")
+
+
 def _subgrid(vol: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
     """An empty uint8 grid = voxels lo..hi (inclusive, z, y, x) of ``vol``."""
     shape = tuple(int(v) for v in hi - lo + 1)
@@ -327,7 +345,8 @@ class Pipeline:
     # -- stage 2 -------------------------------------------------------------------------------------
     def refine(self, volume: Volume, box: Box, progress: Progress | None = None) -> Volume:
         """Stage 2: uint8 label map on ``volume``'s grid (value k = ``refiner.classes[k - 1]``),
-        non-zero only inside ``box``."""
+        non-zero only inside ``box`` (InputError when it does not overlap the image)."""
+        check_roi(volume, box)
         return self._refine(volume, box, _report(progress, 0, 100))
 
     def _normaliser(self, volume: Volume, modality: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
@@ -382,6 +401,8 @@ class Pipeline:
             raise ConfigError(f"Unknown stage {stage!r}; use all, localize or refine.")
         if stage == "refine" and box is None:
             raise InputError("Refine needs an ROI box: run the localize stage first or give an ROI file (--roi-file).")
+        if box is not None and stage != "localize":
+            check_roi(volume, box)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         loc = None
@@ -420,13 +441,15 @@ class Pipeline:
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
-def output_paths(output: str | Path) -> dict[str, Path]:
-    """Default companions of ``X.seg.nrrd``: ROI ``X_roi.mrk.json`` and timings ``X_timings.json``."""
+def output_paths(output: str | Path, stage: str = "all") -> dict[str, Path]:
+    """Default companions of ``X.seg.nrrd``: ROI ``X_roi.mrk.json`` and timings ``X_timings.json``
+    (``X_localize_timings.json`` for ``stage="localize"``, so that localize then refine with the
+    same ``-o`` keep both)."""
     out = Path(output)
     name = out.name
     stem = name[: -len(".seg.nrrd")] if name.lower().endswith(".seg.nrrd") else name.split(".")[0]
-    return {"segmentation": out, "roi": out.with_name(f"{stem}_roi.mrk.json"),
-            "timings": out.with_name(f"{stem}_timings.json")}
+    timings = f"{stem}_localize_timings.json" if stage == "localize" else f"{stem}_timings.json"
+    return {"segmentation": out, "roi": out.with_name(f"{stem}_roi.mrk.json"), "timings": out.with_name(timings)}
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -439,74 +462,127 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def _write_json(path: Path, data: dict) -> Path:
-    import json
-    import tempfile
+def _write_json(path: Path, data: dict, overwrite: bool = True) -> Path:
+    from .files import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data, overwrite=overwrite)
 
 
 def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: str | Path, output: str | Path, *,
                  stage: str = "all", modality: str = "auto", roi_file: str | Path | None = None,
                  roi_out: str | Path | None = None, timings_out: str | Path | None = None,
-                 progress: Progress | None = None, series: str | int | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, series: str | int | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Segment one image file: read it, run ``stage`` (ROI from ``roi_file`` when given), write
     the segmentation (``output``, a .seg.nrrd with segment "Prostate" on the input's grid; not
     for ``stage="localize"``), the ROI ``.mrk.json`` and the timings JSON (defaults: beside
-    ``output``, see :func:`output_paths`). ``pipeline_for``: a Pipeline or a function modality →
-    Pipeline. ``series``: which series of a DICOM folder (UID or index, see
-    :func:`voxmetric.dicom.select_series`). Returns a summary dict (found, confidence, timings, paths, box)."""
+    ``output``, see :func:`output_paths`; an ROI output that is the ``roi_file`` itself is read,
+    not rewritten). ``pipeline_for``: a Pipeline or a function modality → Pipeline. ``series``:
+    which series of a DICOM folder (UID or index, see :func:`voxmetric.dicom.select_series`).
+    Existing outputs are an OutputError (before any work) unless ``overwrite``; an ROI that does
+    not overlap the image is an InputError. Returns a summary dict (found, confidence, timings,
+    paths, box)."""
     from . import io
     from .markups import read_roi, write_roi
 
     t0 = time.perf_counter()
-    paths = output_paths(output)
-    if stage != "localize" and not paths["segmentation"].name.lower().endswith(".seg.nrrd"):
-        raise InputError(f"The output must be a .seg.nrrd file, got {paths['segmentation'].name}.")
-    roi_path = Path(roi_out) if roi_out else paths["roi"]
-    timings_path = Path(timings_out) if timings_out else paths["timings"]
+    paths, targets = segment_outputs(output, stage, roi_file, roi_out, timings_out, overwrite)
+    roi_path, timings_path = paths["roi"], paths["timings"]
     volume = io.read_volume(image, series=series)
     box = read_roi(roi_file) if roi_file else None
+    if box is not None and stage != "localize":
+        check_roi(volume, box, f"The ROI in {roi_file}")
     mod = modality if modality in ("ct", "mr") else ("ct" if intensity.looks_like_ct(volume.array) else "mr")
     pipe = pipeline_for if isinstance(pipeline_for, Pipeline) else pipeline_for(mod)
     t_read = time.perf_counter() - t0
     res = pipe.segment(volume, box=box, progress=progress, stage=stage)
     t1 = time.perf_counter()
-    write_roi(res.box, roi_path)
-    written = {"roi": str(roi_path)}
-    if res.mask is not None:
-        io.write_segmentation(paths["segmentation"], res.mask,
-                              [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)])
-        written["segmentation"] = str(paths["segmentation"])
-    timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
-               "write": time.perf_counter() - t1}
-    timings["total"] = time.perf_counter() - t0
-    timings = {k: round(v, 3) for k, v in timings.items()}
+    fresh = [t for t in targets if not t.exists()]
+    try:  # the new outputs all, or none: a rerun after a failed write (a full disk) is not refused
+        written = {"roi": str(roi_path)}
+        if res.mask is not None:  # the largest first
+            io.write_segmentation(paths["segmentation"], res.mask,
+                                  [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)],
+                                  overwrite=overwrite)
+            written["segmentation"] = str(paths["segmentation"])
+        if roi_path in targets:
+            write_roi(res.box, roi_path, overwrite=overwrite)
+        timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
+                   "write": time.perf_counter() - t1, "total": time.perf_counter() - t0}
+        summary = _summary(image, mod, stage, res, timings, written)
+        _write_json(timings_path, summary, overwrite=overwrite)
+    except BaseException:
+        for t in fresh:
+            if t.exists():
+                t.unlink()
+        raise
+    summary["timings_file"] = str(timings_path)
+    return summary
+
+
+def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timings: dict[str, float],
+             written: dict[str, str]) -> dict[str, Any]:
+    """The summary :func:`segment_file` returns and writes as its timings JSON."""
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": res.found,
-               "confidence": round(float(res.confidence), 4), "message": res.message, "timings": timings,
+               "confidence": round(float(res.confidence), 4), "message": res.message,
+               "timings": {k: round(v, 3) for k, v in timings.items()},
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
                        "axes": res.box.axes.ravel().tolist()},
                "classes": list(res.classes),
                "voxels": None if res.mask is None else {name: int(np.count_nonzero(res.mask.array == k))
                                                         for k, name in enumerate(res.classes, 1)}, **written}
-    _write_json(timings_path, summary)
-    summary["timings_file"] = str(timings_path)
+    if res.mask is not None and res.found and not np.any(res.mask.array):
+        summary["message"] = (f"The segmentation is empty: the refiner found no {' / '.join(res.classes)} inside the "
+                              "ROI. Check that the ROI covers the prostate, and the model's modality.")
     return summary
 
 
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except OSError:
+        return pa.resolve() == pb.resolve()
+
+
+def segment_outputs(output: str | Path, stage: str = "all", roi_file: str | Path | None = None,
+                    roi_out: str | Path | None = None, timings_out: str | Path | None = None,
+                    overwrite: bool = False) -> tuple[dict[str, Path], list[Path]]:
+    """``(paths, targets)`` of :func:`segment_file`: every output path by role ("segmentation",
+    "roi", "timings") and those it will write, checked (OutputError for an existing one unless
+    ``overwrite``; InputError for a segmentation name not ending in .seg.nrrd) before any work."""
+    from .files import check_free
+
+    paths = output_paths(output, stage)
+    if stage != "localize" and not paths["segmentation"].name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"The output must be a .seg.nrrd file, got {paths['segmentation'].name}.")
+    if roi_out:
+        paths["roi"] = Path(roi_out)
+    if timings_out:
+        paths["timings"] = Path(timings_out)
+    targets = [paths["segmentation"]] if stage != "localize" else []
+    if roi_file is None or not _same_file(paths["roi"], roi_file):  # the ROI given is read, not rewritten
+        targets.append(paths["roi"])
+    targets.append(paths["timings"])
+    for t in targets:
+        check_free(t, overwrite)
+    return paths, targets
+
+
 def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | None = None,
-                 prediction: np.ndarray | None = None, title: str = "") -> Path:
+                 prediction: np.ndarray | None = None, title: str = "", overwrite: bool = True) -> Path:
     """Three orthogonal slices (axial, coronal, sagittal of the image grid) through the box
     centre, CT window [-200, 250] HU (MR: 1–99 percentiles), with the box outline (yellow),
     the ground-truth contour (green) and the prediction contour (red). Written with
-    matplotlib's Agg backend."""
-    import matplotlib
+    matplotlib's Agg backend (an optional dependency: ConfigError saying how to install it when
+    it is missing)."""
+    from .files import atomic_path
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("The overview picture needs matplotlib, which is not installed; "
+                          "install it with `pip install matplotlib` (or `pip install \"voxmetric[demo]\"`).") from None
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -537,11 +613,11 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
     fig.suptitle(f"{title}\n{legend}" if title else legend)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return path
 
 

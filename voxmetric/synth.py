@@ -28,8 +28,6 @@ seed does not depend on the contrast or the grid):
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -564,34 +562,22 @@ def write_synth_cases(
     *,
     shape=None,
     spacing=None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n`` cases (seeds ``seed``…``seed+n-1``) as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd``
     (SNOMED-coded segments) and a ``manifest.json`` (``voxmetric-cases/1``; per case its
-    modality, and the generator's ``contrast`` and ``fov``) into ``out``; returns the manifest."""
-    from . import io
+    modality, and the generator's ``contrast`` and ``fov``) into ``out``; returns the manifest.
+    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``."""
+    from .phantom import write_case_folder
 
     c, f = _check(contrast, fov, seed)
     _check_geometry(shape, spacing)
     if int(n) < 1:
         raise InputError(f"Number of synthetic cases must be at least 1, got {n}.")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    segments = [io.segment_info(name, value) for name, value in LABELS.items()]
-    cases = []
-    for i in range(int(n)):
-        cid = f"case{i:03d}"
-        s = int(seed) + i
-        if progress is not None:
-            progress(i, int(n), f"{cid} ({contrast_of(s, c)}, {f})")
-        case = make_synth_case(s, c, f, shape=shape, spacing=spacing)
-        io.write_volume(case.image, folder / f"{cid}.nrrd")
-        io.write_segmentation(folder / f"{cid}.seg.nrrd", case.labels, segments)
-        cases.append({"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": case.modality,
-                      "segment": "Prostate", "generator": "synth", "contrast": case.contrast, "fov": f, "seed": s})
-    manifest = folder / "manifest.json"
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps({"format": "voxmetric-cases/1", "cases": cases}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, manifest)
-    if progress is not None:
-        progress(int(n), int(n), "done")
-    return manifest
+
+    def make(i: int) -> tuple[SynthCase, dict]:
+        case = make_synth_case(int(seed) + i, c, f, shape=shape, spacing=spacing)
+        return case, {"generator": "synth", "contrast": case.contrast, "fov": f, "seed": int(seed) + i}
+
+    return write_case_folder(out, int(n), make, lambda i: f"({contrast_of(int(seed) + i, c)}, {f})", progress,
+                             overwrite)

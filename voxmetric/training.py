@@ -27,10 +27,10 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .errors import ConfigError, DeviceError, InputError, VoxMetricError
+from .files import atomic_path, remove_stale
 
 Emit = Callable[[dict[str, Any]], None]
 CHECKPOINT_FORMAT = "voxmetric-checkpoint/2"
@@ -140,13 +141,85 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class _Dist:
+    """This process's place in a DDP run; ``ctrl``: the gloo control group in which ranks wait
+    for one another's single-rank work (rank 0 preparing the cases, validating) and agree on
+    failures, with a timeout long enough for that work (:func:`_together`)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    ctrl: Any = field(default=None, compare=False)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+#: How long a process may wait in the control group for another's single-rank work (seconds).
+DDP_WAIT_S = float(os.environ.get("VOXMETRIC_DDP_WAIT_S", str(24 * 3600)))
+_FAILURE_KEY = "voxmetric/failure"
+
+
+def _together(dist: _Dist, work: Callable[[], Any] | None) -> Any:
+    """Run ``work`` (None: nothing) on this rank, then let every rank know whether any failed:
+    the failing rank re-raises its own exception, every other one a VoxMetricError with its
+    message. Under DDP every rank must call this at the same point; ranks without work wait in
+    the control group (:data:`DDP_WAIT_S`), not in a training collective that would time out."""
+    error: BaseException | None = None
+    result = None
+    try:
+        result = work() if work is not None else None
+    except Exception as exc:  # shared with the other ranks below, then re-raised
+        error = exc
+    if dist.world > 1:
+        said: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(said, None if error is None else str(error), group=dist.ctrl)
+        failed = [(r, m) for r, m in enumerate(said) if m is not None]
+        if failed and error is None:
+            r, message = failed[0]
+            raise VoxMetricError(f"Training process {r} of {dist.world} failed: {message}")
+    if error is not None:
+        raise error
+    return result
+
+
+def _store() -> Any:
+    """The DDP rendezvous store (None when there is none)."""
+    try:
+        return torch.distributed.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001  (no default group, or a torch without it)
+        return None
+
+
+def _publish_failure(dist: _Dist, exc: BaseException) -> None:
+    """Leave this rank's error in the rendezvous store for ranks a broken collective stops."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(_FAILURE_KEY, f"{dist.rank}\n{(str(exc).strip() or type(exc).__name__)[:2000]}")
+        except Exception:  # noqa: BLE001  (best effort: the store may be gone with rank 0)
+            pass
+
+
+def _peer_failure(dist: _Dist, exc: BaseException) -> VoxMetricError | None:
+    """For a collective broken because another rank died: a VoxMetricError carrying that rank's
+    message from the store (or saying to look for it in its output); None for other errors."""
+    text = str(exc)
+    broken = isinstance(exc, torch.distributed.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting"))
+    if dist.world <= 1 or not broken:
+        return None
+    store = _store()
+    try:
+        if store is not None:
+            store.set_timeout(timedelta(seconds=5))
+            rank, message = store.get(_FAILURE_KEY).decode("utf-8").split("\n", 1)
+            if int(rank) != dist.rank:
+                return VoxMetricError(f"Training process {rank} of {dist.world} failed: {message}")
+    except Exception:  # noqa: BLE001
+        pass
+    return VoxMetricError(f"Another training process stopped ({(text.strip().splitlines() or [''])[0][:200]}); "
+                          "its own message is in its output above. This process stopped too.")
 
 
 def _dist_from_env() -> _Dist:
@@ -199,17 +272,11 @@ def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: to
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 def _save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """Atomically write tensors + JSON metadata into one safetensors file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(flat, tmp, metadata={"voxmetric": json.dumps(_finite(meta))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write tensors + JSON metadata into one safetensors file (:func:`voxmetric.files.atomic_path`:
+    a killed run leaves the previous checkpoint whole)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={"voxmetric": json.dumps(_finite(meta))})
     return path
 
 
@@ -452,6 +519,10 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
     if unlabeled_cases and not method.uses_unlabeled:
         raise ConfigError(f"{method.name} learns from labelled cases only; drop the unlabeled cases or pick a "
                           "semi-supervised method.")
+    if dist.main:  # what a killed run was writing: the previous checkpoint is whole, the torn copy goes
+        for name in (last_path.name, best_path.name):
+            remove_stale(ckpt_dir, name)
+        remove_stale(out_dir / "cache", "*")  # half-written preparation cache entries
     if resume and not last_path.exists():
         raise ConfigError(f"Nothing to resume: {last_path} does not exist. Start without --resume.")
     if not resume and last_path.exists():
@@ -466,13 +537,30 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
+    if dist.world > 1:
+        dist = dataclasses.replace(dist, ctrl=torch.distributed.new_group(backend="gloo",
+                                                                          timeout=timedelta(seconds=DDP_WAIT_S)))
     try:
         return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
                       resume, dist, device, last_path, best_path, init_state)
     except VoxMetricError as exc:
-        say({"event": "error", "message": str(exc), "type": type(exc).__name__})
+        say({"event": "error", "message": str(exc), "type": type(exc).__name__, "exit_code": 2})
+        exc.event_emitted = dist.main  # type: ignore[attr-defined]  (the CLI does not repeat it)
+        if dist.world > 1:
+            _publish_failure(dist, exc)
+        raise
+    except Exception as exc:  # under DDP: a peer's death said with its message; this rank's error shared
+        peer = _peer_failure(dist, exc)
+        if peer is not None:
+            say({"event": "error", "message": str(peer), "type": "VoxMetricError", "exit_code": 2})
+            peer.event_emitted = dist.main  # type: ignore[attr-defined]
+            raise peer from exc
+        if dist.world > 1:
+            _publish_failure(dist, exc)
         raise
     finally:
+        if dist.ctrl is not None:
+            torch.distributed.destroy_process_group(dist.ctrl)
         if own_group:
             torch.distributed.destroy_process_group()
 
@@ -484,14 +572,18 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     t0 = time.monotonic()
     recipe = method.data_recipe(mcfg)
     cache = out_dir / "cache"
-    # rank 0 fills the preparation cache first; the other ranks then read it
-    if not dist.main:
-        torch.distributed.barrier()
-    train_prep = _prepare(train_cases, recipe, cache, say, "training cases")
-    unlabeled_prep = _prepare(unlabeled_cases, recipe, cache, say, "unlabeled cases", labelled=False)
-    val_prep = _prepare(val_cases, recipe, cache, say, "validation cases") if dist.main else []
-    if dist.main and dist.world > 1:
-        torch.distributed.barrier()
+
+    def prepare(val: bool) -> tuple[list[Any], list[Any], list[Any]]:
+        return (_prepare(train_cases, recipe, cache, say, "training cases"),
+                _prepare(unlabeled_cases, recipe, cache, say, "unlabeled cases", labelled=False),
+                _prepare(val_cases, recipe, cache, say, "validation cases") if val else [])
+
+    # rank 0 fills the preparation cache first (the others wait in the control group, and stop with
+    # its message if it fails); then the other ranks read it (rank 0 alone validates)
+    first = _together(dist, (lambda: prepare(True)) if dist.main else None)
+    second = _together(dist, None if dist.main else (lambda: prepare(False)))
+    train_prep, unlabeled_prep, val_prep = first if dist.main else second
+    validating = bool(val_cases)  # the same on every rank
     classes = _classes([*train_prep, *val_prep])
 
     _seed_all(cfg.seed)  # identical initial weights on every rank
@@ -533,6 +625,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
            "unlabeled_cases": [c.id for c in unlabeled_prep], "world_size": dist.world}
 
     start, best_score, best_it, best_val = 0, -math.inf, None, None
+    seconds_before, loss_before = 0.0, None  # a resumed run's earlier parts (training time, last loss)
+    losses: list[float] = []
     _seed_all(cfg.seed + 1000003 * dist.rank)  # per-rank stream for sampling/augmentation
     if resume:
         tensors, meta = load_checkpoint(last_path)
@@ -554,6 +648,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         _set_rng_state(meta["rng"][dist.rank])
         start, best_score, best_it = meta["iteration"], meta["best_score"], meta["best_iteration"]
         best_val = meta.get("best_validation")
+        seconds_before, loss_before = float(meta.get("train_seconds") or 0.0), meta.get("last_loss")
         best_score = -math.inf if best_score is None else best_score
         say({"event": "log", "message": f"resumed from {last_path} at iteration {start}"})
 
@@ -566,8 +661,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     ctx = _StepContext(optimizers, scaler, device, total)
 
     def checkpoint(path: Path, iteration: int, gather: bool = True) -> None:
-        """Write a checkpoint (rank 0). ``gather``: collect every rank's RNG state (a collective
-        call: all ranks must make it; the best-model checkpoint skips it)."""
+        """Write a checkpoint (rank 0). ``gather``: collect every rank's RNG state and agree on
+        the write's success (collective calls: all ranks must make them; the best-model
+        checkpoint, written inside rank 0's validation, skips them)."""
         rng = _rng_state()
         if dist.world > 1 and gather:
             gathered: list[Any] = [None] * dist.world
@@ -575,8 +671,12 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
             rngs = gathered
         else:
             rngs = [rng]
-        if not dist.main:
-            return
+        if gather:
+            _together(dist, (lambda: write(path, iteration, rngs)) if dist.main else None)
+        elif dist.main:
+            write(path, iteration, rngs)
+
+    def write(path: Path, iteration: int, rngs: list[Any]) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         opt_meta = {}
         for name, opt in optimizers.items():
@@ -586,15 +686,25 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
                 "optimizer": opt_meta, "scheduler": {n: s.state_dict() for n, s in scheds.items()},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rngs,
                 "best_score": best_score if math.isfinite(best_score) else None, "best_iteration": best_it,
-                "best_validation": best_val}
+                "best_validation": best_val, "train_seconds": round(seconds_before + time.monotonic() - t0, 3),
+                "last_loss": losses[-1] if losses else loss_before}
         _save_checkpoint(path, tensors, meta)
         say({"event": "checkpoint", "iteration": iteration, "path": str(path), "kind": path.stem})
+
+    def validate_and_keep_best(done: int) -> None:
+        nonlocal best_score, best_it, best_val
+        result = validate(method, method.inference_net(model), mcfg, val_prep, recipe, device, cfg, classes, say)
+        score = result["dsc"] if math.isfinite(result["dsc"]) else -1.0
+        is_best = score > best_score
+        say({"event": "validation", "iteration": done, **result, "best": is_best})
+        if is_best:
+            best_score, best_it, best_val = score, done, _finite(result)
+            checkpoint(best_path, done, gather=False)
 
     say({"event": "log", "message": f"training {method.name} ({', '.join(classes)}) on {len(train_prep)} case(s)"
          + (f" + {len(unlabeled_prep)} unlabeled" if unlabeled_prep else "")
          + f", {len(dataset)} items per epoch, validating on {len(val_prep)}; device {device}, "
          f"{dist.world} process(es)"})
-    losses: list[float] = []
     window: list[dict[str, Tensor]] = []
     tick = time.monotonic()
     batches = _batches(dataset, cfg, dist, start, device)
@@ -623,14 +733,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
                  "lr": next(iter(scheds.values())).get_last_lr()[0], "it_per_s": len(window) / max(now - tick, 1e-9),
                  **parts})
             window, tick = [], now
-        if val_prep and (done % cfg.val_every == 0 or done == total):
-            result = validate(method, method.inference_net(model), mcfg, val_prep, recipe, device, cfg, classes, say)
-            score = result["dsc"] if math.isfinite(result["dsc"]) else -1.0
-            is_best = score > best_score
-            say({"event": "validation", "iteration": done, **result, "best": is_best})
-            if is_best:
-                best_score, best_it, best_val = score, done, _finite(result)
-                checkpoint(best_path, done, gather=False)
+        if validating and (done % cfg.val_every == 0 or done == total):
+            # rank 0 validates; the others wait in the control group (no training collective to time out)
+            _together(dist, (lambda: validate_and_keep_best(done)) if dist.main else None)
         if done % cfg.checkpoint_every == 0 or done == total:
             checkpoint(last_path, done)
 
@@ -641,9 +746,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         tensors, _ = load_checkpoint(best_path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = {k: v.detach().cpu().clone() for k, v in method.inference_net(model).state_dict().items()}
-    seconds = time.monotonic() - t0
+    seconds = seconds_before + time.monotonic() - t0  # over every resumed part of the run
     fields = _card_fields(method, mcfg, cfg, classes, train_prep, val_prep, unlabeled_prep, dist, device, seconds,
-                          best_val, best_it, losses[-1] if losses else None)
+                          best_val, best_it, losses[-1] if losses else loss_before)
     metrics = fields["validation"]
     say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "best_iteration": best_it,
          "metrics": {k: metrics.get(k) for k in ("dsc", "hd95", "asd")} if metrics else {}})

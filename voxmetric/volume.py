@@ -194,6 +194,25 @@ class Box:
         local = (np.asarray(pts, float) - self.center) @ self.axes
         return np.all(np.abs(local) <= self.size / 2 + 1e-6, axis=-1)
 
+    def overlaps(self, other: "Box") -> bool:
+        """True when the two (solid) boxes share some volume: no separating axis among the
+        15 of two oriented boxes (the 3 + 3 face normals and their 9 cross products)."""
+        a, b = self.axes, other.axes
+        ha, hb = self.size / 2, other.size / 2
+        d = other.center - self.center
+        cand = [a[:, i] for i in range(3)] + [b[:, j] for j in range(3)]
+        cand += [np.cross(a[:, i], b[:, j]) for i in range(3) for j in range(3)]
+        for axis in cand:
+            n = float(np.linalg.norm(axis))
+            if n < 1e-9:
+                continue  # parallel edges: covered by the face normals
+            axis = axis / n
+            ra = float(np.sum(ha * np.abs(axis @ a)))
+            rb = float(np.sum(hb * np.abs(axis @ b)))
+            if abs(float(axis @ d)) > ra + rb - 1e-9:
+                return False
+        return True
+
     @classmethod
     def from_volume_extent(cls, vol: Volume) -> "Box":
         """The box covering the whole volume, aligned with its axes."""

@@ -191,6 +191,24 @@ def test_resume_refuses_changed_settings_and_names_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="segments"):
         train(method, cfg, dataclasses.replace(tcfg, iterations=4), one, [], tmp_path, emit=lambda e: None,
               resume=True)
+    for change, words in ((dict(momentum=0.5), "momentum 0.9 → 0.5"), (dict(weight_decay=0.0), "weight_decay"),
+                          (dict(poly_power=1.0), "poly_power 0.9 → 1.0"), (dict(amp=False), "amp True → False")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            train(method, cfg, dataclasses.replace(tcfg, iterations=4, **change), cases, val, tmp_path,
+                  emit=lambda e: None, resume=True)
+    with pytest.raises(ConfigError, match="validation cases"):
+        train(method, cfg, dataclasses.replace(tcfg, iterations=4), cases, [two_class_case(4)], tmp_path,
+              emit=lambda e: None, resume=True)
+    # a checkpoint of a 2-process (DDP) run does not resume in one process: the batches differ
+    last = tmp_path / "checkpoints" / "last.safetensors"
+    tensors, meta = load_checkpoint(last)
+    from voxmetric.training import _save_checkpoint
+
+    _save_checkpoint(last, tensors, {**meta, "world_size": 2, "rng": meta["rng"] * 2})
+    with pytest.raises(ConfigError, match=re.escape("number of processes 2 → 1")):
+        train(method, cfg, dataclasses.replace(tcfg, iterations=4), cases, val, tmp_path, emit=lambda e: None,
+              resume=True)
+    _save_checkpoint(last, tensors, meta)
     # more iterations alone is fine
     res = train(method, cfg, dataclasses.replace(tcfg, iterations=3), cases, val, tmp_path, emit=lambda e: None,
                 resume=True)

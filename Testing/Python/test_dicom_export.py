@@ -279,10 +279,10 @@ def test_segment_dicom_folder_writes_seg_and_rtstruct(tiny_models: Path, tmp_pat
     # An existing output stops the run before any work; --series picks a series explicitly.
     r = cli("segment", str(study), "-o", str(seg_out), "--rtstruct", str(rt_out))
     assert r.returncode == 2 and "already exists" in r.stderr
-    r = cli("segment", str(study), "-o", str(seg_out), "--series", "1", "--events-jsonl")
+    r = cli("segment", str(study), "-o", str(seg_out), "--series", "1", "--events-jsonl", "--overwrite")
     assert r.returncode == 2 and "a single slice" in r.stderr
     r = cli("segment", str(study), "-o", str(seg_out), "--series", "2", "--rtstruct", str(tmp_path / "b.dcm"),
-            "--events-jsonl")
+            "--events-jsonl", "--overwrite")
     assert r.returncode == 0, r.stderr
     import json
 

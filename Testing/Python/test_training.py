@@ -381,3 +381,69 @@ def test_cli_fine_tunes_from_a_model(case_dir: Path, tmp_path: Path, capsys) -> 
     rc, _, err = run_cli(["train", "--method", "UNet", "--out", str(tmp_path / "z"), *common, "--init-from",
                           "no-such-model"], capsys)
     assert rc == 2 and "no-such-model" in err
+
+
+DDP_FAULT_SCRIPT = """
+import os, sys, time, torch
+from datetime import timedelta
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_training import small, synthetic_case
+from voxmetric import training
+from voxmetric.errors import InputError
+from voxmetric.training import TrainConfig, train
+fault, rank = {fault!r}, int(os.environ["RANK"])
+method, cfg = small("MetricUNet-HC", k=5)
+if fault == "prepare" and rank == 0:  # rank 0 fails while the others wait for its cache
+    def broken(*args, **kwargs):
+        raise InputError("case001.nrrd cannot be read; re-export it")
+    training._prepare = broken
+if fault == "step" and rank == 1:  # rank 1 fails in the middle of an iteration
+    real = method.training_step
+    def step(model, batch, cfg, ctx):
+        if ctx.iteration == 2:
+            raise RuntimeError("rank 1 ran out of memory")
+        return real(model, batch, cfg, ctx)
+    method.training_step = step
+if fault == "slow_validation":  # validation (rank 0 alone) outlasts the training group's timeout
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=3))
+    real_validate = training.validate
+    def slow(*args, **kwargs):
+        time.sleep(8)
+        return real_validate(*args, **kwargs)
+    training.validate = slow
+train(method, cfg, TrainConfig(iterations=4, batch_size=2, checkpoint_every=2, log_every=2, val_every=4),
+      [synthetic_case(0), synthetic_case(1)], [synthetic_case(2)], {out!r}, emit=lambda e: None)
+print("rank", rank, "finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, failing, words", [
+    ("prepare", 0, "Training process 0 of 2 failed: case001.nrrd cannot be read; re-export it"),
+    ("step", 1, "Training process 1 of 2 failed: rank 1 ran out of memory"),
+    ("slow_validation", None, None),
+])
+def test_ddp_fails_fast_with_the_message_on_every_rank(tmp_path: Path, fault: str, failing: int | None,
+                                                       words: str | None) -> None:
+    """An exception on one rank ends every rank within seconds (the training group's timeout is
+    30 min) and each says why; rank 0's long validation does not time the others out."""
+    import time
+
+    script = tmp_path / "ddp_fault.py"
+    script.write_text(DDP_FAULT_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"),
+                                              fault=fault))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=240)
+    seconds, out = time.monotonic() - t0, proc.stdout + proc.stderr
+    if failing is None:
+        assert proc.returncode == 0, out[-4000:]
+        assert out.count("finished") == 2
+        return
+    assert proc.returncode != 0 and seconds < 120, (seconds, out[-4000:])
+    other = 1 - failing
+    said = [line for line in out.splitlines() if line.startswith(f"[rank{other}]:") and "VoxMetricError" in line]
+    assert said and words in said[-1], out[-4000:]
+    assert "finished" not in out

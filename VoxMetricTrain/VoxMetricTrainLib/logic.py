@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import numpy as np
 from voxmetric import models, mrml
 from voxmetric.cases import CaseRecord, split_segments
 from voxmetric.errors import ConfigError, InputError, VoxMetricError
+from voxmetric.files import write_json
 from voxmetric.io import segment_info, write_segmentation, write_volume
 from voxmetric.jobs import Emit, Job
 from voxmetric.volume import Volume
@@ -463,7 +462,4 @@ def _num(value: Any, digits: int) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    write_json(path, data, indent=1)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -350,6 +350,8 @@ class SlabMethod(Method[S]):
         from ..sampling import whole_slices
 
         z = image.shape[0]
+        if z == 0 or image.size == 0:
+            raise InputError(f"The image to segment has no slices (shape {tuple(image.shape)}); give a 3D volume.")
         slabs = whole_slices(np.asarray(image, dtype=np.float32), cfg.slab)
         out: np.ndarray | None = None
         cpu = rt.device.type == "cpu"
@@ -363,5 +365,5 @@ class SlabMethod(Method[S]):
                     out = np.empty((p.shape[1], *image.shape), np.float32)
                 out[:, i:i + rt.batch_size] = p.transpose(1, 0, 2, 3)
                 rt.progress(min(i + rt.batch_size, z) / z, f"slices {min(i + rt.batch_size, z)}/{z}")
-        assert out is not None
+        assert out is not None  # internal invariant: z > 0 was checked above
         return out

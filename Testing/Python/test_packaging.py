@@ -1,0 +1,64 @@
+"""``pip install voxmetric`` then ``voxmetric demo`` (issue 13): the wheel carries the bundled demo
+models (``Resources/Models`` → ``voxmetric/bundled_models``), and the demo runs without matplotlib
+(an optional dependency: no overview picture, a note saying how to get it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = sorted(p.parent.name for p in (ROOT / "Resources" / "Models").glob("*/model.json"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(out.glob("voxmetric-*.whl"))
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_bundled_models(wheel: Path) -> None:
+    assert BUNDLED, "no bundled models in Resources/Models"
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for model in BUNDLED:
+        for f in ("model.json", "weights.safetensors"):
+            assert f"voxmetric/bundled_models/{model}/{f}" in names, sorted(n for n in names if "bundled" in n)
+    assert "voxmetric/bundled_models/demo-ct.pipeline.json" in names
+    assert not any(n.endswith(".py") and "bundled_models" in n for n in names)
+
+
+@pytest.mark.slow
+def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> None:
+    """The wheel installed on its own (not this checkout), matplotlib made unimportable."""
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                           str(wheel)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMETRIC_")}
+    env.update(PYTHONPATH=os.pathsep.join([str(blocker), str(site)]), VOXMETRIC_HOME=str(tmp_path / "home"),
+               OMP_NUM_THREADS="1")
+    where = subprocess.run([sys.executable, "-c", "import voxmetric, voxmetric.models as m; "
+                            "print(voxmetric.__file__); print(m.bundled_models_dir())"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert where.stdout.splitlines()[0].startswith(str(site)), where.stdout + where.stderr
+    assert where.stdout.splitlines()[1] == str(site / "voxmetric" / "bundled_models")
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "voxmetric.cli", "demo", "--out", str(out), "--device", "cpu"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "matplotlib" in proc.stderr and "pip install" in proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["found"] is True
+    assert (out / "prediction.seg.nrrd").is_file() and not (out / "overview.png").exists()

@@ -1,0 +1,30 @@
+"""Build hook (everything else is in pyproject.toml): the bundled model packages of
+``Resources/Models`` (their model.json, weights.safetensors and *.pipeline.json; not the training
+script) go into the wheel as ``voxmetric/bundled_models``, so that ``pip install voxmetric`` then
+``voxmetric demo`` finds them. An editable install reads them from ``Resources/Models`` itself."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+MODELS = Path(__file__).resolve().parent / "Resources" / "Models"
+
+
+class BuildPyWithModels(build_py):
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False) or not MODELS.is_dir():
+            return
+        target = Path(self.build_lib) / "voxmetric" / "bundled_models"
+        for f in sorted(MODELS.rglob("*")):
+            if f.is_file() and f.name.endswith((".json", ".safetensors")) and not f.name.startswith("."):
+                dest = target / f.relative_to(MODELS)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest)
+
+
+setup(cmdclass={"build_py": BuildPyWithModels})
