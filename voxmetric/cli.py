@@ -300,6 +300,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
     p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events instead of a progress bar")
+    p.add_argument("--uncertainty-out", metavar="FILE",
+                   help="also write the refiner's uncertainty map (float32 in [0, 1] on the input's grid, 0 outside "
+                        "the ROI; e.g. X_uncertainty.nrrd): the method's own (CRII: |P_c - P_r|) or the normalised "
+                        "entropy of the class probabilities. Not for a folder INPUT.")
     d = p.add_argument_group("DICOM (INPUT a DICOM folder; see `voxmetric series DIR`)")
     d.add_argument("--series", metavar="UID|INDEX", help="which series of the folder (default: chosen by the rules)")
     d.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write the segmentation as DICOM SEG")
@@ -356,23 +360,29 @@ def _run_segment(a: argparse.Namespace) -> int:
         progress = (lambda d, t, m: event({"event": "progress", "done": d, "total": t, "message": m})) \
             if a.events_jsonl else bar
         s = segment_file(pipelines, src, a.output, stage=a.stage, modality=a.modality, roi_file=a.roi_file,
-                         roi_out=a.roi_out, progress=progress, series=None if choice is None else choice.series.uid)
+                         roi_out=a.roi_out, progress=progress, series=None if choice is None else choice.series.uid,
+                         uncertainty_out=a.uncertainty_out)
         if choice is not None and (a.dicom_seg or a.rtstruct) and "segmentation" in s:
             s.update({k: str(v) for k, v in _dicom_export(a, Path(s["segmentation"]), choice).items()})
         if a.events_jsonl:
-            event({"event": "done", "found": s["found"], "confidence": s["confidence"], "timings": s["timings"],
-                   "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation"),
-                   **{k: s[k] for k in ("dicom_seg", "rtstruct") if k in s}})
+            event({"event": "done", "found": s["found"], "localized": s["localized"], "confidence": s["confidence"],
+                   "timings": s["timings"], "message": s["message"], "roi": s["roi"],
+                   "segmentation": s.get("segmentation"), "verdict": s["verdict"], "qc": s["qc"],
+                   "uncertainty": s["uncertainty"],
+                   **{k: s[k] for k in ("dicom_seg", "rtstruct", "uncertainty_file") if k in s}})
         else:
-            if not s["found"]:
+            if not s["localized"]:
                 print(s["message"])
-            print(f"{'wrote ' + s['segmentation'] + ' and ' if 'segmentation' in s else 'wrote '}{s['roi']} "
-                  f"(found: {s['found']}, confidence {s['confidence']:.2f}; "
+            wrote = [s[k] for k in ("segmentation", "uncertainty_file") if k in s] + [s["roi"]]
+            print(f"wrote {', '.join(wrote)} (stage-1 confidence {s['confidence']:.2f}; "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings"].items()) + ")")
             for key, what in (("dicom_seg", "DICOM SEG"), ("rtstruct", "RT Structure Set")):
                 if key in s:
                     print(f"wrote {s[key]} ({what} on series {choice.series.uid})")  # type: ignore[union-attr]
+            print(s["verdict"])
         return 0
+    if a.uncertainty_out:
+        raise InputError("--uncertainty-out takes one file; for a folder INPUT segment the images one at a time.")
     files = image_files(src)
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,11 +398,14 @@ def _run_segment(a: argparse.Namespace) -> int:
     if a.events_jsonl:
         event({"event": "done", "found": all(r["found"] for r in results), "cases": len(results),
                "not_found": [r["image"] for r in results if not r["found"]],
+               "check": [r["image"] for r in results if not r["qc"]["ok"]],
                "timings": {"total": round(sum(r["timings"]["total"] for r in results), 3)}})
     else:
         bar(len(files), len(files), "done")
         for r in results:
-            print(f"{Path(r['image']).name}: found {r['found']}, {r['timings']['total']:.1f} s")
+            print(f"{Path(r['image']).name}: {r['verdict']} ({r['timings']['total']:.1f} s)")
+        n_check = sum(not r["qc"]["ok"] for r in results)
+        print(f"{len(results) - n_check} of {len(results)} results OK" + (f", {n_check} to CHECK" if n_check else ""))
     return 0
 
 

@@ -274,6 +274,9 @@ class Method(ABC, Generic[C]):
 
     #: What :meth:`uncertainty` measures, in words (model cards, ``segment`` summaries).
     uncertainty_kind: ClassVar[str] = "normalised entropy of the class probabilities"
+    #: Quality control flags a segment whose mean :meth:`uncertainty` exceeds this (``voxmetric.qc``).
+    #: Entropy 0.8 ≈ a mean foreground probability below about 0.75 inside the segment.
+    uncertainty_limit: ClassVar[float] = 0.8
 
     def uncertainty(self, model: "nn.Module", cfg: C, image: np.ndarray, rt: Runtime,
                     probs: np.ndarray) -> np.ndarray:
