@@ -113,7 +113,7 @@ def _run_models(a: argparse.Namespace) -> int:
 # ---- train ---------------------------------------------------------------------------------
 _TRAIN_ARGS = ("method", "cases", "segment", "out", "work_dir", "name", "overwrite", "device", "iterations",
                "batch_size", "lr", "optimizer", "momentum", "weight_decay", "val_cases", "val_fraction",
-               "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl")
+               "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl", "unlabeled")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +125,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "(model.json + weights.safetensors). Under torchrun every process trains one data shard (DDP).")
     p.add_argument("--method", required=True, help="one of: " + ", ".join(available_methods()))
     p.add_argument("--cases", required=True, help="folder of image + label pairs, or a manifest.json")
+    p.add_argument("--unlabeled", metavar="DIR",
+                   help="folder or manifest.json of images WITHOUT labels for semi-supervised methods (e.g. CRII): "
+                        "same modality as --cases; their training patches come from the whole body-cropped image")
     p.add_argument("--segment", help="segment(s) to learn, comma-separated for a multi-class model, e.g. Prostate or "
                                      "Prostate,Bladder,Rectum (default: the manifest's, or the only one)")
     p.add_argument("--out", required=True, help="model package folder to write")
@@ -213,7 +216,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import models
-    from .cases import load_cases, validate_cases
+    from .cases import load_cases, load_unlabeled, validate_cases, validate_unlabeled
     from .errors import ConfigError
     from .methods import config_fields, get_method
     from .training import resolve_device, split_cases, train
@@ -233,8 +236,13 @@ def _run_train(a: argparse.Namespace) -> int:
     if out.exists() and not a.overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite to replace it.")
     name = a.name or re.sub(r"[^A-Za-z0-9._+-]", "-", out.name.removesuffix(".zip")).lstrip("._+-")[:64] or "model"
+    if a.unlabeled and not method.uses_unlabeled:
+        raise ConfigError(f"{method.name} learns from labelled cases only; drop --unlabeled or pick a semi-supervised "
+                          "method (e.g. CRII).")
     records = load_cases(a.cases, a.segment)
     validate_cases(records)
+    unlabeled = load_unlabeled(a.unlabeled) if a.unlabeled else []
+    validate_unlabeled(unlabeled, records)
     train_cases, val_cases = split_cases(records, a.val_cases, a.val_fraction, seed=a.seed)
     emit = _train_printer(a.events_jsonl)
     held: list[dict] = []
@@ -243,7 +251,8 @@ def _run_train(a: argparse.Namespace) -> int:
         (held.append if e.get("event") == "done" else emit)(e)
 
     work = Path(a.work_dir) if a.work_dir else out.with_name(out.name + ".work")
-    result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume)
+    result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume,
+                   unlabeled_cases=unlabeled)
     if rank0:
         card = {"name": name, **result.card_fields,
                 "description": f"{method.name}: {method.description}; trained with `voxmetric train`."}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from test_contract import two_class_case
+from test_training import case_dir  # noqa: F401  (fixture)
 from voxmetric.errors import ConfigError
 from voxmetric.learning.crii import (RankedConfig, boundary_band, consistency_loss, inter_prl, intra_prl,
                                      rampup_weight, ranked_losses, sharpen, supervised_loss)
@@ -223,3 +224,65 @@ def test_semi_supervised_training_loss_falls_and_ramps_up(tmp_path) -> None:
     assert w[0] == pytest.approx(0.1 * math.exp(-5)) and w[-1] == pytest.approx(0.1) and w[10] < w[15]
     assert {"sup_r", "sup_c", "intra", "inter", "cons"} <= set(its[0])
     assert res.card_fields["training"]["unlabeled_cases"] == 2 and res.card_fields["method"] == "CRII-small"
+
+
+# ---- unlabeled data on the command line ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def unlabeled_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Two small CT phantom images without labels + a manifest (a 40-voxel field of view has no air
+    to tell CT by, so the manifest says so), and two MR ones."""
+    import json
+
+    from voxmetric import io
+    from voxmetric.phantom import make_case
+
+    out = tmp_path_factory.mktemp("unlabeled")
+    for sub, modality in (("ct", "ct"), ("mr", "mr")):
+        rows = []
+        for i in range(2):
+            c = make_case(20 + i, modality, shape=(24, 40, 40), spacing=(2.0, 2.0, 2.5))
+            io.write_volume(c.image, out / sub / f"u{i}.nrrd")
+            rows.append({"image": f"u{i}.nrrd", "modality": modality})
+        (out / sub / "manifest.json").write_text(json.dumps({"format": "voxmetric-cases/1", "cases": rows}))
+    return out
+
+
+def test_cli_train_crii_with_unlabeled_images(case_dir, unlabeled_dir, tmp_path, capsys) -> None:
+    import json
+
+    from test_training import run_cli
+    from voxmetric import models
+
+    out = tmp_path / "crii"
+    flags = ["--device", "cpu", "--iterations", "3", "--batch-size", "2", "--val-cases", "0", "--events-jsonl",
+             "--base", "4", "--embed-channels", "8", "--head-channels", "4", "--patch", "16", "--per-case", "4",
+             "--spacing-mm", "2"]
+    rc, stdout, err = run_cli(["train", "--method", "CRII-small", "--cases", str(case_dir), "--segment", "Prostate",
+                               "--unlabeled", str(unlabeled_dir / "ct"), "--out", str(out), *flags], capsys)
+    assert rc == 0, err
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert any("+ 2 unlabeled" in e.get("message", "") for e in events if e["event"] == "log")
+    card = models.load_package(out).card
+    assert card["training"]["unlabeled_cases"] == 2 and card["data"]["unlabeled_region"] == "body"
+    assert card["method"] == "CRII-small" and card["training"]["optimizer"] == "sgd"
+
+
+def test_cli_unlabeled_checks_before_training(case_dir, unlabeled_dir, tmp_path, capsys) -> None:
+    from test_training import run_cli
+
+    base = ["train", "--cases", str(case_dir), "--segment", "Prostate", "--out", str(tmp_path / "m"),
+            "--device", "cpu", "--iterations", "1", "--batch-size", "1", "--val-cases", "0", "--patch", "16",
+            "--per-case", "2", "--spacing-mm", "2"]
+    rc, _, err = run_cli([*base, "--method", "UNet", "--unlabeled", str(unlabeled_dir / "ct")], capsys)
+    assert rc == 2 and "learns from labelled cases only" in err and "CRII" in err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.nrrd").write_text("not an image")
+    rc, _, err = run_cli([*base, "--method", "CRII-small", "--unlabeled", str(bad)], capsys)
+    assert rc == 2 and "unlabeled image(s) cannot be used" in err and "broken.nrrd" in err
+    rc, _, err = run_cli([*base, "--method", "CRII-small", "--unlabeled", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "does not exist" in err
+    rc, _, err = run_cli([*base, "--method", "CRII-small", "--unlabeled", str(unlabeled_dir / "mr"),
+                          "--out", str(tmp_path / "m2")], capsys)
+    assert rc == 2 and "not of the labelled cases' modality (CT)" in err and "u-u0 (MR)" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
