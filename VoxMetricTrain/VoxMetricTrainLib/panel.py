@@ -16,14 +16,20 @@ class Widgets:
 
 SCENE_WIDGETS = ("pairsTableWidget", "addPairButton", "addFromSceneButton", "removePairButton")
 FOLDER_WIDGETS = ("casesPathLineEdit", "casesPathLabel")
+UNLABELED_SCENE_WIDGETS = ("unlabeledTableWidget", "addUnlabeledButton", "addUnlabeledFromSceneButton",
+                           "removeUnlabeledButton")
+UNLABELED_FOLDER_WIDGETS = ("unlabeledPathLineEdit", "unlabeledPathLabel")
 
 
-def widgets(busy: bool, from_scene: bool, resumable: bool) -> Widgets:
+def widgets(busy: bool, from_scene: bool, resumable: bool, unlabeled_source: str = "none") -> Widgets:
     """One run at a time: Train and Resume only when idle (Resume when the model name has an
     interrupted run), Cancel only while busy; the case table for scene cases, the path for
-    folder cases."""
+    folder cases; the unlabeled volumes' table or path as ``unlabeled_source`` (none, scene,
+    folder) says."""
     enabled = {"trainButton": not busy, "resumeButton": not busy and resumable, "cancelButton": busy}
-    visible = {**{n: from_scene for n in SCENE_WIDGETS}, **{n: not from_scene for n in FOLDER_WIDGETS}}
+    visible = {**{n: from_scene for n in SCENE_WIDGETS}, **{n: not from_scene for n in FOLDER_WIDGETS},
+               **{n: unlabeled_source == "scene" for n in UNLABELED_SCENE_WIDGETS},
+               **{n: unlabeled_source == "folder" for n in UNLABELED_FOLDER_WIDGETS}}
     return Widgets(enabled, visible)
 
 
