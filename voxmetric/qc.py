@@ -117,9 +117,11 @@ class QCReport:
 def count_pieces(mask: np.ndarray, min_fraction: float = 0.1) -> int:
     """Number of 26-connected components of a boolean array with at least ``min_fraction`` of the
     largest one's voxels (0 when empty)."""
-    labels, n = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool))
+    labels = np.zeros(np.shape(mask), np.int32)
+    ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool), output=labels)
+    n = int(labels.max())
     if n <= 1:
-        return int(n)
+        return n
     sizes = np.bincount(labels.ravel())[1:]
     return int((sizes >= min_fraction * sizes.max()).sum())
 

@@ -268,7 +268,7 @@ class TrainLogic:
 
         u_arg = unlabeled_argument(unlabeled, run)  # InputError for a folder that does not exist
         check_method(method, u_arg is not None)
-        u_nodes = list(unlabeled) if u_arg is not None and not isinstance(unlabeled, (str, Path)) else []
+        u_nodes = list(unlabeled or []) if u_arg is not None and not isinstance(unlabeled, (str, Path)) else []
         check_unlabeled(u_nodes, [p.volume_node for p in pairs])
         self._pending = self._prepare_run(scene, run, method, cases, pairs, segment, name, iterations, batch_size,
                                           device, modality, extra_args, u_nodes, u_arg)

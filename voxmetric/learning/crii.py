@@ -143,15 +143,21 @@ def inter_prl(p: Tensor, g: Tensor, cfg: RankedConfig = RankedConfig()) -> Tenso
     """D-6 for one class: cells of a grid with ``cfg.grid`` cells per axis (fewer when a patch is
     smaller) over every patch, pooled over the batch; positive cells have a foreground fraction
     ≥ 0.5, negative ones none; 0 when either pool is empty."""
-    cells = tuple(min(cfg.grid, s) for s in p.shape[1:])
-    pool = F.adaptive_avg_pool2d if p.ndim == 3 else F.adaptive_avg_pool3d
-    score = pool(p[:, None], cells).flatten()
-    frac = pool(g[:, None].float(), cells).flatten()
+    score, frac = _cells(p, cfg.grid), _cells(g.float(), cfg.grid)
     pos_cells, neg_cells = frac >= 0.5, frac <= 0.0
     neg, neg_ok = _hardest(score[None], neg_cells[None], cfg.k, largest=True)
     pos, pos_ok = _hardest(score[None], pos_cells[None], cfg.k, largest=False)
     loss, has = ranked_hinge(neg, pos, neg_ok, pos_ok, cfg.margin)
     return loss[0] if bool(has[0]) else _zero(p)
+
+
+def _cells(x: Tensor, grid: int) -> Tensor:
+    """Means of x (B, *S) over a grid of ``grid`` cells per axis (fewer on a shorter axis),
+    flattened over the batch: (B · cells,)."""
+    if x.ndim == 3:
+        return F.adaptive_avg_pool2d(x[:, None], (min(grid, x.shape[1]), min(grid, x.shape[2]))).flatten()
+    size = (min(grid, x.shape[1]), min(grid, x.shape[2]), min(grid, x.shape[3]))
+    return F.adaptive_avg_pool3d(x[:, None], size).flatten()
 
 
 def ranked_losses(probs: Tensor, label: Tensor, cfg: RankedConfig = RankedConfig()) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,11 @@ A :class:`Method` owns what differs between methods:
   (:meth:`Method.optimizer_groups`), so joint models with alternating updates fit too; most
   methods only implement :meth:`Method.loss`;
 * its **predictor**: :meth:`Method.predict`, a normalised image (Z, Y, X) on the method's grid →
-  class probabilities (C, Z, Y, X). The pipeline and the trainer's validation both call it.
+  class probabilities (C, Z, Y, X). The pipeline and the trainer's validation both call it;
+* its **uncertainty**: :meth:`Method.uncertainty`, the same image and those probabilities → a
+  review map (Z, Y, X) in [0, 1]; every method has one (default: the normalised entropy of the
+  class probabilities; CRII-Net: |P_c − P_r|), used by ``segment --uncertainty-out`` and by the
+  quality control of results (:mod:`voxmetric.qc`, with :attr:`Method.uncertainty_limit`).
 
 The trainer, the pipeline, the CLI and the Slicer modules only talk to this interface; they never
 branch on a method's name. Config dataclasses hold JSON-serialisable fields only (bool, int,

@@ -16,6 +16,8 @@ net here (logits, features), so a generic predictor that reads ``model(x)[0]`` g
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,15 +40,15 @@ class CRIINet(nn.Module):
             raise ConfigError(f"head_channels must be at least 1, got {head_channels}.")
         if isinstance(backbone, UNet2D):
             self.dims = 2
-            quarter, last = backbone.conv4d[0].out_channels, backbone.embed_channels
-            backbone.sega = backbone.segb = None  # unused: the refined head replaces them
+            quarter, last = cast(nn.Conv2d, backbone.conv4d[0]).out_channels, backbone.embed_channels
+            del backbone.sega, backbone.segb  # unused: the refined head replaces them
         elif isinstance(backbone, UNet3D):
             if len(backbone.widths) < 4:
                 raise ConfigError(f"CRII-Net needs a 3D U-Net with at least 4 levels (a decoder block at 1/4 "
                                   f"resolution), got widths {backbone.widths}.")
             self.dims = 3
             quarter, last = backbone.widths[2], backbone.widths[0]
-            backbone.head = None  # unused: the refined head replaces it
+            del backbone.head  # unused: the refined head replaces it
         else:
             raise ConfigError(f"CRII-Net wraps a UNet2D or a UNet3D, not {type(backbone).__name__}.")
         conv = nn.Conv2d if self.dims == 2 else nn.Conv3d
