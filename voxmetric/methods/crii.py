@@ -126,6 +126,7 @@ class CRII(SlabMethod[CRIIConfig]):
     train_defaults = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 15}
     uses_unlabeled = True
     uncertainty_kind = "coarse-refined disagreement: half the sum over classes of |P_c - P_r| (D-9)"
+    uncertainty_limit = 0.25  # QC: a mean disagreement above this inside the segment is flagged
     pad_multiple: ClassVar[int] = 8
 
     def __init__(self, name: str) -> None:
