@@ -286,3 +286,33 @@ def test_cli_unlabeled_checks_before_training(case_dir, unlabeled_dir, tmp_path,
                           "--out", str(tmp_path / "m2")], capsys)
     assert rc == 2 and "not of the labelled cases' modality (CT)" in err and "u-u0 (MR)" in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
+
+
+def test_whole_body_crii_segments_without_a_localizer(tmp_path, monkeypatch, capsys) -> None:
+    """A CRII model with region "body" needs no localizer: `segment --model PKG` on an MR with no
+    MR model installed runs, writes |P_c − P_r| on the input's grid and ends with a verdict."""
+    import json
+
+    from test_training import run_cli
+    from voxmetric import io, models
+    from voxmetric.phantom import make_case
+
+    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VOXMETRIC_BUNDLED_MODELS", str(tmp_path / "none"))
+    method = get_method("CRII-small")
+    cfg = method.make_config({**SMALL, "region": "body", "spacing_mm": 4.0})
+    torch.manual_seed(0)
+    card = {"name": "tiny-crii-mr", "method": method.name, "role": "refiner", "modality": "mr",
+            "config": method.config_to_dict(cfg), "data": method.card_data(cfg)}
+    pkg = models.save_package(tmp_path / "tiny-crii-mr", card, method.build(cfg).state_dict())
+    image = io.write_volume(make_case(3, "mr", shape=(16, 48, 48), spacing=(4.0, 4.0, 4.0)).image, tmp_path / "mr.nrrd")
+    out, unc = tmp_path / "mr.seg.nrrd", tmp_path / "mr_unc.nrrd"
+    rc, stdout, err = run_cli(["segment", str(image), "-o", str(out), "--model", str(pkg), "--modality", "mr",
+                               "--device", "cpu", "--uncertainty-out", str(unc)], capsys)
+    assert rc == 0, err
+    assert stdout.strip().splitlines()[-1].startswith("result: ")
+    summary = json.loads((tmp_path / "mr_timings.json").read_text())
+    assert summary["uncertainty"]["kind"].startswith("coarse-refined disagreement")
+    assert "localize" in summary["timings"] and summary["localized"] is True  # the body box, no localizer
+    u = io.read_volume(unc)
+    assert u.same_grid(io.read_volume(image)) and 0.0 <= u.array.min() and u.array.max() <= 1.0 and u.array.max() > 0
