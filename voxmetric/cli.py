@@ -296,7 +296,12 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 # ---- segment / demo ------------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="two-stage prostate segmentation of an image (or a folder of images)")
+    p = sub.add_parser("segment", help="two-stage prostate segmentation of an image (or a folder of images)",
+                       description="Two-stage prostate segmentation. Every run ends with a quality-control verdict "
+                                   "line, 'result: OK — …' or 'result: CHECK — reasons' (empty mask, implausible "
+                                   "volume, several pieces, cut off by the ROI or the scan, high uncertainty), also "
+                                   "in the timings JSON ('qc') and the done event. A run that completed exits 0 "
+                                   "even with a CHECK verdict; errors exit 2.")
     p.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, DICOM folder) or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output .seg.nrrd (a folder when INPUT is a folder)")
     p.add_argument("--model", help="pipeline or refiner model name (default: the first for the modality)")
