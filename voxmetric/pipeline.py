@@ -542,7 +542,7 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
                "write": time.perf_counter() - t1}
     timings["total"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
-    report = _judge(res, mod, stage)
+    report = _judge(res, mod)
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": _found(res, report),
                "localized": res.found, "qc": report.to_dict(), "verdict": report.line(),
                "uncertainty": {"kind": res.uncertainty_kind,
@@ -558,7 +558,7 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
     return summary
 
 
-def _judge(res: SegmentResult, modality: str, stage: str) -> Any:
+def _judge(res: SegmentResult, modality: str) -> Any:
     """The :func:`voxmetric.qc.judge` report of a segment result (the box counts as the ROI only
     for results refined in it)."""
     from .qc import judge
