@@ -388,7 +388,8 @@ def _run_segment(a: argparse.Namespace) -> int:
             if not s["localized"]:
                 print(s["message"])
             wrote = [s[k] for k in ("segmentation", "uncertainty_file") if k in s] + [s["roi"]]
-            print(f"wrote {', '.join(wrote)} (stage-1 confidence {s['confidence']:.2f}; "
+            confidence = f"stage-1 confidence {s['confidence']:.2f}; " if s["localizer_ran"] else ""
+            print(f"wrote {', '.join(wrote)} ({confidence}"
                   + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings"].items()) + ")")
             for key, what in (("dicom_seg", "DICOM SEG"), ("rtstruct", "RT Structure Set")):
                 if key in s:

@@ -544,9 +544,11 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
     timings = {k: round(v, 3) for k, v in timings.items()}
     report = _judge(res, mod)
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": _found(res, report),
-               "localized": res.found, "qc": report.to_dict(), "verdict": report.line(),
+               "localized": res.found, "localizer_ran": res.localization is not None, "qc": report.to_dict(),
+               "verdict": report.line(),
                "uncertainty": {"kind": res.uncertainty_kind,
-                               "mean_in_segment": {c.name: c.mean_uncertainty for c in report.classes}},
+                               "mean_in_segment": {c.name: None if c.mean_uncertainty is None else
+                                                   round(c.mean_uncertainty, 4) for c in report.classes}},
                "confidence": round(float(res.confidence), 4), "message": res.message, "timings": timings,
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
                        "axes": res.box.axes.ravel().tolist()},

@@ -84,7 +84,8 @@ def nci_unlabeled(spacing: float) -> list[PreparedCase]:
 # ---- runs ---------------------------------------------------------------------------------------
 def run(tag: str, semi: bool, labelled: list[PreparedCase], unlabeled: list[PreparedCase], args: argparse.Namespace,
         iterations: int, seed: int, work: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Train CRII (``semi``) or its supervised-only twin; returns (method, cfg, net, record)."""
+    """Train CRII (``semi``) or its supervised-only twin; returns (method, cfg, net, record); the
+    record's ``card`` is the model card's fields (for ``--save-model``)."""
     method = get_method(METHOD)
     over = {"patch": args.patch, "per_case": 200, "spacing_mm": args.spacing}
     cfg = method.make_config(over if semi else {**over, "cons_weight": 0.0})
@@ -104,7 +105,11 @@ def run(tag: str, semi: bool, labelled: list[PreparedCase], unlabeled: list[Prep
            "cpu_s": round(time.process_time() - t_cpu, 1), "wall_s": round(time.monotonic() - t_wall, 1),
            "loss_first50": round(float(losses[0]), 4) if losses else None,
            "loss_last50": round(float(losses[-1]), 4) if losses else None, "load": [round(v, 2) for v in os.getloadavg()]}
+    run.cards[id(net)] = res.card_fields  # type: ignore[attr-defined]
     return method, cfg, net, rec
+
+
+run.cards = {}  # type: ignore[attr-defined]
 
 
 def evaluate(method: Any, cfg: Any, net: Any, case: PreparedCase) -> dict[str, Any]:
@@ -202,6 +207,8 @@ def main() -> int:
     p.add_argument("--heldout", type=int, default=10, help="held-out CT phantoms")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a, b")
     p.add_argument("--png", help="write the uncertainty picture here (needs part b)")
+    p.add_argument("--save-model", help="save the (b) CRII model trained on PROMISE12 case 0 as a package here "
+                                        "(for `voxmetric segment --model`)")
     args = p.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -241,6 +248,13 @@ def main() -> int:
                 part.setdefault(rec["arm"], []).append(rec)
                 if semi and train_i == 0:
                     keep = (method, cfg, net)
+                    if args.save_model:
+                        from voxmetric import models
+
+                        card = {"name": "bench-crii-mr-promise12-0", **run.cards[id(net)],  # type: ignore[attr-defined]
+                                "description": "CRII-small from bench_crii.py (b): 1 labelled PROMISE12 case + 5 "
+                                               "unlabeled NCI-ISBI MR; a benchmark model, not for clinical use."}
+                        out["model"] = str(models.save_package(args.save_model, card, net.state_dict(), overwrite=True))
         out["b"] = part
         if args.png and keep is not None:
             method, cfg, net = keep
