@@ -80,6 +80,8 @@ class VoxMetricSegParameterNode:
     referenceSegment: str = ""
     compareVolume: vtkMRMLScalarVolumeNode  # None: the reference's own volume
     metricsTable: vtkMRMLTableNode
+    showUncertainty: bool = False
+    uncertaintyVolume: vtkMRMLScalarVolumeNode  # the last uncertainty map (reused by the next run)
 
     if TYPE_CHECKING:  # what @parameterNodeWrapper adds
         parameterNode: Any
@@ -263,7 +265,7 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     return
                 modality, _why = self._modality()
                 logic.engine.start(stage, p.inputVolume, roi_node=p.roi, model=p.model, device=p.device,
-                                   modality=modality or "auto")
+                                   modality=modality or "auto", uncertainty=p.showUncertainty)
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = panel.expectation(p.device)
                 self._timer.start()
@@ -301,16 +303,20 @@ class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("{stage} failed.").format(stage=self._stage.capitalize())):
             result = logic.engine.finish(self._stage, self._events, slicer.mrmlScene, p.inputVolume,
                                          roi_node=p.roi, segmentation_node=p.outputSegmentation,
-                                         replace=p.replaceExisting)
+                                         replace=p.replaceExisting, uncertainty_node=p.uncertaintyVolume)
             if result.roi_node is not None:
                 p.roi = result.roi_node
                 result.roi_node.SetDisplayVisibility(True)
             if result.segmentation_node is not None:
                 p.outputSegmentation = result.segmentation_node
+            if result.uncertainty_node is not None:
+                p.uncertaintyVolume = result.uncertainty_node
             self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = panel.describe_timings(result.timings)
+            self.ui.statusLabel.text = panel.describe_result(result.verdict, result.timings)
             if result.message:
                 slicer.util.warningDisplay(result.message, windowTitle=_("Prostate not found"))
+            elif result.warning:
+                slicer.util.warningDisplay(result.warning, windowTitle=_("Check the result"))
 
     def _cancel(self) -> None:
         if self.logic:

@@ -56,6 +56,8 @@ class VoxMetricTrainParameters:
 
     casesSource: Annotated[str, Choice(["scene", "folder"])] = "scene"
     casesPath: Path
+    unlabeledSource: Annotated[str, Choice(["none", "scene", "folder"])] = "none"
+    unlabeledPath: Path
     segmentName: str = "Prostate"
     modality: Annotated[str, Choice(["auto", "ct", "mr"])] = "auto"
     method: Annotated[str, Choice(METHODS)] = panel.default_method(METHODS)
@@ -115,7 +117,10 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.clicked.connect(self._cancel)
         self.ui.addPairButton.clicked.connect(lambda: self._addPair())
         self.ui.addFromSceneButton.clicked.connect(self._addPairsFromScene)
-        self.ui.removePairButton.clicked.connect(self._removePair)
+        self.ui.removePairButton.clicked.connect(lambda: panel.remove_rows(self.ui.pairsTableWidget))
+        self.ui.addUnlabeledButton.clicked.connect(lambda: self._addVolumeRow())
+        self.ui.addUnlabeledFromSceneButton.clicked.connect(self._addUnlabeledFromScene)
+        self.ui.removeUnlabeledButton.clicked.connect(lambda: panel.remove_rows(self.ui.unlabeledTableWidget))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -198,19 +203,23 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widgets[field.parameter] = widget
         self._formTag = p.connectParametersToGui(widgets)
 
-    # -- the table of (volume, segmentation, segment) rows -----------------------------------------
+    # -- the tables: (volume, segmentation, segment) rows and unlabeled volumes ----------------------
+    @staticmethod
+    def _nodeCombo(nodeType: str, node: Any) -> Any:
+        combo = slicer.qMRMLNodeComboBox()
+        combo.nodeTypes = [nodeType]
+        combo.showChildNodeTypes = False
+        combo.noneEnabled, combo.addEnabled, combo.removeEnabled = True, False, False
+        combo.setMRMLScene(slicer.mrmlScene)
+        combo.setCurrentNode(node)
+        return combo
+
     def _addPair(self, volume: Any = None, segmentation: Any = None, segment: str = "") -> None:
         table = self.ui.pairsTableWidget
         row = table.rowCount
         table.insertRow(row)
         for column, nodeType, node in ((0, "vtkMRMLScalarVolumeNode", volume), (1, "vtkMRMLSegmentationNode", segmentation)):
-            combo = slicer.qMRMLNodeComboBox()
-            combo.nodeTypes = [nodeType]
-            combo.showChildNodeTypes = False
-            combo.noneEnabled, combo.addEnabled, combo.removeEnabled = True, False, False
-            combo.setMRMLScene(slicer.mrmlScene)
-            combo.setCurrentNode(node)
-            table.setCellWidget(row, column, combo)
+            table.setCellWidget(row, column, self._nodeCombo(nodeType, node))
         p = self._parameterNode
         table.setItem(row, 2, qt.QTableWidgetItem(segment or (p.segmentName if p else "Prostate")))
 
@@ -223,11 +232,22 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if (pair.volume_node, pair.segmentation_node) not in have:
                 self._addPair(pair.volume_node, pair.segmentation_node, pair.segment)
 
-    def _removePair(self) -> None:
-        table = self.ui.pairsTableWidget
-        rows = sorted({i.row() for i in table.selectedIndexes()}, reverse=True)
-        for row in rows or [table.rowCount - 1]:
-            table.removeRow(row)
+    def _addVolumeRow(self, volume: Any = None) -> None:
+        table = self.ui.unlabeledTableWidget
+        table.insertRow(table.rowCount)
+        table.setCellWidget(table.rowCount - 1, 0, self._nodeCombo("vtkMRMLScalarVolumeNode", volume))
+
+    def _addUnlabeledFromScene(self) -> None:
+        from VoxMetricTrainLib.unlabeled import unlabeled_from_scene
+
+        have = {n.GetID() for n in self._unlabeled() if n is not None}
+        for node in unlabeled_from_scene(slicer.mrmlScene, [p.volume_node for p in self._pairs()]):
+            if node.GetID() not in have:
+                self._addVolumeRow(node)
+
+    def _unlabeled(self) -> list[Any]:
+        table = self.ui.unlabeledTableWidget
+        return [table.cellWidget(r, 0).currentNode() for r in range(table.rowCount)]
 
     def _pairs(self) -> list[CasePair]:
         table = self.ui.pairsTableWidget
@@ -240,7 +260,8 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         busy = logic.busy or self._steps is not None or self.review.running
         self.review.refresh(busy)
-        state = panel.widgets(busy, p.casesSource == "scene", logic.engine.can_resume(p.modelName))
+        state = panel.widgets(busy, p.casesSource == "scene", logic.engine.can_resume(p.modelName),
+                              p.unlabeledSource)
         for name, on in state.enabled.items():
             getattr(self.ui, name).enabled = on
         for name, on in state.visible.items():
@@ -265,10 +286,13 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else:
                     path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
                     cases = self._pairs() if p.casesSource == "scene" else path
+                    upath = str(p.unlabeledPath) if p.unlabeledPath and str(p.unlabeledPath) != "." else ""
+                    unlabeled = {"scene": self._unlabeled(), "folder": upath}.get(p.unlabeledSource)
                     flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
                     self._steps = engine.start_steps(
                         slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
-                        device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs))
+                        device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs),
+                        unlabeled=unlabeled)
                     self.ui.logPlainTextEdit.clear()
                     self.ui.statusLabel.text = _("Reading the cases from the scene…")
                 self._timer.start()

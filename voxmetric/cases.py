@@ -297,6 +297,44 @@ def _check_record(r: CaseRecord, require_labels: bool) -> list[VoxMetricError]:
     return []
 
 
+def load_unlabeled(source: str | Path) -> list[CaseRecord]:
+    """Images without labels (semi-supervised training) from a folder of images or a manifest;
+    label files found beside them are ignored. Ids get a ``u-`` prefix so that they never clash
+    with the labelled cases'. InputError when there are none."""
+    from dataclasses import replace
+
+    records = load_cases(source, require_labels=False)
+    return [replace(r, id=f"u-{r.id}", label=None, segment=None) for r in records]
+
+
+def validate_unlabeled(records: Sequence[CaseRecord], labelled: Sequence[CaseRecord] = ()) -> None:
+    """Check unlabeled images before training, from their headers: each exists and is a readable
+    3D image (a DICOM folder is read later), and no image is also a labelled case. One
+    InputError lists every problem. (That they share the labelled cases' modality is checked
+    when they are prepared, :func:`voxmetric.training.train`.)"""
+    problems: list[str] = []
+    seen = {Path(r.image).resolve() for r in labelled}
+    for r in records:
+        path = Path(r.image)
+        if not path.exists():
+            problems.append(f"{r.id}: {path} does not exist")
+            continue
+        if path.resolve() in seen:
+            problems.append(f"{r.id}: {path.name} is also a labelled case")
+            continue
+        if path.is_dir():
+            continue
+        try:
+            if _header_volume(path) is None:
+                problems.append(f"{r.id}: {path.name} is not a 3D image")
+        except InputError as e:
+            problems.append(f"{r.id}: {e}")
+    if problems:
+        raise InputError(f"{len(problems)} unlabeled image(s) cannot be used: " + " | ".join(problems[:10])
+                         + (f" | and {len(problems) - 10} more" if len(problems) > 10 else "")
+                         + ". Remove them from the unlabeled folder or manifest.")
+
+
 def validate_cases(records: Sequence[CaseRecord], *, require_labels: bool = True) -> None:
     """Check every case from file headers (no voxel data) so training fails before it starts:
     files exist, the segment is present (SegmentNotFoundError naming the case and listing its

@@ -125,7 +125,7 @@ def _run_models(a: argparse.Namespace) -> int:
 _TRAIN_ARGS = ("method", "cases", "segment", "out", "work_dir", "name", "overwrite", "device", "iterations",
                "batch_size", "lr", "optimizer", "momentum", "weight_decay", "val_cases", "val_fraction",
                "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl", "init_from",
-               "freeze_encoder")
+               "freeze_encoder", "unlabeled")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +137,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "(model.json + weights.safetensors). Under torchrun every process trains one data shard (DDP).")
     p.add_argument("--method", required=True, help="one of: " + ", ".join(available_methods()))
     p.add_argument("--cases", required=True, help="folder of image + label pairs, or a manifest.json")
+    p.add_argument("--unlabeled", metavar="DIR",
+                   help="folder or manifest.json of images WITHOUT labels for semi-supervised methods (e.g. CRII): "
+                        "same modality as --cases; their training patches come from the whole body-cropped image")
     p.add_argument("--segment", help="segment(s) to learn, comma-separated for a multi-class model, e.g. Prostate or "
                                      "Prostate,Bladder,Rectum (default: the manifest's, or the only one)")
     p.add_argument("--out", required=True, help="model package folder to write")
@@ -234,7 +237,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import models
-    from .cases import load_cases, validate_cases
+    from .cases import load_cases, load_unlabeled, validate_cases, validate_unlabeled
     from .errors import ConfigError
     from .methods import config_fields, get_method
     from .training import resolve_device, split_cases, train
@@ -259,8 +262,13 @@ def _run_train(a: argparse.Namespace) -> int:
     if out.exists() and not a.overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite to replace it.")
     name = a.name or re.sub(r"[^A-Za-z0-9._+-]", "-", out.name.removesuffix(".zip")).lstrip("._+-")[:64] or "model"
+    if a.unlabeled and not method.uses_unlabeled:
+        raise ConfigError(f"{method.name} learns from labelled cases only; drop --unlabeled or pick a semi-supervised "
+                          "method (e.g. CRII).")
     records = load_cases(a.cases, a.segment)
     validate_cases(records)
+    unlabeled = load_unlabeled(a.unlabeled) if a.unlabeled else []
+    validate_unlabeled(unlabeled, records)
     train_cases, val_cases = split_cases(records, a.val_cases, a.val_fraction, seed=a.seed)
     emit = _train_printer(a.events_jsonl)
     held: list[dict] = []
@@ -270,7 +278,7 @@ def _run_train(a: argparse.Namespace) -> int:
 
     work = Path(a.work_dir) if a.work_dir else out.with_name(out.name + ".work")
     result = train(method, mcfg, tcfg, train_cases, val_cases, work, emit=relay, resume=a.resume,
-                   init_state=init.state_dict if init else None)
+                   init_state=init.state_dict if init else None, unlabeled_cases=unlabeled)
     if rank0:
         if init is not None:
             result.card_fields["training"]["init_from"] = init.source
@@ -323,7 +331,12 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 # ---- segment / demo ------------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="two-stage prostate segmentation of an image (or a folder of images)")
+    p = sub.add_parser("segment", help="two-stage prostate segmentation of an image (or a folder of images)",
+                       description="Two-stage prostate segmentation. Every run ends with a quality-control verdict "
+                                   "line, 'result: OK — …' or 'result: CHECK — reasons' (empty mask, implausible "
+                                   "volume, several pieces, cut off by the ROI or the scan, high uncertainty), also "
+                                   "in the timings JSON ('qc') and the done event. A run that completed exits 0 "
+                                   "even with a CHECK verdict; errors exit 2.")
     p.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, DICOM folder) or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output .seg.nrrd (a folder when INPUT is a folder)")
     p.add_argument("--model", help="pipeline or refiner model name (default: the first for the modality)")
@@ -336,6 +349,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
     p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events instead of a progress bar")
+    p.add_argument("--uncertainty-out", metavar="FILE",
+                   help="also write the refiner's uncertainty map (float32 in [0, 1] on the input's grid, 0 outside "
+                        "the ROI; e.g. X_uncertainty.nrrd): the method's own (CRII: |P_c - P_r|) or the normalised "
+                        "entropy of the class probabilities. Not for a folder INPUT.")
     d = p.add_argument_group("DICOM (INPUT a DICOM folder; see `voxmetric series DIR`)")
     d.add_argument("--series", metavar="UID|INDEX", help="which series of the folder (default: chosen by the rules)")
     d.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write the segmentation as DICOM SEG")
@@ -393,8 +410,11 @@ def _run_segment(a: argparse.Namespace) -> int:
     choice = _dicom_choice(a, src, single)
     files = [] if single else image_files(src)
     outputs = _folder_outputs(files, Path(a.output))
+    if a.uncertainty_out and not single:
+        raise InputError("--uncertainty-out takes one file; for a folder INPUT segment the images one at a time.")
     if single:  # every output is checked before any work
-        segment_outputs(a.output, a.stage, a.roi_file, a.roi_out, overwrite=a.overwrite)
+        segment_outputs(a.output, a.stage, a.roi_file, a.roi_out, overwrite=a.overwrite,
+                        uncertainty_out=a.uncertainty_out)
     for f in files:
         segment_outputs(outputs[f], a.stage, a.roi_file, overwrite=a.overwrite)
     if single:  # a file or a DICOM series folder
@@ -402,22 +422,26 @@ def _run_segment(a: argparse.Namespace) -> int:
             if a.events_jsonl else bar
         s = segment_file(pipelines, src, a.output, stage=a.stage, modality=a.modality, roi_file=a.roi_file,
                          roi_out=a.roi_out, progress=progress, series=None if choice is None else choice.series.uid,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, uncertainty_out=a.uncertainty_out)
         if choice is not None and (a.dicom_seg or a.rtstruct) and "segmentation" in s:
             s.update({k: str(v) for k, v in _dicom_export(a, Path(s["segmentation"]), choice).items()})
         if a.events_jsonl:
-            event({"event": "done", "found": s["found"], "confidence": s["confidence"], "timings": s["timings"],
-                   "message": s["message"], "roi": s["roi"], "segmentation": s.get("segmentation"),
-                   **{k: s[k] for k in ("dicom_seg", "rtstruct") if k in s}})
+            event({"event": "done", "found": s["found"], "localized": s["localized"], "confidence": s["confidence"],
+                   "timings": s["timings"], "message": s["message"], "roi": s["roi"],
+                   "segmentation": s.get("segmentation"), "verdict": s["verdict"], "qc": s["qc"],
+                   "uncertainty": s["uncertainty"],
+                   **{k: s[k] for k in ("dicom_seg", "rtstruct", "uncertainty_file") if k in s}})
         else:
             if s["message"]:
                 print(s["message"])
-            print(f"{'wrote ' + s['segmentation'] + ' and ' if 'segmentation' in s else 'wrote '}{s['roi']} "
-                  f"(found: {s['found']}, confidence {s['confidence']:.2f}; "
+            wrote = [s[k] for k in ("segmentation", "uncertainty_file") if k in s] + [s["roi"]]
+            confidence = f"stage-1 confidence {s['confidence']:.2f}; " if s["localizer_ran"] else ""
+            print(f"wrote {', '.join(wrote)} ({confidence}"
                   + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings"].items()) + ")")
             for key, what in (("dicom_seg", "DICOM SEG"), ("rtstruct", "RT Structure Set")):
                 if key in s:
                     print(f"wrote {s[key]} ({what} on series {choice.series.uid})")  # type: ignore[union-attr]
+            print(s["verdict"])
         return 0
     make_folder(a.output)
     results = []
@@ -431,11 +455,14 @@ def _run_segment(a: argparse.Namespace) -> int:
     if a.events_jsonl:
         event({"event": "done", "found": all(r["found"] for r in results), "cases": len(results),
                "not_found": [r["image"] for r in results if not r["found"]],
+               "check": [r["image"] for r in results if not r["qc"]["ok"]],
                "timings": {"total": round(sum(r["timings"]["total"] for r in results), 3)}})
     else:
         bar(len(files), len(files), "done")
         for r in results:
-            print(f"{Path(r['image']).name}: found {r['found']}, {r['timings']['total']:.1f} s")
+            print(f"{Path(r['image']).name}: {r['verdict']} ({r['timings']['total']:.1f} s)")
+        n_check = sum(not r["qc"]["ok"] for r in results)
+        print(f"{len(results) - n_check} of {len(results)} results OK" + (f", {n_check} to CHECK" if n_check else ""))
     return 0
 
 

@@ -612,3 +612,33 @@ def read_table(table_node) -> tuple[list[str], list[list[object]]]:
     rows: list[list[object]] = [[c.GetValue(r) if c.IsA("vtkStringArray") else float(c.GetValue(r)) for c in columns]
                                 for r in range(table.GetNumberOfRows())]
     return names, rows
+
+
+# -- overlays -------------------------------------------------------------------------------------
+#: Colour map of overlay maps (uncertainty): black → red → yellow, built into Slicer (procedural).
+OVERLAY_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
+
+
+def show_overlay(scene, background_node, overlay_node, opacity: float = 0.5, value_range: tuple[float, float] = (0.0, 1.0),
+                 hide_below: float = 0.01) -> None:
+    """Show ``overlay_node`` (a scalar volume such as an uncertainty map) over ``background_node``
+    in every slice view: each slice composite node gets them as background / foreground layers
+    with ``opacity``; the overlay is drawn with :data:`OVERLAY_COLOR_NODE_ID` over ``value_range``,
+    and its values below ``hide_below`` are transparent (the image shows through)."""
+    display = overlay_node.GetDisplayNode()
+    if display is None:
+        overlay_node.CreateDefaultDisplayNodes()
+        display = overlay_node.GetDisplayNode()
+    if scene.GetNodeByID(OVERLAY_COLOR_NODE_ID) is not None:
+        display.SetAndObserveColorNodeID(OVERLAY_COLOR_NODE_ID)
+    lo, hi = (float(v) for v in value_range)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1e-3)
+    display.SetApplyThreshold(True)
+    display.SetLowerThreshold(float(hide_below))
+    display.SetUpperThreshold(max(hi, float(hide_below)) + 1e6)
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(background_node.GetID())
+        composite.SetForegroundVolumeID(overlay_node.GetID())
+        composite.SetForegroundOpacity(float(opacity))

@@ -76,6 +76,7 @@ class PipelineConfig:
     fill_holes: bool = True
     batch_size: int = 16
     bf16: bool = False
+    uncertainty: bool = True  # compute the refiner's uncertainty map (QC, --uncertainty-out)
 
     def __post_init__(self) -> None:
         if self.roi_rule not in ROI_RULES:
@@ -132,6 +133,20 @@ class SegmentResult:
     localization: LocalizeResult | None = None
     message: str = ""
     classes: tuple[str, ...] = ("Prostate",)
+    uncertainty: Volume | None = None  # float32 map on the input's voxels inside the box (a sub-grid), 0 outside
+    pieces: dict[str, int] = field(default_factory=dict)  # components per class before post-processing
+    uncertainty_kind: str | None = None
+    uncertainty_limit: float | None = None
+
+
+@dataclass
+class RefineOutput:
+    """Stage 2's label map (input grid), its uncertainty on the box's sub-grid of the input's
+    voxels (None when off) and each class's components before post-processing."""
+
+    mask: Volume
+    uncertainty: Volume | None = None
+    pieces: dict[str, int] = field(default_factory=dict)
 
 
 def _report(progress: Progress | None, lo: int, hi: int) -> Callable[[float, str], None]:
@@ -363,6 +378,11 @@ class Pipeline:
         return lo, lambda x: ((np.clip(np.asarray(x, np.float32), lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)
 
     def _refine(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> Volume:
+        return self._refine_full(volume, box, say).mask
+
+    def _refine_full(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> RefineOutput:
+        from .qc import count_pieces
+
         cfg = self.config
         say(0.0, "refine: resampling the ROI")
         fill, norm = self._normaliser(volume, self.image_modality(volume))
@@ -377,8 +397,15 @@ class Pipeline:
         if not np.isclose(sp, 1.0):
             roi = resample(roi, (sp, sp, sp), is_label=False)
         probs = self._predict(ref, roi.array, lambda f, m: say(0.05 + 0.85 * f, m), "refine")
+        unc = None
+        if cfg.uncertainty:
+            from .methods import Runtime
+
+            rt = Runtime(self.device, cfg.batch_size, cfg.bf16, lambda f, m: say(0.9, f"uncertainty: {m}"))
+            unc = ref.method.uncertainty(ref.model, ref.cfg, roi.array, rt, probs)
         say(0.92, "refine: pasting back")
         out = np.zeros(volume.shape, np.uint8)
+        result = RefineOutput(volume.with_array(out))
         bounds = _index_bounds(volume, box)
         if bounds is not None:
             sub = _subgrid(volume, *bounds)
@@ -386,10 +413,14 @@ class Pipeline:
             fg = np.stack([resample_to(roi.with_array(p), sub, is_label=False, fill=0.0).array for p in probs[1:]])
             labels = labels_from_foreground(fg, cfg.threshold)
             labels[~inside] = 0
+            result.pieces = {name: count_pieces(labels == k) for k, name in enumerate(ref.classes, 1)}
             labels = clean(labels, cfg.largest_component, cfg.fill_holes, inside)
             out[tuple(slice(l, h + 1) for l, h in zip(*bounds))] = labels
+            if unc is not None:
+                u = resample_to(roi.with_array(np.asarray(unc, np.float32)), sub, is_label=False, fill=0.0).array
+                result.uncertainty = sub.with_array(np.where(inside, u, 0.0).astype(np.float32))
         say(1.0, "refine: done")
-        return volume.with_array(out)
+        return result
 
     # -- both ------------------------------------------------------------------------------------------
     def segment(self, volume: Volume, box: Box | None = None, progress: Progress | None = None,
@@ -415,11 +446,12 @@ class Pipeline:
             loc = self._localize(volume, _report(progress, 0, split))
             timings["localize"] = time.perf_counter() - t0
             box, found, confidence, message = loc.box, loc.found, loc.confidence, loc.message
-        mask = None
+        mask, refined = None, None
         if stage != "localize":
             t1 = time.perf_counter()
             if found:
-                mask = self._refine(volume, box, _report(progress, 30 if loc else 0, 100))
+                refined = self._refine_full(volume, box, _report(progress, 30 if loc else 0, 100))
+                mask = refined.mask
             else:
                 mask = volume.with_array(np.zeros(volume.shape, np.uint8))
                 if progress is not None:
@@ -427,7 +459,13 @@ class Pipeline:
             timings["refine"] = time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t0
         classes = self.refiner.classes if self.refiner is not None else ("Prostate",)
-        return SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
+        res = SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
+        if refined is not None and self.refiner is not None:
+            res.uncertainty, res.pieces = refined.uncertainty, refined.pieces
+            if refined.uncertainty is not None:
+                res.uncertainty_kind = self.refiner.method.uncertainty_kind
+                res.uncertainty_limit = float(self.refiner.method.uncertainty_limit)
+        return res
 
     def with_config(self, **changes: Any) -> "Pipeline":
         """The same networks with some :class:`PipelineConfig` fields changed."""
@@ -472,21 +510,25 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
                  stage: str = "all", modality: str = "auto", roi_file: str | Path | None = None,
                  roi_out: str | Path | None = None, timings_out: str | Path | None = None,
                  progress: Progress | None = None, series: str | int | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, uncertainty_out: str | Path | None = None) -> dict[str, Any]:
     """Segment one image file: read it, run ``stage`` (ROI from ``roi_file`` when given), write
     the segmentation (``output``, a .seg.nrrd with segment "Prostate" on the input's grid; not
     for ``stage="localize"``), the ROI ``.mrk.json`` and the timings JSON (defaults: beside
     ``output``, see :func:`output_paths`; an ROI output that is the ``roi_file`` itself is read,
     not rewritten). ``pipeline_for``: a Pipeline or a function modality → Pipeline. ``series``:
     which series of a DICOM folder (UID or index, see :func:`voxmetric.dicom.select_series`).
-    Existing outputs are an OutputError (before any work) unless ``overwrite``; an ROI that does
-    not overlap the image is an InputError. Returns a summary dict (found, confidence, timings,
-    paths, box)."""
+    ``uncertainty_out``: write the refiner's uncertainty map (float32 on the input's grid, 0
+    outside the ROI box; an image file such as .nrrd) there. Existing outputs are an OutputError
+    (before any work) unless ``overwrite``; an ROI that does not overlap the image is an
+    InputError. Returns a summary dict (found, confidence, timings, paths, box, ``qc``: the
+    :func:`voxmetric.qc.judge` report of the result, ``uncertainty``: its kind and mean inside each
+    segment). ``found`` is True only when stage 1 found the organ and the QC saw no empty or
+    implausibly sized segment; ``localized`` is stage 1's own verdict."""
     from . import io
     from .markups import read_roi, write_roi
 
     t0 = time.perf_counter()
-    paths, targets = segment_outputs(output, stage, roi_file, roi_out, timings_out, overwrite)
+    paths, targets = segment_outputs(output, stage, roi_file, roi_out, timings_out, overwrite, uncertainty_out)
     roi_path, timings_path = paths["roi"], paths["timings"]
     volume = io.read_volume(image, series=series)
     box = read_roi(roi_file) if roi_file else None
@@ -494,6 +536,10 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
         check_roi(volume, box, f"The ROI in {roi_file}")
     mod = modality if modality in ("ct", "mr") else ("ct" if intensity.looks_like_ct(volume.array) else "mr")
     pipe = pipeline_for if isinstance(pipeline_for, Pipeline) else pipeline_for(mod)
+    if uncertainty_out is not None and stage == "localize":
+        raise InputError("--uncertainty-out needs a refined result; run --stage all or refine.")
+    if uncertainty_out is not None and not pipe.config.uncertainty:
+        pipe = pipe.with_config(uncertainty=True)
     t_read = time.perf_counter() - t0
     res = pipe.segment(volume, box=box, progress=progress, stage=stage)
     t1 = time.perf_counter()
@@ -505,6 +551,12 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
                                   [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)],
                                   overwrite=overwrite)
             written["segmentation"] = str(paths["segmentation"])
+        if uncertainty_out is not None:
+            from .qc import paste_on_grid
+
+            unc = paste_on_grid(res.uncertainty, volume) if res.uncertainty is not None else \
+                volume.with_array(np.zeros(volume.shape, np.float32))
+            written["uncertainty_file"] = str(io.write_volume(unc, uncertainty_out, overwrite=overwrite))
         if roi_path in targets:
             write_roi(res.box, roi_path, overwrite=overwrite)
         timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
@@ -523,7 +575,13 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
 def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timings: dict[str, float],
              written: dict[str, str]) -> dict[str, Any]:
     """The summary :func:`segment_file` returns and writes as its timings JSON."""
-    summary = {"image": str(image), "modality": mod, "stage": stage, "found": res.found,
+    report = _judge(res, mod)
+    summary = {"image": str(image), "modality": mod, "stage": stage, "found": _found(res, report),
+               "localized": res.found, "localizer_ran": res.localization is not None, "qc": report.to_dict(),
+               "verdict": report.line(),
+               "uncertainty": {"kind": res.uncertainty_kind,
+                               "mean_in_segment": {c.name: None if c.mean_uncertainty is None else
+                                                   round(c.mean_uncertainty, 4) for c in report.classes}},
                "confidence": round(float(res.confidence), 4), "message": res.message,
                "timings": {k: round(v, 3) for k, v in timings.items()},
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
@@ -531,9 +589,6 @@ def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timing
                "classes": list(res.classes),
                "voxels": None if res.mask is None else {name: int(np.count_nonzero(res.mask.array == k))
                                                         for k, name in enumerate(res.classes, 1)}, **written}
-    if res.mask is not None and res.found and not np.any(res.mask.array):
-        summary["message"] = (f"The segmentation is empty: the refiner found no {' / '.join(res.classes)} inside the "
-                              "ROI. Check that the ROI covers the prostate, and the model's modality.")
     return summary
 
 
@@ -547,9 +602,10 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def segment_outputs(output: str | Path, stage: str = "all", roi_file: str | Path | None = None,
                     roi_out: str | Path | None = None, timings_out: str | Path | None = None,
-                    overwrite: bool = False) -> tuple[dict[str, Path], list[Path]]:
+                    overwrite: bool = False, uncertainty_out: str | Path | None = None
+                    ) -> tuple[dict[str, Path], list[Path]]:
     """``(paths, targets)`` of :func:`segment_file`: every output path by role ("segmentation",
-    "roi", "timings") and those it will write, checked (OutputError for an existing one unless
+    "roi", "timings", "uncertainty") and those it will write, checked (OutputError for an existing one unless
     ``overwrite``; InputError for a segmentation name not ending in .seg.nrrd) before any work."""
     from .files import check_free
 
@@ -564,9 +620,27 @@ def segment_outputs(output: str | Path, stage: str = "all", roi_file: str | Path
     if roi_file is None or not _same_file(paths["roi"], roi_file):  # the ROI given is read, not rewritten
         targets.append(paths["roi"])
     targets.append(paths["timings"])
+    if uncertainty_out is not None:
+        paths["uncertainty"] = Path(uncertainty_out)
+        targets.append(paths["uncertainty"])
     for t in targets:
         check_free(t, overwrite)
     return paths, targets
+
+
+def _judge(res: SegmentResult, modality: str) -> Any:
+    """The :func:`voxmetric.qc.judge` report of a segment result (the box counts as the ROI only
+    for results refined in it)."""
+    from .qc import judge
+
+    return judge(res.mask, res.classes, modality, found=res.found, box=res.box if res.mask is not None else None,
+                 pieces=res.pieces or None, uncertainty=res.uncertainty, uncertainty_kind=res.uncertainty_kind,
+                 uncertainty_limit=res.uncertainty_limit)
+
+
+def _found(res: SegmentResult, report: Any) -> bool:
+    """Stage 1 found the organ and no segment is empty or of an implausible volume."""
+    return bool(res.found) and not report.has("empty", "volume")
 
 
 def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | None = None,

@@ -441,6 +441,17 @@ def _prepare(records: Sequence[Any], recipe: Any, cache: Path, emit: Emit, what:
     return out
 
 
+def _check_unlabeled_modality(labelled: Sequence[Any], unlabeled: Sequence[Any]) -> None:
+    """InputError naming the unlabeled cases whose modality (given or guessed from the
+    intensities) is not one of the labelled cases'."""
+    have = {str(c.modality).lower() for c in labelled}
+    odd = [f"{c.id} ({str(c.modality).upper()})" for c in unlabeled if str(c.modality).lower() not in have]
+    if odd:
+        raise InputError(f"Unlabeled case(s) {', '.join(odd[:10])} are not of the labelled cases' modality "
+                         f"({', '.join(sorted(m.upper() for m in have))}); semi-supervised training needs images of "
+                         "the same kind. Remove them, or give their modality in a manifest if it was guessed wrong.")
+
+
 def _classes(cases: Sequence[Any]) -> tuple[str, ...]:
     """The class names all labelled cases share (case-insensitively); InputError otherwise."""
     first = tuple(cases[0].classes)
@@ -583,6 +594,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     first = _together(dist, (lambda: prepare(True)) if dist.main else None)
     second = _together(dist, None if dist.main else (lambda: prepare(False)))
     train_prep, unlabeled_prep, val_prep = first if dist.main else second
+    _check_unlabeled_modality(train_prep, unlabeled_prep)
     validating = bool(val_cases)  # the same on every rank
     classes = _classes([*train_prep, *val_prep])
 

@@ -266,14 +266,18 @@ def test_cli_segment_then_localize_refine(tiny_models: Path, tmp_path: Path, cli
     r = cli("segment", str(img), "-o", str(out), "--events-jsonl", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert events[-1]["event"] == "done" and events[-1]["found"] is True
+    done = events[-1]
+    assert done["event"] == "done" and done["localized"] is True
+    # the forced model fills the whole box: QC says so and "found" stays False (never a success line)
+    assert done["found"] is False and done["qc"]["verdict"] == "CHECK" and "roi_border" in done["qc"]["codes"]
+    assert done["verdict"].startswith("result: CHECK") and done["uncertainty"]["kind"].startswith("normalised entropy")
     assert {"localize", "refine", "total"} <= set(events[-1]["timings"])
     assert any(e["event"] == "progress" for e in events)
     mask = io.read_segment_mask(out, "Prostate", reference=io.read_volume(img))
     assert mask.array.sum() > 0
     box = read_roi(tmp_path / "out" / "scan_roi.mrk.json")
     timings = json.loads((tmp_path / "out" / "scan_timings.json").read_text(encoding="utf-8"))
-    assert timings["found"] is True and timings["timings"]["total"] > 0
+    assert timings["localized"] is True and timings["qc"] == done["qc"] and timings["timings"]["total"] > 0
 
     # --stage localize writes only the ROI; --stage refine reads it back (moved by the "user")
     roi = tmp_path / "roi.mrk.json"

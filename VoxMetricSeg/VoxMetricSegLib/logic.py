@@ -20,7 +20,7 @@ from typing import Any
 
 from voxmetric import mrml
 from voxmetric.errors import VoxMetricError
-from voxmetric.io import read_label_map, read_segmentation, write_volume
+from voxmetric.io import read_label_map, read_segmentation, read_volume, write_volume
 from voxmetric.jobs import Emit, Job, remove_tree
 from voxmetric.markups import read_roi, write_roi
 from voxmetric.volume import Box, Volume
@@ -45,7 +45,11 @@ class StageResult:
     roi_node: Any = None
     segmentation_node: Any = None
     segment_ids: dict[str, str] = field(default_factory=dict)  # segment name → id, in class order
-    message: str = ""
+    message: str = ""  # stage 1 found nothing: where the box went and what to do
+    verdict: str = ""  # the engine's QC line, "result: OK — …" or "result: CHECK — …"
+    qc: dict[str, Any] = field(default_factory=dict)  # the engine's QC block (voxmetric.qc)
+    warning: str = ""  # the QC reasons in words when the verdict is CHECK (shown in a dialog)
+    uncertainty_node: Any = None  # the uncertainty map's volume node, when asked for
 
     @property
     def segment_id(self) -> str | None:
@@ -60,6 +64,26 @@ class StageOutput:
 
     box: Box | None = None
     masks: list[tuple[str, Volume]] = field(default_factory=list)
+    uncertainty: Volume | None = None
+
+
+def qc_warning(qc: dict[str, Any]) -> str:
+    """The dialog text for a QC block whose verdict is CHECK ("" for OK or no block): the reasons,
+    one per line, and what to do."""
+    if not qc or qc.get("ok", True):
+        return ""
+    reasons = "\n".join(f"• {r}" for r in qc.get("reasons", []))
+    return ("The result needs a check before it is used:\n" + reasons + "\n\nReview the segmentation (and the "
+            "uncertainty map, if shown); move or enlarge the ROI box and press Refine, or correct it by hand.")
+
+
+def uncertainty_range(volume: Volume) -> tuple[float, float]:
+    """Display range of an uncertainty map: 0 to its 99.5th percentile inside the ROI (≥ 0.05)."""
+    import numpy as np
+
+    a = np.asarray(volume.array)
+    inside = a[a > 0]
+    return 0.0, max(0.05, float(np.percentile(inside, 99.5)) if inside.size else 0.05)
 
 
 def read_result(path: str | Path, reference: Volume) -> list[tuple[str, Volume]]:
@@ -94,10 +118,11 @@ class SegmentLogic:
 
     # -- starting a stage ------------------------------------------------------------------------
     def start(self, stage: str, volume_node: Any, roi_node: Any = None, model: str = "", device: str = "auto",
-              modality: str = "auto") -> Job:
+              modality: str = "auto", uncertainty: bool = False) -> Job:
         """Snapshot the inputs (GUI thread) and start ``stage`` (localize | refine | segment):
-        a worker writes them for the child process, then the child runs. JobRunningError while
-        a stage runs."""
+        a worker writes them for the child process, then the child runs. ``uncertainty``: also
+        bring back the refiner's uncertainty map (refine, segment). JobRunningError while a stage
+        runs."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         if self.busy:
@@ -112,14 +137,17 @@ class SegmentLogic:
         grid = mrml.geometry_from_node(volume_node)
         self.cleanup()
         workdir = Path(tempfile.mkdtemp(prefix="voxmetric-"))
-        image, seg_out, roi_out, roi_in = (workdir / n for n in ("input.nrrd", "output.seg.nrrd", "roi.mrk.json",
-                                                                   "roi-in.mrk.json"))
+        image, seg_out, roi_out, roi_in, unc_out = (workdir / n for n in (
+            "input.nrrd", "output.seg.nrrd", "roi.mrk.json", "roi-in.mrk.json", "uncertainty.nrrd"))
+        uncertainty = uncertainty and stage in ("refine", "segment")
         args = ["segment", str(image), "-o", str(seg_out), "--stage", {"segment": "all"}.get(stage, stage),
                 "--roi-out", str(roi_out), "--device", device, "--modality", modality.lower(), "--events-jsonl"]
         if model:
             args += ["--model", model]
         if box is not None:
             args += ["--roi-file", str(roi_in)]
+        if uncertainty:
+            args += ["--uncertainty-out", str(unc_out)]
 
         def prepare(emit: Emit) -> None:
             emit({"event": "progress", "done": 0, "total": 1, "message": "Writing the scan for the engine…"})
@@ -134,6 +162,8 @@ class SegmentLogic:
                 out.box = read_roi(roi_out)
             if stage in ("refine", "segment"):
                 out.masks = read_result(seg_out, grid)
+            if uncertainty and unc_out.exists():
+                out.uncertainty = read_volume(unc_out)
             return out
 
         self.workdir, self.stage = workdir, stage
@@ -143,8 +173,10 @@ class SegmentLogic:
 
     # -- collecting the result ---------------------------------------------------------------------
     def finish(self, stage: str, events: list[dict[str, Any]], scene: Any, volume_node: Any, roi_node: Any = None,
-               segmentation_node: Any = None, replace: bool = False) -> StageResult:
-        """Turn the finished job's result into nodes (GUI thread: node updates only). Raises
+               segmentation_node: Any = None, replace: bool = False, uncertainty_node: Any = None) -> StageResult:
+        """Turn the finished job's result into nodes (GUI thread: node updates only): the ROI, the
+        segments, the QC verdict and warning, and the uncertainty map as a volume node
+        (``uncertainty_node`` reused) shown over the input in the slice views. Raises
         VoxMetricError with the engine's message when the job failed, timed out or was cancelled."""
         exit_event = next((e for e in reversed(events) if e.get("event") == "exit"), None)
         errors = [str(e.get("message", "")) for e in events if e.get("event") == "error"]
@@ -159,8 +191,10 @@ class SegmentLogic:
             detail = errors[-1] if errors else " ".join(tail) or str(exit_event.get("message", ""))
             raise VoxMetricError(f"{stage.capitalize()} failed: {detail}")
         done = next((e for e in reversed(events) if e.get("event") == "done"), {})
-        result = StageResult(stage, found=bool(done.get("found", True)), confidence=done.get("confidence"),
-                             timings=dict(done.get("timings", {})))
+        result = StageResult(stage, found=bool(done.get("localized", done.get("found", True))),
+                             confidence=done.get("confidence"), timings=dict(done.get("timings", {})),
+                             verdict=str(done.get("verdict", "")), qc=dict(done.get("qc") or {}))
+        result.warning = qc_warning(result.qc) if result.found else ""
         output = self.job.result if self.job is not None else None
         if not isinstance(output, StageOutput):
             raise VoxMetricError(f"{stage.capitalize()} left no result to read.")
@@ -170,6 +204,10 @@ class SegmentLogic:
             segmentation_node, sid = mrml.write_mask_segment(
                 segmentation_node, mask, volume_node, name=name, replace=replace, scene=scene)
             result.segmentation_node, result.segment_ids[name] = segmentation_node, sid
+        if output.uncertainty is not None:
+            name = f"{volume_node.GetName()} uncertainty"
+            result.uncertainty_node = mrml.node_from_volume(scene, output.uncertainty, name, node=uncertainty_node)
+            mrml.show_overlay(scene, volume_node, result.uncertainty_node, 0.5, uncertainty_range(output.uncertainty))
         if not result.found:
             result.message = ("No prostate was found. The ROI box was placed at the centre of the "
                               "scan: move it over the prostate, then press Refine.")

@@ -197,6 +197,12 @@ def describe_timings(timings: Mapping[str, float]) -> str:
     return " · ".join(f"{k} {v:.1f} s" for k, v in timings.items())
 
 
+def describe_result(verdict: str, timings: Mapping[str, float]) -> str:
+    """The status line after a stage: the engine's QC verdict ("result: OK — Prostate 31.2 mL …" or
+    "result: CHECK — …"; none after Localize alone) and the timings."""
+    return " · ".join(t for t in (verdict, describe_timings(timings)) if t)
+
+
 def expectation(device: str) -> str:
     """What to expect while a stage runs; torch is consulted only when already imported
     (importing it would freeze the GUI for seconds)."""

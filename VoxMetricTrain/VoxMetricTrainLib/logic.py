@@ -217,21 +217,24 @@ class TrainLogic:
     # -- starting ----------------------------------------------------------------------------------
     def start(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
               iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
-              extra_args: Sequence[str] = ()) -> Job:
+              extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None) -> Job:
         """Check the settings, snapshot scene cases (if ``cases`` is a list of :class:`CasePair`),
         write ``run.json`` and start training: a worker writes the cases, then the child process
         trains. ``scene`` gets a loss table and a chart (None: no nodes). ``extra_args``: more
         ``voxmetric train`` flags, e.g. the method's settings (``--base 16``, see
-        :func:`VoxMetricTrainLib.form.method_flags`) or ``--val-every 100``."""
+        :func:`VoxMetricTrainLib.form.method_flags`) or ``--val-every 100``. ``unlabeled``: images
+        without labels for a semi-supervised method — volume nodes of the scene or a folder /
+        manifest (:mod:`VoxMetricTrainLib.unlabeled`)."""
         for _ in self.start_steps(scene, method, cases, segment, name, iterations, batch_size, device, modality,
-                                  extra_args):
+                                  extra_args, unlabeled):
             pass
         assert self.job is not None
         return self.job
 
     def start_steps(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
                     iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
-                    extra_args: Sequence[str] = ()) -> Iterator[str]:
+                    extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None
+                    ) -> Iterator[str]:
         """:meth:`start` in GUI-thread steps: yields a status text after each case snapshot, so
         the panel can take one case per timer tick; the job starts after the last step. The
         logic counts as busy meanwhile; closing the iterator early abandons the run."""
@@ -262,13 +265,22 @@ class TrainLogic:
         pairs: list[CasePair] = [] if isinstance(cases, (str, Path)) else list(cases)
         if not from_folder:
             check_pairs(pairs)
+        from .unlabeled import check_method, check_unlabeled, unlabeled_argument
+
+        u_arg = unlabeled_argument(unlabeled, run)  # InputError for a folder that does not exist
+        check_method(method, u_arg is not None)
+        u_nodes = list(unlabeled or []) if u_arg is not None and not isinstance(unlabeled, (str, Path)) else []
+        check_unlabeled(u_nodes, [p.volume_node for p in pairs])
         self._pending = self._prepare_run(scene, run, method, cases, pairs, segment, name, iterations, batch_size,
-                                          device, modality, extra_args)
+                                          device, modality, extra_args, u_nodes, u_arg)
         return self._pending
 
     def _prepare_run(self, scene: Any, run: Path, method: str, cases: str | Path | Sequence[CasePair],
                      pairs: list[CasePair], segment: str, name: str, iterations: int, batch_size: int, device: str,
-                     modality: str, extra_args: Sequence[str]) -> Generator[str, None, None]:
+                     modality: str, extra_args: Sequence[str], u_nodes: Sequence[Any] = (),
+                     u_arg: str | None = None) -> Generator[str, None, None]:
+        from .unlabeled import FOLDER, snapshot_unlabeled, write_unlabeled
+
         started = False
         try:
             snapshots = []
@@ -276,6 +288,10 @@ class TrainLogic:
                 snapshots.append(snapshot_case(pair, i))
                 yield f"Read case {i + 1}/{len(pairs)} ({pair.volume_node.GetName()}) from the scene…"
             self.case_pairs = {snap.id: pair for snap, pair in zip(snapshots, pairs)}
+            u_snaps = []
+            for i, node in enumerate(u_nodes):
+                u_snaps.append(snapshot_unlabeled(node, i))
+                yield f"Read unlabeled volume {i + 1}/{len(u_nodes)} ({node.GetName()}) from the scene…"
             if run.exists():  # an earlier attempt that stopped before its first checkpoint: nothing to keep
                 shutil.rmtree(run)
             run.mkdir(parents=True)
@@ -284,16 +300,20 @@ class TrainLogic:
             settings = {"method": method, "cases": cases_arg, "segment": segment.strip(), "name": name,
                         "iterations": int(iterations), "batch_size": int(batch_size), "device": device,
                         "extra_args": [str(a) for a in extra_args]}
+            if u_arg is not None:
+                settings["unlabeled"] = u_arg
             _write_json(run / RUN_FILE, settings)
 
             def prepare(emit: Emit) -> None:
-                if snapshots:
-                    def progress(done: int, total: int, message: str) -> None:
-                        emit({"event": "progress", "stage": "export", "done": done, "total": total,
-                              "message": message})
+                def progress(done: int, total: int, message: str) -> None:
+                    emit({"event": "progress", "stage": "export", "done": done, "total": total, "message": message})
 
+                if snapshots:
                     write_cases(snapshots, run / "cases", modality, progress)
                     snapshots.clear()  # the copies of the scans are on disk now
+                if u_snaps:
+                    write_unlabeled(u_snaps, run / FOLDER, modality, progress)
+                    u_snaps.clear()
 
             self._launch(scene, run, settings, resume=False, prepare=prepare)
             started = True
@@ -351,6 +371,8 @@ class TrainLogic:
                 "--batch-size", str(s["batch_size"]), "--device", s["device"], "--events-jsonl"]
         if s.get("segment"):
             args += ["--segment", s["segment"]]
+        if s.get("unlabeled"):
+            args += ["--unlabeled", s["unlabeled"]]
         args += list(s.get("extra_args", []))
         if resume:
             args.append("--resume")

@@ -9,7 +9,8 @@ import pkgutil
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
-from .base import FieldSpec, Logs, Method, Role, Runtime, SlabConfig, SlabMethod, StepContext, config_fields
+from .base import (FieldSpec, Logs, Method, Role, Runtime, SlabConfig, SlabMethod, StepContext, config_fields,
+                   normalised_entropy)
 
 _REGISTRY: dict[str, type[Method[Any]]] = {}
 M = TypeVar("M", bound=type[Method[Any]])
@@ -55,4 +56,4 @@ def get_method(name: str) -> Method[Any]:
 _load_all()
 
 __all__ = ["FieldSpec", "Logs", "Method", "Role", "Runtime", "SlabConfig", "SlabMethod", "StepContext", "available_methods",
-           "config_fields", "get_method", "method_classes", "register"]
+           "config_fields", "get_method", "method_classes", "normalised_entropy", "register"]

@@ -13,7 +13,11 @@ A :class:`Method` owns what differs between methods:
   (:meth:`Method.optimizer_groups`), so joint models with alternating updates fit too; most
   methods only implement :meth:`Method.loss`;
 * its **predictor**: :meth:`Method.predict`, a normalised image (Z, Y, X) on the method's grid →
-  class probabilities (C, Z, Y, X). The pipeline and the trainer's validation both call it.
+  class probabilities (C, Z, Y, X). The pipeline and the trainer's validation both call it;
+* its **uncertainty**: :meth:`Method.uncertainty`, the same image and those probabilities → a
+  review map (Z, Y, X) in [0, 1]; every method has one (default: the normalised entropy of the
+  class probabilities; CRII-Net: |P_c − P_r|), used by ``segment --uncertainty-out`` and by the
+  quality control of results (:mod:`voxmetric.qc`, with :attr:`Method.uncertainty_limit`).
 
 The trainer, the pipeline, the CLI and the Slicer modules only talk to this interface; they never
 branch on a method's name. Config dataclasses hold JSON-serialisable fields only (bool, int,
@@ -271,6 +275,35 @@ class Method(ABC, Generic[C]):
         """Smallest (x, y, z) extent in mm of an image :meth:`predict` is given (the pipeline widens
         a smaller ROI crop to this much context). Default: no minimum."""
         return (0.0, 0.0, 0.0)
+
+    #: What :meth:`uncertainty` measures, in words (model cards, ``segment`` summaries).
+    uncertainty_kind: ClassVar[str] = "normalised entropy of the class probabilities"
+    #: Quality control flags a segment whose mean :meth:`uncertainty` exceeds this (``voxmetric.qc``).
+    #: Entropy 0.8 ≈ a mean foreground probability below about 0.75 inside the segment.
+    uncertainty_limit: ClassVar[float] = 0.8
+
+    def uncertainty(self, model: "nn.Module", cfg: C, image: np.ndarray, rt: Runtime,
+                    probs: np.ndarray) -> np.ndarray:
+        """A voxel-wise uncertainty map float32 (Z, Y, X) in [0, 1] (0 = certain) for a review of
+        the result, given the image and the class probabilities (C, Z, Y, X) that :meth:`predict`
+        just returned for it. Default (every method): the normalised entropy
+        −Σ_c p_c log p_c / log C — 0 where one class has probability 1, 1 where all C classes are
+        equally likely. Methods with a better signal override it (CRII-Net: |P_c − P_r|)."""
+        return normalised_entropy(probs)
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """−Σ_c p_c log p_c / log C of class probabilities (C, *S) → float32 (*S) in [0, 1]
+    (0 for a single class), computed one slice of the first spatial axis at a time."""
+    p = np.asarray(probs)
+    c = p.shape[0]
+    out = np.zeros(p.shape[1:], np.float32)
+    if c < 2:
+        return out
+    for i in range(p.shape[1]):
+        q = np.clip(p[:, i].astype(np.float32), 1e-12, 1.0)
+        out[i] = -(q * np.log(q)).sum(0) / np.float32(np.log(c))
+    return np.clip(out, 0.0, 1.0)
 
 
 # ---- 2.5D slab methods -------------------------------------------------------------------------------

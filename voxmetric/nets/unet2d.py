@@ -65,6 +65,14 @@ class UNet2D(nn.Module):
         ``detach_embedding=True`` (the -Sep variant) feeds ``embedding.detach()`` to the head, so
         the loss on the logits trains only ``sega``/``segb``.
         """
+        emb = self.decoder_features(x)[0]
+        logits = self.segb(self.sega(emb.detach() if detach_embedding else emb))
+        return logits, emb
+
+    def decoder_features(self, x: Tensor) -> list[Tensor]:
+        """The three up-blocks' outputs, finest first: ``[conv6d (B,E,H,W), conv5d (B,2·base,H/2,W/2),
+        conv4d (B,4·base,H/4,W/4)]`` (item k is at 1/2^k resolution; item 0 is the embedding).
+        Used by :meth:`forward` and by wrappers that add their own heads (CRII-Net's coarse head)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % 8 or x.shape[3] % 8:
             raise InputError(
                 f"UNet2D expects a (B, {self.in_channels}, H, W) tensor with H and W multiples of 8, "
@@ -73,8 +81,7 @@ class UNet2D(nn.Module):
         c2 = self.conv2b(self.conv2a(self.pool(c1)))
         c3 = self.conv3b(self.conv3a(self.pool(c2)))
         c4 = self.enc4b(self.enc4a(self.pool(c3)))
-        u = self.conv4d(self.conv4c(torch.cat([self.upconv4a(c4), c3], dim=1)))
-        u = self.conv5d(self.conv5c(torch.cat([self.upconv5a(u), c2], dim=1)))
-        emb = self.conv6d(self.conv6c(torch.cat([self.upconv6a(u), c1], dim=1)))
-        logits = self.segb(self.sega(emb.detach() if detach_embedding else emb))
-        return logits, emb
+        u4 = self.conv4d(self.conv4c(torch.cat([self.upconv4a(c4), c3], dim=1)))
+        u5 = self.conv5d(self.conv5c(torch.cat([self.upconv5a(u4), c2], dim=1)))
+        emb = self.conv6d(self.conv6c(torch.cat([self.upconv6a(u5), c1], dim=1)))
+        return [emb, u5, u4]

@@ -51,6 +51,14 @@ class UNet3D(nn.Module):
         self.head = nn.Conv3d(widths[0], num_classes, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        decoded, skips = self.features(x)
+        return self.head(decoded[0]), skips[::-1]
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(decoder outputs, encoder outputs)``, both finest first: decoder item k is level k's
+        block output (B, widths[k], D/2^k, H/2^k, W/2^k), k = 0 … len(widths) − 2; encoder item k
+        the same level's encoder output (the last one the bottleneck). :meth:`forward` puts the
+        head on decoder item 0; wrappers (CRII-Net's coarse head) may use the coarser ones."""
         if x.ndim != 5 or x.shape[1] != self.in_channels or any(s % self.multiple for s in x.shape[2:]):
             raise InputError(f"UNet3D expects a (B, {self.in_channels}, D, H, W) tensor with D, H, W multiples of "
                              f"{self.multiple}, got {tuple(x.shape)}; pad the volume first.")
@@ -59,6 +67,8 @@ class UNet3D(nn.Module):
         for level, block in enumerate(self.enc):
             h = block(h if level == 0 else self.pool(h))
             skips.append(h)
+        decoded: list[Tensor] = []
         for level in reversed(range(len(self.up))):
             h = self.dec[level](torch.cat([self.up[level](h), skips[level]], dim=1))
-        return self.head(h), skips[::-1]
+            decoded.append(h)
+        return decoded[::-1], skips
