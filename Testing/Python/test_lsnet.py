@@ -305,3 +305,71 @@ def test_lnet_and_lsnet_are_selectable_without_module_changes(tmp_path: Path, mo
     rows = {f.name: f for f in form.method_form("LSNet")}
     assert rows["grad_decay"].default == 0.1 and rows["roi_margin"].default == 15.0 and rows["canvas"].kind == "int"
     assert form.method_flags("LNet", {"method_heatmap_sigma": 3.0}) == ["--heatmap-sigma", "3.0"]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("LNet", ["--canvas", "64", "--lnet-base", "4", "--head-channels", "8", "--per-case", "4"]),
+    ("LSNet", ["--canvas", "64", "--lnet-base", "4", "--head-channels", "8", "--per-case", "4", "--roi-size", "16",
+               "--snet-base", "4", "--snet-embed", "4", "--grad-decay", "0.05", "--spacing-mm", "4"]),
+])
+def test_cli_trains_both_methods(tmp_path: Path, capsys, method: str, extra: list[str]) -> None:
+    from voxmetric import io
+    from voxmetric.cli import main
+
+    folder = tmp_path / "cases"
+    rows = []
+    for i in range(2):
+        c = make_case(70 + i, "ct", shape=(24, 64, 64), spacing=(4.0, 4.0, 4.0))
+        io.write_volume(c.image, folder / f"c{i}.nrrd")
+        io.write_volume(c.labels.with_array((c.labels.array == LABELS["Prostate"]).astype(np.uint8)),
+                        folder / f"c{i}-label.nrrd")
+        rows.append({"id": f"c{i}", "image": f"c{i}.nrrd", "label": f"c{i}-label.nrrd", "modality": "ct"})
+    (folder / "manifest.json").write_text(json.dumps({"format": "voxmetric-cases/1", "cases": rows}))
+    out = tmp_path / "pkg"
+    try:
+        rc = main(["train", "--method", method, "--cases", str(folder), "--out", str(out), "--iterations", "2",
+                   "--batch-size", "2", "--val-cases", "1", "--val-every", "2", "--device", "cpu", "--events-jsonl",
+                   *extra])
+    finally:
+        torch.set_num_threads(1)
+    assert rc == 0, capsys.readouterr().err
+    card = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    assert card["method"] == method and card["role"] == ("localizer" if method == "LNet" else "joint")
+    assert card["config"]["canvas"] == 64 and card["data"]["sampling"] == "whole slices on a canvas"
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "validation" for e in events)
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from safetensors.torch import save_file
+from test_lsnet import TINY_LSNET, ct_case
+from voxmetric.methods import get_method
+from voxmetric.training import TrainConfig, train
+method = get_method("LSNet")
+cfg = method.make_config(dict(TINY_LSNET, spacing_mm=4.0, roi_margin=4.0))
+res = train(method, cfg, TrainConfig(iterations=4, batch_size=2, optimizer="adam", checkpoint_every=2, log_every=2),
+            [ct_case(40, (24, 64, 64))[0], ct_case(41, (24, 64, 64))[0]], [], {out!r}, emit=lambda e: print(e, flush=True))
+save_file(res.state_dict, os.path.join({out!r}, "rank%s.safetensors" % os.environ["RANK"]))
+"""
+
+
+@pytest.mark.slow
+def test_lsnet_alternating_updates_under_ddp(tmp_path: Path) -> None:
+    """Two CPU processes (gloo): both phases go through the wrapped model, no rank hangs on an
+    unused keypoint head, and both ranks end with the same weights."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ddp_lsnet.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)

@@ -293,9 +293,9 @@ class SliceDataset(SeededDataset):
             if rng.random() < 0.5:
                 img, out = np.ascontiguousarray(img[:, :, ::-1]), np.ascontiguousarray(out[:, ::-1])
         heat, boxes, n = heatmap_targets(out, STRIDE, self.sigma)
-        return {"image": torch.from_numpy(img), "label": torch.from_numpy(out), "heatmap": torch.from_numpy(heat[None]),
-                "boxes": torch.from_numpy(boxes), "objects": torch.tensor(float(n))}
+        return {"image": torch.from_numpy(img), "label": torch.from_numpy(out),
+                "heatmap": torch.from_numpy(heat[None]), "boxes": torch.from_numpy(boxes), "objects": torch.tensor(float(n))}
 
 
-__all__ = ["SliceDataset", "cell_pixels", "diou_loss", "heatmap_targets", "inference_keypoints", "keypoint_box", "lnet_loss", "object_boxes",
-           "one_vs_rest_logits", "peaks", "predicted_boxes", "snet_loss", "training_keypoints", "warp_labels"]
+__all__ = ["SliceDataset", "cell_pixels", "diou_loss", "heatmap_targets", "inference_keypoints", "keypoint_box",
+           "lnet_loss", "object_boxes", "one_vs_rest_logits", "peaks", "predicted_boxes", "snet_loss", "training_keypoints", "warp_labels"]

@@ -197,9 +197,9 @@ class LSNet(nn.Module):
     many input channels as L-Net) joined by the RoI recalibration.
 
     ``forward(x, mode="lnet")`` → L-Net's ``(heatmap logits, distances)``;
-    ``forward(x, mode="joint", select=f, gamma=γ)`` → ``(heatmap logits, distances, θ (B, 2, 3),
-    S-Net logits (B, K, roi, roi))``: ``f`` maps the detached heatmap logits (B, 1, h, w) to one
-    keypoint cell (row, col) per image (B, 2) long; the distances read there pass through
+    ``forward(x, mode="joint", select=f, gamma=γ)`` → ``(heatmap logits, distances (both
+    detached), θ (B, 2, 3), S-Net logits (B, K, roi, roi))``: ``f`` maps the heatmap logits
+    (B, 1, h, w) to one keypoint cell (row, col) per image (B, 2) long; the distances read there pass through
     :func:`scale_gradient` (γ) before θ, so S-Net's loss reaches L-Net scaled by γ while the
     keypoint itself carries no gradient (I-48).
     """
@@ -230,7 +230,9 @@ class LSNet(nn.Module):
         d = scale_gradient(dist[rows, :, cells[:, 0], cells[:, 1]], gamma)  # (B, 4)
         keypoints = cell_to_pixel(cells.flip(1), self.lnet.stride)  # (x, y) pixels
         theta = roi_theta(keypoints, d, x.shape[-2:], self.margin)
-        return heat, dist, theta, self.segment_rois(x, theta)
+        # heatmap and distance maps go out detached: only θ and the S-Net logits carry the graph,
+        # so DDP (find_unused_parameters) sees the keypoint head as unused in this pass
+        return heat.detach(), dist.detach(), theta, self.segment_rois(x, theta)
 
 
 __all__ = ["LNet", "LSNet", "STRIDE", "cell_to_pixel", "inverse_theta", "merge_rois", "paste_back",
