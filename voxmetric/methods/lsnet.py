@@ -32,7 +32,11 @@ S-Net and update both networks with L_S (focal + 0.2 · Dice), S-Net with the fu
 L-Net with it scaled by γ = ``grad_decay`` (I-49). Phase (2) re-runs L-Net's forward instead
 of reusing phase (1)'s: phase (1)'s backward freed its graph, L-Net's weights changed in its
 step (the paper locates the RoI with the just-updated L-Net), and under DDP every backward must
-follow its own forward through the wrapped model (``StepContext.step``). The predictor runs
+follow its own forward through the wrapped model (``StepContext.step``). Phase (2) steps L-Net's
+own Adam: Adam's per-parameter normalisation keeps its γ-scaled step small next to phase (1)'s
+(its second moments are phase (1)'s), but its momentum moves L-Net a second time per iteration.
+Validation (region ``label_box``) predicts on the label's slices ± 20 mm, widened in-plane to the
+whole canvas like the pipeline's refine crop. The predictor runs
 L-Net per slice → keypoints (threshold + centroids) → RoIs (θ with the ``roi_margin``) → S-Net →
 softmax → inverse warp (θ⁻¹ with ε) → foreground classes merged by max over the RoIs of a slice,
 background = 1 − their sum → (C, Z, Y, X). In the pipeline it localises (whole body, the same
@@ -53,7 +57,6 @@ from . import register
 from .base import Logs, Method, Runtime, StepContext, param
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
