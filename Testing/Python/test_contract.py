@@ -29,6 +29,9 @@ torch.set_num_threads(1)
 #: A small configuration of each method class (every registered class must have one).
 SMALL = {
     "CRII": ("CRII-small", {"base": 4, "embed_channels": 8, "head_channels": 4, "patch": 16, "per_case": 8, "k": 4}),
+    "LNet": ("LNet", {"canvas": 32, "per_case": 8, "lnet_base": 4, "head_channels": 8, "spacing_mm": 1.0}),
+    "LSNet": ("LSNet", {"canvas": 32, "per_case": 8, "lnet_base": 4, "head_channels": 8, "spacing_mm": 1.0,
+                        "roi_size": 16, "snet_base": 4, "snet_embed": 4}),
     "Localizer": ("Localizer", {"base": 4, "embed_channels": 4, "patch": 16, "per_case": 8, "spacing_mm": 1.0}),
     "MetricUNet": ("MetricUNet-HCP", {"base": 4, "embed_channels": 8, "patch": 16, "per_case": 8, "k": 4}),
     "VoxelSimSiam": ("VoxelSimSiam-small", {"patch": "16,16,16", "grid": "16,32,32", "per_case": 8,
