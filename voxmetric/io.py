@@ -180,8 +180,22 @@ def _read_dicom_series(folder: Path, series: str | int | None = None) -> sitk.Im
     return read_series_image(folder, series)
 
 
+class _ImageBuffer:
+    """Keeps a SimpleITK image alive for the numpy array that views its voxel buffer, so a read
+    costs one copy of the scan in memory, not two (the array is writable: the image is ours)."""
+
+    def __init__(self, img: sitk.Image) -> None:
+        self._img = img
+        iface = dict(sitk.GetArrayViewFromImage(img).__array_interface__)
+        iface["data"] = (iface["data"][0], False)
+        self.__array_interface__ = iface
+
+
 def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
     try:
+        if img.GetDimension() == 3 and img.GetNumberOfComponentsPerPixel() == 1:
+            return Volume(np.asarray(_ImageBuffer(img)), np.array(img.GetSpacing()), np.array(img.GetOrigin()),
+                          np.array(img.GetDirection()).reshape(3, 3))
         return Volume.from_sitk(img)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
@@ -415,10 +429,8 @@ def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], se
     full = layers[0]
     offset = np.zeros(3, int)  # x, y, z
     if crop:
-        used = np.asarray(layers[0].array) != 0
-        for lm in layers[1:]:
-            used |= np.asarray(lm.array) != 0
-        nz = [np.flatnonzero(used.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        nz = [np.flatnonzero(np.any([np.asarray(lm.array).any(axis=tuple(a for a in range(3) if a != axis))
+                                     for lm in layers], axis=0)) for axis in range(3)]
         lo = np.array([a[0] if a.size else 0 for a in nz])  # z, y, x
         hi = np.array([a[-1] if a.size else 0 for a in nz])
         offset = lo[::-1].copy()

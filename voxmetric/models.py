@@ -326,6 +326,8 @@ def _exportable(card: Mapping[str, Any]) -> tuple[Any, Any] | None:
 
     try:
         method = get_method(card["method"])
+        if not (hasattr(method, "config_from_dict") and hasattr(method, "onnx_example")):
+            return None  # not a registry method (e.g. a stand-in without the contract)
         cfg = method.config_from_dict(card.get("config", {}))
     except ConfigError:
         return None
@@ -362,10 +364,10 @@ def export_onnx(card: Mapping[str, Any], weights: bytes, required: bool = False
     net.load_state_dict(_deserialise(weights, "the weights to export"), strict=True)
     shape, axes = method.onnx_example(cfg)
     graph = runtime.export_onnx(net, method.forward, shape, axes)
-    # verify on the example and on sizes that differ along every dynamic axis
+    # verify on the example and on inputs that differ from it along each dynamic axis in turn
     shapes = [list(shape)]
-    for k in (2, 3):
-        shapes.append([s * k if i in axes else s for i, s in enumerate(shape)])
+    for axis in axes:
+        shapes.append([2 * s if i == axis else s for i, s in enumerate(shape)])
     diff = runtime.verify_onnx(graph, net, method.forward, shapes)
     block = {"file": ONNX, "sha256": runtime.sha256(graph), "bytes": len(graph), "opset": runtime.OPSET,
              "exporter": f"torch {torch.__version__}", "input_shape": list(shape), "dynamic_axes": list(axes),

@@ -36,7 +36,8 @@ CPU: a stage whose package holds a verified ONNX graph runs on ONNX Runtime
 ``inference_mode``, ``channels_last``, batched slices, all cores. bf16 autocast is off by default
 (``bf16=True`` enables it; see the benchmark for whether it pays off). ``SegmentResult.timings``
 splits each stage into its preprocessing (``*_preprocess``: body box, resampling,
-normalisation), its network (``*_network``) and the paste back onto the input grid (``paste``).
+normalisation), its network (``*_network``) and the paste back onto the input grid (``paste``)
+in ``SegmentResult.stage_timings``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class LocalizeResult:
 @dataclass
 class SegmentResult:
     """``mask``: uint8 label map Volume on the input's grid (value k = ``classes[k - 1]``);
-    ``timings``: seconds per stage."""
+    ``timings``: seconds per stage; ``stage_timings``: the stages split into preprocessing,
+    network and paste (see the module docstring)."""
 
     mask: Volume | None
     box: Box
@@ -140,6 +142,7 @@ class SegmentResult:
     localization: LocalizeResult | None = None
     message: str = ""
     classes: tuple[str, ...] = ("Prostate",)
+    stage_timings: dict[str, float] = field(default_factory=dict)
 
 
 def _report(progress: Progress | None, lo: int, hi: int) -> Callable[[float, str], None]:
@@ -452,10 +455,10 @@ class Pipeline:
                 if progress is not None:
                     progress(100, 100, "not found: refinement skipped")
             timings["refine"] = time.perf_counter() - t1
-        timings.update(self._stage_details(timings))
         timings["total"] = time.perf_counter() - t0
         classes = self.refiner.classes if self.refiner is not None else ("Prostate",)
-        return SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
+        return SegmentResult(mask, box, found, confidence, timings, loc, message, classes,
+                             self._stage_details(timings))
 
     def _stage_details(self, timings: dict[str, float]) -> dict[str, float]:
         """Seconds of each stage's network, its preprocessing (the rest of the stage but the
@@ -544,15 +547,16 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
         io.write_segmentation(paths["segmentation"], res.mask,  # cropped to the segments, as Slicer saves
                               [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)], crop=True)
         written["segmentation"] = str(paths["segmentation"])
-    timings = {"read": t_read, "load": t_load, **{k: v for k, v in res.timings.items() if k != "total"},
+    timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
                "write": time.perf_counter() - t1}
     timings["total"] = time.perf_counter() - t0
+    stages = {"read": t_read, "load": t_load, **res.stage_timings, "write": timings["write"]}
     timings = {k: round(v, 3) for k, v in timings.items()}
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": res.found,
                "confidence": round(float(res.confidence), 4), "message": res.message, "timings": timings,
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
                        "axes": res.box.axes.ravel().tolist()},
-               "classes": list(res.classes),
+               "classes": list(res.classes), "stage_timings": {k: round(v, 3) for k, v in stages.items()},
                "voxels": None if res.mask is None else {name: int(np.count_nonzero(res.mask.array == k))
                                                         for k, name in enumerate(res.classes, 1)}, **written}
     _write_json(timings_path, summary)

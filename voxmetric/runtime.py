@@ -104,7 +104,8 @@ class TorchNetwork:
 
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
         if self.device.type == "cpu" and t.ndim in (4, 5):
             t = t.contiguous(memory_format=torch.channels_last if t.ndim == 4 else torch.channels_last_3d)
         with torch.inference_mode(), (self.autocast() if self.autocast else contextlib.nullcontext()):
@@ -209,6 +210,7 @@ class OnnxNetwork:
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only
+        so.enable_cpu_mem_arena = os.environ.get("VOXMETRIC_ORT_ARENA", "0") == "1"
         try:
             self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
