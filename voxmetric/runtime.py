@@ -149,7 +149,8 @@ def export_onnx(module: "nn.Module", forward: Callable[["nn.Module", "Tensor"], 
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes on the networks' input checks
-            torch.onnx.export(wrapped, (x,), buf, input_names=["x"], output_names=["y"], opset_version=OPSET,
+            torch.onnx.export(wrapped, (x,), buf,  # pyright: ignore[reportArgumentType]
+                              input_names=["x"], output_names=["y"], opset_version=OPSET,
                               dynamic_axes={"x": axes, "y": axes}, do_constant_folding=True,
                               training=torch.onnx.TrainingMode.EVAL, dynamo=False)
         return buf.getvalue()
@@ -219,7 +220,8 @@ class OnnxNetwork:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        out = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
