@@ -142,16 +142,20 @@ def conv_peak() -> dict:
                           dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
     ort = OnnxNetwork(buf.getvalue())
     xn = x.numpy()
+    per_cpu = {}
     for name, run in (("torch", lambda: convc(xc)), ("onnxruntime", lambda: ort(xn))):
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         with torch.inference_mode():
             run()
             for _ in range(5):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 run()
                 best = min(best, time.perf_counter() - t)
+                best_cpu = min(best_cpu, time.process_time() - c)
         out[name] = flops / 1e9 / best
-    return {"gflops_per_s": max(out.values()), "by_runtime": out, "threads": cpu_threads(),
+        per_cpu[name] = flops / 1e9 / best_cpu
+    return {"gflops_per_s": max(out.values()), "by_runtime": out, "gflop_per_cpu_s": max(per_cpu.values()),
+            "gflop_per_cpu_s_by_runtime": per_cpu, "threads": cpu_threads(),
             "shape": "8x256x64x64, 3x3, 256->256, fp32"}
 
 
