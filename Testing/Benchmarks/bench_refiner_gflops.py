@@ -12,6 +12,8 @@ transposed conv). Each runtime (torch fp32 channels-last, ONNX Runtime fp32) run
 real predictor (``method.predict`` through ``Runtime``) at each batch size; the best of
 ``--repeats`` counts. The conv peak is the best of torch and ONNX Runtime on one 256→256 3×3
 conv over 8 × 256 × 64 × 64 (``bench_segment.py --child conv_peak``). Target: ≥ 80 % of peak.
+On a shared (loaded) machine compare the GFLOP per CPU-second figures (``*_per_cpu_s``): the
+wall-clock rates then mostly measure the load.
 """
 
 from __future__ import annotations
