@@ -76,6 +76,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     i = msub.add_parser("install", help="verify a package (folder or .zip) and copy it into the models folder")
     i.add_argument("path", help="package folder or .zip")
     i.add_argument("--name", help="install under this name instead of the card's")
+    e = msub.add_parser("export-onnx", help="store the verified ONNX graph of a model in its package (fast CPU "
+                                            "inference without torch)")
+    e.add_argument("name", help="model name or package path")
     r = msub.add_parser("remove", help="delete an installed (not bundled) model")
     r.add_argument("name")
     p.set_defaults(func=_run_models)
@@ -112,6 +115,12 @@ def _run_models(a: argparse.Namespace) -> int:
         for key in ("config", "data", "training", "validation"):
             if key in card:
                 print(f"  {key + ':':<16}{json.dumps(card[key], sort_keys=True)}")
+    elif a.action == "export-onnx":
+        info = models.find_model(a.name)
+        path = models.add_onnx(info.path)
+        block = models.read_card(path)["onnx"]
+        print(f"stored {path / block['file'] if path.is_dir() else path} ({block['bytes']} bytes, SHA-256 "
+              f"{block['sha256'][:16]}..., verified against torch: max relative difference {block['max_rel_diff']:g})")
     elif a.action == "install":
         info = models.install(a.path, name=a.name)
         print(f"installed {info.name} ({info.role}, {info.modality}, {info.method}) at {info.path}")
@@ -347,6 +356,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="extent: coarse mask extent + 15 mm (60–128 mm); fixed: 128 mm cube on the centroid")
     p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: a model's verified ONNX graph on ONNX Runtime on the CPU when its package has one "
+                        "(no torch import), else torch; onnx: require the graph; torch: always torch")
     p.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
     p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events instead of a progress bar")
     p.add_argument("--uncertainty-out", metavar="FILE",
@@ -368,9 +380,8 @@ def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], Pipeline]:
     """modality -> Pipeline, loaded once per modality."""
     from .models import load_pipeline
     from .pipeline import PipelineConfig
-    from .training import resolve_device
 
-    device = resolve_device(a.device)
+    device = _inference_device(a.device, getattr(a, "runtime", "auto"))
     config = PipelineConfig(roi_rule=a.roi_rule, largest_component=not a.no_postprocess,
                             fill_holes=not a.no_postprocess)
     cache: dict[str, Pipeline] = {}
@@ -381,10 +392,25 @@ def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], Pipeline]:
 
     def get(modality: str) -> Pipeline:
         if modality not in cache:
-            cache[modality] = load_pipeline(a.model, modality, device, config, stages=stages)
+            cache[modality] = load_pipeline(a.model, modality, device, config, stages=stages,
+                                            runtime=getattr(a, "runtime", "auto"))
         return cache[modality]
 
     return get
+
+
+def _inference_device(name: str, runtime: str = "auto") -> Any:
+    """``"cpu"`` (a name: torch stays unloaded) when ``name`` is cpu, or auto on a machine where
+    no GPU can be used (:func:`voxmetric.runtime.cuda_possible`) and the runtime is not torch;
+    otherwise :func:`voxmetric.training.resolve_device`."""
+    from .runtime import cuda_possible
+
+    text = str(name).strip().lower()
+    if runtime != "torch" and (text == "cpu" or (text == "auto" and not cuda_possible())):
+        return "cpu"
+    from .training import resolve_device
+
+    return resolve_device(name)
 
 
 def _run_segment(a: argparse.Namespace) -> int:

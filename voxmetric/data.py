@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from . import intensity
 from . import io as vio
@@ -88,6 +87,8 @@ def _crop_index(vol: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
 
 def _label_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive (z, y, x) bounding box of the non-zero voxels, None when empty."""
+    from scipy import ndimage  # here only: importing scipy.ndimage takes a second
+
     sl = ndimage.find_objects((mask > 0).astype(np.uint8))
     if not sl or sl[0] is None:
         return None
@@ -158,7 +159,7 @@ def preprocess_image_fast(image: Volume, modality: str | None = None, spacing_mm
     sub = _crop_index(image, nlo, np.maximum(nhi, nlo))
     if modality == "mr":  # training's percentiles: over the crop
         sub = sub.with_array(np.asarray(intensity.normalize(sub.array, "mr"), dtype=np.float32))
-    src = sitk.Cast(sub.to_sitk(), sitk.sitkFloat32)
+    src = sub.to_sitk()  # resampled straight to float32 (linear interpolation runs in double either way)
     # training samples 1 mm points, normalises, then interpolates them linearly; on an integer
     # spacing every output voxel sits at the same fraction f between 1 mm points, so it is the
     # (1-f, f)-weighted sum of the normalised samples at the ≤ 8 nearby 1 mm points

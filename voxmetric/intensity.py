@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .errors import ConfigError, InputError
 from .volume import Box, Volume
@@ -60,15 +59,15 @@ def body_mask(vol: Volume, modality: str) -> np.ndarray:
         fg = a > CT_BODY_HU
     else:
         fg = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.GetImageFromArray(a), 0, 1)).astype(bool)
-    labels = np.zeros(fg.shape, np.int32)
-    ndimage.label(fg, output=labels)
-    n = int(labels.max())
+    from .morphology import fill_holes_slices, label  # scipy.ndimage's semantics, without its import time
+
+    labels, n = label(fg)
     if n == 0:
         what = f"above {CT_BODY_HU:g} HU (is this CT in Hounsfield units?)" if modality.lower() == "ct" else "above the Otsu threshold"
         raise InputError(f"No body found: no voxel is {what}. Check the image and its modality.")
     largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
     body = labels == largest
-    return np.stack([np.asarray(ndimage.binary_fill_holes(s), dtype=bool) for s in body])
+    return fill_holes_slices(body)
 
 
 def body_box(vol: Volume, modality: str, margin_mm: float = 5.0) -> Box:

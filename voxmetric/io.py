@@ -166,8 +166,22 @@ def _read_dicom_series(folder: Path, series: str | int | None = None) -> sitk.Im
     return read_series_image(folder, series)
 
 
+class _ImageBuffer:
+    """Keeps a SimpleITK image alive for the numpy array that views its voxel buffer, so a read
+    costs one copy of the scan in memory, not two (the array is writable: the image is ours)."""
+
+    def __init__(self, img: sitk.Image) -> None:
+        self._img = img
+        iface = dict(sitk.GetArrayViewFromImage(img).__array_interface__)
+        iface["data"] = (iface["data"][0], False)
+        self.__array_interface__ = iface
+
+
 def _volume_from_sitk(img: sitk.Image, path: Path) -> Volume:
     try:
+        if img.GetDimension() == 3 and img.GetNumberOfComponentsPerPixel() == 1:
+            return Volume(np.asarray(_ImageBuffer(img)), np.array(img.GetSpacing()), np.array(img.GetOrigin()),
+                          np.array(img.GetDirection()).reshape(3, 3))
         return Volume.from_sitk(img)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
@@ -297,6 +311,9 @@ def _read_seg_nrrd(p: Path) -> Segmentation:
     voxels = np.asarray(seg["voxels"])
     layers = [voxels] if voxels.ndim == 3 else list(voxels)
     vols = [_from_ijk(v, seg["ijkToLPS"]) for v in layers]
+    reference = _reference_geometry(seg)
+    if reference is not None:  # a cropped file (Slicer's default, ours too): back onto the reference grid
+        vols = [_expand(v, reference) for v in vols]
     from slicerio.segmentation import terminology_entry_to_string
 
     infos = []
@@ -306,6 +323,57 @@ def _read_seg_nrrd(p: Path) -> Segmentation:
         infos.append(SegmentInfo(s.get("name", s.get("id", f"Segment {i + 1}")), int(s.get("labelValue", 1)),
                                  color, term, int(s.get("layer", 0))))  # type: ignore[arg-type]
     return Segmentation(vols[0], infos, vols[1:])
+
+
+_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS
+_GEOMETRY = "Reference image geometry"
+
+
+def _geometry_string(grid: Volume) -> str:
+    """Slicer's serialised image geometry of ``grid``: IJK→RAS 4×4 (row-major) and the extent."""
+    m = _RAS @ np.asarray(grid.index_to_physical_matrix, float)
+    extent = [v for n in grid.size_xyz for v in (0, int(n) - 1)]
+    return "".join(f"{float(v):.17g};" for v in m.ravel()) + "".join(f"{v};" for v in extent)
+
+
+def _reference_geometry(seg: dict) -> Volume | None:
+    """The reference image grid a .seg.nrrd records ("Reference image geometry" conversion
+    parameter, extent from 0), as an empty uint8 Volume; None when absent or unreadable."""
+    params = {p.get("name"): p.get("value") for p in seg.get("conversionParameters", []) or []}
+    text = params.get(_GEOMETRY)
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in str(text).strip().strip(";").split(";")]
+    except ValueError:
+        return None
+    if len(values) != 22 or values[16] != 0 or values[18] != 0 or values[20] != 0:
+        return None
+    m = _RAS @ np.array(values[:16]).reshape(4, 4)
+    size = np.array(values[17:22:2], int) + 1  # x, y, z
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    if np.any(size < 1) or np.any(spacing <= 0):
+        return None
+    try:
+        return Volume(np.broadcast_to(np.uint8(0), tuple(size[::-1])), spacing, m[:3, 3], m[:3, :3] / spacing)
+    except InputError:
+        return None
+
+
+def _expand(vol: Volume, reference: Volume) -> Volume:
+    """``vol`` pasted into the ``reference`` grid when it is a whole-voxel sub-extent of it (same
+    spacing and direction); ``vol`` unchanged otherwise."""
+    if vol.same_grid(reference):
+        return vol
+    shift = reference.physical_to_index(vol.origin)  # x, y, z
+    lo = np.round(shift).astype(int)
+    if not (np.allclose(vol.spacing, reference.spacing, atol=1e-3) and np.allclose(vol.direction, reference.direction, atol=1e-3)
+            and np.allclose(shift, lo, atol=1e-2) and np.all(lo >= 0) and np.all(lo + vol.size_xyz <= reference.size_xyz)):
+        return vol
+    out = np.zeros(reference.shape, vol.array.dtype)
+    z, y, x = (slice(int(a), int(a) + n) for a, n in zip(lo[::-1], vol.shape))
+    out[z, y, x] = vol.array
+    return Volume(out, reference.spacing, reference.origin, reference.direction)
 
 
 def _labelmap_segmentation(p: Path) -> Segmentation:
@@ -377,10 +445,14 @@ def read_label_map(path: str | Path, segments: Sequence[str] = (), reference: Vo
 
 
 def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], segments: Sequence[SegmentInfo], *,
-                       overwrite: bool = True) -> Path:
+                       crop: bool = False, overwrite: bool = True) -> Path:
     """Write a Slicer .seg.nrrd (atomic; an existing file is an OutputError unless
     ``overwrite``). ``labelmap`` is one Volume (layer 0) or one per layer, all on one grid; each
-    :class:`SegmentInfo` names a label value in its layer."""
+    :class:`SegmentInfo` names a label value in its layer. ``crop=True`` stores only the labelled
+    voxels' bounding box (at least one voxel), as Slicer itself saves segmentations: the file
+    records the full grid as its reference image geometry and the box's offset in it
+    (``Segmentation_ReferenceImageExtentOffset``), so Slicer and :func:`read_segmentation` put it
+    back on that grid."""
     import slicerio
     from slicerio.segmentation import terminology_entry_from_string
 
@@ -390,6 +462,17 @@ def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], se
     layers = [labelmap] if isinstance(labelmap, Volume) else list(labelmap)
     for lm in layers[1:]:
         layers[0].check_same_grid(lm, "segmentation layers")
+    full = layers[0]
+    offset = np.zeros(3, int)  # x, y, z
+    if crop:
+        nz = [np.flatnonzero(np.any([np.asarray(lm.array).any(axis=tuple(a for a in range(3) if a != axis))
+                                     for lm in layers], axis=0)) for axis in range(3)]
+        lo = np.array([a[0] if a.size else 0 for a in nz])  # z, y, x
+        hi = np.array([a[-1] if a.size else 0 for a in nz])
+        offset = lo[::-1].copy()
+        cut = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+        layers = [Volume(np.asarray(lm.array)[cut], lm.spacing, lm.index_to_physical(offset.astype(float)), lm.direction)
+                  for lm in layers]
     for k, lm in enumerate(layers):
         if not np.issubdtype(lm.array.dtype, np.integer) and lm.array.dtype != bool:
             raise InputError(f"Labelmap layer {k} must hold integers, got {lm.array.dtype}.")
@@ -411,6 +494,11 @@ def write_segmentation(path: str | Path, labelmap: Volume | Sequence[Volume], se
         segs.append(d)
     seg = {"voxels": vox[0] if len(layers) == 1 else vox, "ijkToLPS": layers[0].index_to_physical_matrix,
            "containedRepresentationNames": ["Binary labelmap"], "segments": segs}
+    if crop:
+        seg["referenceImageExtentOffset"] = [int(v) for v in offset]
+        seg["conversionParameters"] = [{"name": _GEOMETRY, "value": _geometry_string(full),
+                                        "description": "Image geometry description string determining the geometry "
+                                                       "of the labelmap that is created in course of conversion."}]
     with atomic_path(p, overwrite=overwrite, suffix=".seg.nrrd") as tmp:
         slicerio.write_segmentation(str(tmp), seg, compression_level=6)
     return p

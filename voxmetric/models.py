@@ -9,7 +9,12 @@ A *model package* is a folder (or a ``.zip`` of one) holding
   ``training`` / ``validation`` summaries, ``intended_use``, ``demo``, and the fields
   :func:`save_package` fills in: ``format``, ``engine_version``, ``weights_sha256``,
   ``weights_bytes``, ``weights_dtype``, ``created``;
-- ``weights.safetensors``: the state dict. Never a pickle (DESIGN.md rule 6).
+- ``weights.safetensors``: the state dict. Never a pickle (DESIGN.md rule 6);
+- ``model.onnx`` (optional): the method's forward pass exported by :func:`save_package` (or
+  :func:`add_onnx`) from exactly these weights and checked against torch before it was stored
+  (:func:`voxmetric.runtime.verify_onnx`); the card's ``onnx`` block records its SHA-256, size,
+  opset and the measured difference. On the CPU, :func:`load_pipeline` runs it with ONNX Runtime
+  after the same size + SHA-256 check, without importing torch (issue 14).
 
 Loading checks the card against the schema, then the size and SHA-256 of the weights *before*
 any byte of them is deserialised; only safetensors is parsed (no pickle, no code execution).
@@ -52,6 +57,8 @@ FORMAT = "voxmetric-model/2"
 FORMATS = ("voxmetric-model/1", FORMAT)  # readable formats
 CARD = "model.json"
 WEIGHTS = "weights.safetensors"
+ONNX = "model.onnx"
+RUNTIMES = ("auto", "torch", "onnx")
 PIPELINE_SUFFIX = ".pipeline.json"
 ROLES = ("localizer", "refiner", "joint")
 MODALITIES = ("ct", "mr", "any")
@@ -212,9 +219,12 @@ def _check_free(target: Path, overwrite: bool) -> None:
         )
 
 
-def _write_package(target: Path, card: Mapping[str, Any], weights: bytes, overwrite: bool) -> Path:
+def _write_package(target: Path, card: Mapping[str, Any], weights: bytes, overwrite: bool,
+                   extra: Mapping[str, bytes] | None = None) -> Path:
     """Write a package folder (or ``.zip`` when ``target`` ends in .zip) atomically
-    (:mod:`voxmetric.files`: an existing package is kept until the new one is complete)."""
+    (:mod:`voxmetric.files`: an existing package is kept until the new one is complete); ``extra``:
+    more files (name → bytes, e.g. the ONNX graph)."""
+    extra = dict(extra or {})
     target = Path(target)
     _check_free(target, overwrite)
     text = _card_text(card)
@@ -222,9 +232,11 @@ def _write_package(target: Path, card: Mapping[str, Any], weights: bytes, overwr
         with atomic_open(target, "wb", overwrite=overwrite) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(CARD, text)
             zf.writestr(WEIGHTS, weights)
+            for fname, data in extra.items():
+                zf.writestr(fname, data)
         return target
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        for fname, data in ((WEIGHTS, weights), (CARD, text.encode("utf-8"))):
+        for fname, data in ((WEIGHTS, weights), *extra.items(), (CARD, text.encode("utf-8"))):
             with open(tmp / fname, "wb") as fh:
                 fh.write(data)
     return target
@@ -237,6 +249,7 @@ def save_package(
     *,
     half: bool = False,
     overwrite: bool = False,
+    onnx: bool | None = None,
 ) -> Path:
     """Write a model package to ``out_dir`` (a folder, or a ``.zip`` file) and return its path.
 
@@ -246,14 +259,119 @@ def save_package(
     is validated before anything is written. ``half=True`` stores floating tensors as float16
     (half the size; :func:`load_package` returns them as float32). The package is assembled in
     a temporary folder and renamed into place; an existing ``out_dir`` is an error unless
-    ``overwrite=True``.
+    ``overwrite=True``. ``onnx``: also store the verified ONNX graph of the method's forward pass
+    (:func:`export_onnx`; None = when the method can be exported and the ``onnx`` package is
+    installed, True = required, False = never).
     """
     target = Path(out_dir)
     _check_free(target, overwrite)
     weights = _weights_bytes(state_dict, half)
     full = _complete_card(card, weights, half)
     validate_card(full, "the model card to save")
-    return _write_package(target, full, weights, overwrite)
+    extra: dict[str, bytes] = {}
+    if onnx is not False:
+        graph = export_onnx(full, weights, required=bool(onnx))
+        if graph is not None:
+            full["onnx"], extra[ONNX] = graph
+            validate_card(full, "the model card to save")
+    return _write_package(target, full, weights, overwrite, extra)
+
+
+# ---- ONNX graphs ---------------------------------------------------------------------------
+def _exportable(card: Mapping[str, Any]) -> tuple[Any, Any] | None:
+    """(method, cfg) of a card whose method's forward pass can be exported; None otherwise."""
+    from .methods import get_method
+
+    try:
+        method = get_method(card["method"])
+        if not (hasattr(method, "config_from_dict") and hasattr(method, "onnx_example")):
+            return None  # not a registry method (e.g. a stand-in without the contract)
+        cfg = method.config_from_dict(card.get("config", {}))
+    except ConfigError:
+        return None
+    return (method, cfg) if method.onnx_example(cfg) is not None else None
+
+
+def export_onnx(card: Mapping[str, Any], weights: bytes, required: bool = False
+                ) -> tuple[dict[str, Any], bytes] | None:
+    """(card ``onnx`` block, graph bytes) of the network that ``card`` and the safetensors
+    ``weights`` describe: exported with the method's ``forward`` (:mod:`voxmetric.runtime`) from
+    exactly the stored weights (float16 ones as float32, as :func:`load_package` gives them) and
+    verified against torch on three input sizes. None when the method cannot be exported or the
+    ``onnx`` package is missing (ModelError instead when ``required``)."""
+    import importlib.util
+
+    from . import runtime
+
+    found = _exportable(card)
+    why = None
+    if found is None:
+        why = f"method {card.get('method')!r} declares no ONNX export (its predictor needs torch)"
+    elif importlib.util.find_spec("onnx") is None:
+        why = "the 'onnx' package is not installed (pip install onnx)"
+    elif not runtime.onnxruntime_available():
+        why = "the 'onnxruntime' package is not installed (pip install onnxruntime)"
+    if why is not None or found is None:
+        if required:
+            raise ModelError(f"cannot store an ONNX graph for model {card.get('name')!r}: {why}.")
+        return None
+    import torch
+
+    method, cfg = found
+    net = method.build(cfg, len(card_classes(card)) + 1)
+    net.load_state_dict(_deserialise(weights, "the weights to export"), strict=True)
+    shape, axes = method.onnx_example(cfg)
+    graph = runtime.export_onnx(net, method.forward, shape, axes)
+    # verify on the example and on inputs that differ from it along each dynamic axis in turn
+    shapes = [list(shape)]
+    for axis in axes:
+        shapes.append([2 * s if i == axis else s for i, s in enumerate(shape)])
+    diff = runtime.verify_onnx(graph, net, method.forward, shapes)
+    block = {"file": ONNX, "sha256": runtime.sha256(graph), "bytes": len(graph), "opset": runtime.OPSET,
+             "exporter": f"torch {torch.__version__}", "input_shape": list(shape), "dynamic_axes": list(axes),
+             "verified_shapes": shapes, "max_rel_diff": float(f"{diff:.3g}")}
+    return block, graph
+
+
+def read_onnx(path: str | Path, card: Mapping[str, Any] | None = None) -> bytes | None:
+    """The package's ONNX graph after its size + SHA-256 check against the card (None when the
+    card records none); ModelError when it is missing, truncated or modified."""
+    p = _normalise_path(path)
+    card = read_card(p) if card is None else card
+    block = card.get("onnx")
+    if not block:
+        return None
+    where = f"{p}:{block['file']}"
+    if _package_kind(p) == "dir":
+        f = p / block["file"]
+        if not f.is_file():
+            raise ModelError(f"{p} has no {block['file']} although model.json records one. {_REINSTALL}")
+        data = f.read_bytes()
+    else:
+        with zipfile.ZipFile(p) as zf:
+            card_name, _ = _zip_members(zf, p)
+            try:
+                data = zf.read(card_name[: -len(CARD)] + block["file"])
+            except KeyError:
+                raise ModelError(f"{p} has no {block['file']} although model.json records one. {_REINSTALL}") from None
+    if len(data) != int(block["bytes"]) or hashlib.sha256(data).hexdigest() != block["sha256"]:
+        raise ModelError(f"{where} failed its size/SHA-256 check against model.json (recorded "
+                         f"{block['sha256'][:16]}..., {block['bytes']} bytes): the graph was modified or corrupted "
+                         f"and will not be loaded. {_REINSTALL}")
+    return data
+
+
+def add_onnx(path: str | Path) -> Path:
+    """Store the verified ONNX graph in an existing package folder or zip (made before graphs
+    were stored, or by another engine): the weights are checked, the graph exported from them
+    and verified, and the package rewritten atomically. ModelError when the method cannot be
+    exported or ``onnx`` is missing."""
+    p = _normalise_path(path)
+    card, weights = read_verified(p)
+    block, graph = export_onnx(card, weights, required=True)  # type: ignore[misc]
+    full = dict(card, onnx=block)
+    validate_card(full, "the model card with its ONNX graph")
+    return _write_package(p, full, weights, overwrite=True, extra={ONNX: graph})
 
 
 # ---- load ----------------------------------------------------------------------------------
@@ -582,7 +700,8 @@ def install(path: str | Path, name: str | None = None) -> ModelInfo:
             f"(`voxmetric models remove {card['name']}`) or install under another name (--name)"
         )
     target = models_dir() / card["name"]
-    _write_package(target, card, data, overwrite=False)
+    graph = read_onnx(src, card)
+    _write_package(target, card, data, overwrite=False, extra={} if graph is None else {ONNX: graph})
     return ModelInfo(card["name"], card["role"], card["modality"], card["method"], target, False, card["demo"],
                      str(card.get("description", "")))
 
@@ -681,16 +800,26 @@ def resolve_pipeline(name: str | None, modality: str, strict: bool = True) -> tu
 
 # ---- inference pipelines -----------------------------------------------------------------------
 def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: Any = None,
-                  strict: bool = True, stages: Sequence[str] = ("localizer", "refiner")) -> Any:
+                  strict: bool = True, stages: Sequence[str] = ("localizer", "refiner"),
+                  runtime: str = "auto") -> Any:
     """A ready :class:`voxmetric.pipeline.Pipeline` for ``modality`` ("ct" / "mr").
 
     ``name``: a pipeline name (:func:`list_pipelines`), or a refiner / joint model name or
     package path (paired with the default localizer), or None for the default pipeline
     (:func:`resolve_pipeline`). ``config``: a ``PipelineConfig`` (None = defaults). ``stages``:
     the roles to load — refining in a given box needs no localizer, localizing no refiner. The
-    packages are verified (schema + SHA-256) and built in eval mode on ``device``.
+    packages are verified (schema + SHA-256) and built in eval mode on ``device``. ``runtime``:
+    "auto" runs a package's verified ONNX graph with ONNX Runtime on the CPU when it has one
+    (torch is then not imported), "onnx" requires that, "torch" always builds the torch network.
+    ``device`` may be a name ("cpu") so that nothing needs torch.
     """
     from .pipeline import Pipeline, Stage
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"Unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}.")
+    cpu = getattr(device, "type", str(device)) == "cpu"
+    if runtime == "onnx" and not cpu:
+        raise ConfigError(f"The ONNX runtime runs on the CPU only; use --runtime torch (or auto) on {device}.")
 
     models = list_models()
     paths: dict[str, Path] = {}
@@ -712,7 +841,30 @@ def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: 
             continue  # a whole-body refiner: the pipeline uses the body as its ROI
         if role not in paths:
             paths[role] = _default_model(models, role, modality, strict).path
-        pkg = load_package(paths[role])
-        method, cfg, model = build_model(pkg)
-        loaded[role] = Stage(method, cfg, model, pkg.name, pkg.classes)
+        stage = _onnx_stage(paths[role], runtime) if cpu and runtime != "torch" else None
+        if stage is None:
+            pkg = load_package(paths[role])
+            method, cfg, model = build_model(pkg)
+            stage = Stage(method, cfg, model, pkg.name, pkg.classes)
+        loaded[role] = stage
     return Pipeline(loaded.get("localizer"), loaded.get("refiner"), modality, config, device)
+
+
+def _onnx_stage(path: Path, runtime: str) -> Any:
+    """A pipeline Stage running the package's verified ONNX graph (no torch), or None when the
+    package has no graph, its method cannot use one or onnxruntime is missing (ModelError
+    instead when ``runtime`` is "onnx")."""
+    from . import runtime as rt
+    from .pipeline import Stage
+
+    card, _ = read_verified(path)  # the weights' hash too: the graph was exported from them
+    found = _exportable(card)
+    graph = read_onnx(path, card) if found is not None else None
+    if graph is None or found is None or not rt.onnxruntime_available():
+        if runtime == "onnx":
+            why = ("it stores no ONNX graph (add one: voxmetric models export-onnx NAME)" if found and graph is None
+                   else "its method needs torch" if not found else "onnxruntime is not installed (pip install onnxruntime)")
+            raise ModelError(f"model {card['name']!r} cannot run on ONNX Runtime: {why}.")
+        return None
+    method, cfg = found
+    return Stage(method, cfg, None, card["name"], card_classes(card), network=rt.OnnxNetwork(graph))

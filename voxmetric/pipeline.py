@@ -31,8 +31,13 @@ largest 3D component per class and hole filling (both configurable). The result 
 whose value k is the refiner's class ``k`` (``Stage.classes[k - 1]``; "Prostate" alone for a
 prostate model).
 
-CPU: ``torch.inference_mode``, ``channels_last``, batched slices, all cores. bf16 autocast is
-off by default (``bf16=True`` enables it; see the benchmark for whether it pays off).
+CPU: a stage whose package holds a verified ONNX graph runs on ONNX Runtime
+(:mod:`voxmetric.runtime`; torch is then not imported at all), otherwise torch with
+``inference_mode``, ``channels_last``, batched slices, all cores. bf16 autocast is off by default
+(``bf16=True`` enables it; see the benchmark for whether it pays off). ``SegmentResult.timings``
+splits each stage into its preprocessing (``*_preprocess``: body box, resampling,
+normalisation), its network (``*_network``) and the paste back onto the input grid (``paste``)
+in ``SegmentResult.stage_timings``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .methods import Method
+    from .runtime import Network
 
 Progress = Callable[[int, int, str], None]
 ROI_RULES = ("extent", "fixed")
@@ -93,13 +99,16 @@ class PipelineConfig:
 class Stage:
     """A loaded network: its :class:`voxmetric.methods.Method`, config and ``nn.Module``
     (eval mode); ``name`` is the model package's name, ``classes`` the names of its label
-    values 1, 2, … (background excluded)."""
+    values 1, 2, … (background excluded). ``network``: a compiled forward pass of the model
+    (:mod:`voxmetric.runtime`, e.g. the package's verified ONNX graph) used on the CPU instead of
+    the module, which may then be None."""
 
     method: "Method[Any]"
     cfg: Any
-    model: "nn.Module"
+    model: "nn.Module | None"
     name: str = ""
     classes: tuple[str, ...] = ("Prostate",)
+    network: "Network | None" = None
 
     @property
     def spacing_mm(self) -> float:
@@ -123,7 +132,8 @@ class LocalizeResult:
 @dataclass
 class SegmentResult:
     """``mask``: uint8 label map Volume on the input's grid (value k = ``classes[k - 1]``);
-    ``timings``: seconds per stage."""
+    ``timings``: seconds per stage; ``stage_timings``: the stages split into preprocessing,
+    network and paste (see the module docstring)."""
 
     mask: Volume | None
     box: Box
@@ -137,6 +147,7 @@ class SegmentResult:
     pieces: dict[str, int] = field(default_factory=dict)  # components per class before post-processing
     uncertainty_kind: str | None = None
     uncertainty_limit: float | None = None
+    stage_timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,14 +203,33 @@ def canonical_box(box: Box) -> Box:
 
 def oriented(volume: Volume) -> Volume:
     """``volume`` with its array permuted / flipped so that its axes point along +LPS (lossless;
-    SimpleITK DICOMOrient "LPS"); the physical image is unchanged."""
+    SimpleITK DICOMOrient "LPS"); the physical image is unchanged. A permutation of the axes is
+    done as a numpy view (no copy); tilts of about 45° go through DICOMOrient."""
     import SimpleITK as sitk
 
     if np.allclose(volume.direction, np.eye(3), atol=1e-6):
         return volume
+    d = volume.direction
+    order = [int(np.argmax(np.abs(d[:, i]))) for i in range(3)]  # LPS axis of index axis i (x, y, z)
+    if sorted(order) == [0, 1, 2]:
+        perm = [order.index(j) for j in range(3)]  # old index axis of new axis j
+        signs = np.array([np.sign(d[order[i], i]) for i in range(3)])
+        a = np.asarray(volume.array).transpose([2 - perm[2], 2 - perm[1], 2 - perm[0]])
+        flips = tuple(k for k, j in enumerate((2, 1, 0)) if signs[perm[j]] < 0)
+        a = np.flip(a, flips) if flips else a
+        first = np.array([0.0 if signs[i] > 0 else volume.size_xyz[i] - 1.0 for i in range(3)])
+        return Volume(a, volume.spacing[perm], volume.index_to_physical(first), d[:, perm] * signs[perm])
     img = volume.to_sitk()
     out = Volume.from_sitk(sitk.DICOMOrient(img, "LPS"))
     return out if out.array.dtype == volume.array.dtype else out.with_array(out.array.astype(volume.array.dtype))
+
+
+def guess_modality(array: np.ndarray, voxels: int = 1 << 21) -> str:
+    """"ct" when the intensities look like Hounsfield units (:func:`intensity.looks_like_ct`),
+    else "mr", judged on an evenly strided view of about ``voxels`` voxels (no copy of the scan)."""
+    a = np.asarray(array)
+    step = max(1, int(np.ceil((a.size / max(voxels, 1)) ** (1.0 / 3.0))))
+    return "ct" if intensity.looks_like_ct(a[::step, ::step, ::step]) else "mr"
 
 
 def _index_bounds(vol: Volume, box: Box) -> tuple[np.ndarray, np.ndarray] | None:
@@ -259,18 +289,30 @@ class Pipeline:
 
     def __init__(self, localizer: Stage | None, refiner: Stage | None, modality: str | None = None,
                  config: PipelineConfig | None = None, device: Any = "cpu") -> None:
-        import torch
-
         self.localizer, self.refiner = localizer, refiner
         self.modality = None if modality in (None, "auto") else str(modality).lower()
         if self.modality not in (None, "ct", "mr"):
             raise ConfigError(f"Unknown modality {modality!r}; use auto, ct or mr.")
         self.config = config or PipelineConfig()
-        self.device = torch.device(device)
+        self._detail: dict[str, float] = {}
+        cpu = getattr(device, "type", str(device)) == "cpu"
+        torch_stages = [s for s in (localizer, refiner) if s is not None and not (cpu and s.network is not None)]
+        if not torch_stages and cpu:  # every stage runs a compiled network: torch is not needed
+            from .runtime import CpuDevice
+
+            self.device: Any = CpuDevice()
+            return
+        import torch
+
+        self.device = torch.device(str(device))
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
-        for stage in (localizer, refiner):
-            if stage is not None:
+        for stage in torch_stages:
+            if stage.model is None:
+                raise ConfigError(f"Stage {stage.name!r} has no torch model to run on {self.device}; load its "
+                                  "package with the torch runtime.")
+        for stage in torch_stages:
+            if stage.model is not None:
                 stage.model.eval().to(self.device)
                 if self.device.type == "cpu":
                     volumetric = any(p.ndim == 5 for p in stage.model.parameters())  # 3D convolutions
@@ -282,14 +324,20 @@ class Pipeline:
         """The pipeline's modality, or a guess from the intensities ("ct" when they look like HU)."""
         if self.modality is not None:
             return self.modality
-        return "ct" if intensity.looks_like_ct(volume.array) else "mr"
+        return guess_modality(volume.array)
 
     def _predict(self, stage: Stage, image: np.ndarray, say: Callable[[float, str], None], what: str) -> np.ndarray:
-        """Class probabilities (C, Z, Y, X) of a normalised image (Z, Y, X): the stage's predictor."""
+        """Class probabilities (C, Z, Y, X) of a normalised image (Z, Y, X): the stage's predictor
+        (its compiled network on the CPU when it has one)."""
         from .methods import Runtime
 
-        rt = Runtime(self.device, self.config.batch_size, self.config.bf16, lambda f, m: say(f, f"{what}: {m}"))
-        return stage.method.predict(stage.model, stage.cfg, image, rt)
+        t = time.perf_counter()
+        network = stage.network if self.device.type == "cpu" else None
+        rt = Runtime(self.device, self.config.batch_size, self.config.bf16, lambda f, m: say(f, f"{what}: {m}"),
+                     network=network)
+        out = stage.method.predict(stage.model, stage.cfg, image, rt)  # pyright: ignore[reportArgumentType]
+        self._detail[f"{what}_network"] = self._detail.get(f"{what}_network", 0.0) + time.perf_counter() - t
+        return out
 
     # -- stage 1 -------------------------------------------------------------------------------------
     def localize(self, volume: Volume, progress: Progress | None = None) -> LocalizeResult:
@@ -404,6 +452,7 @@ class Pipeline:
             rt = Runtime(self.device, cfg.batch_size, cfg.bf16, lambda f, m: say(0.9, f"uncertainty: {m}"))
             unc = ref.method.uncertainty(ref.model, ref.cfg, roi.array, rt, probs)
         say(0.92, "refine: pasting back")
+        t_paste = time.perf_counter()
         out = np.zeros(volume.shape, np.uint8)
         result = RefineOutput(volume.with_array(out))
         bounds = _index_bounds(volume, box)
@@ -419,6 +468,7 @@ class Pipeline:
             if unc is not None:
                 u = resample_to(roi.with_array(np.asarray(unc, np.float32)), sub, is_label=False, fill=0.0).array
                 result.uncertainty = sub.with_array(np.where(inside, u, 0.0).astype(np.float32))
+        self._detail["paste"] = self._detail.get("paste", 0.0) + time.perf_counter() - t_paste
         say(1.0, "refine: done")
         return result
 
@@ -436,6 +486,7 @@ class Pipeline:
             check_roi(volume, box)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        self._detail = {}
         loc = None
         found, confidence, message = True, 1.0, ""
         if box is None and stage == "all" and self.whole_body_refiner:
@@ -459,13 +510,24 @@ class Pipeline:
             timings["refine"] = time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t0
         classes = self.refiner.classes if self.refiner is not None else ("Prostate",)
-        res = SegmentResult(mask, box, found, confidence, timings, loc, message, classes)
+        res = SegmentResult(mask, box, found, confidence, timings, loc, message, classes,
+                            stage_timings=self._stage_details(timings))
         if refined is not None and self.refiner is not None:
             res.uncertainty, res.pieces = refined.uncertainty, refined.pieces
             if refined.uncertainty is not None:
                 res.uncertainty_kind = self.refiner.method.uncertainty_kind
                 res.uncertainty_limit = float(self.refiner.method.uncertainty_limit)
         return res
+
+    def _stage_details(self, timings: dict[str, float]) -> dict[str, float]:
+        """Seconds of each stage's network, its preprocessing (the rest of the stage but the
+        paste) and the paste, from this call's clock readings."""
+        d = dict(self._detail)
+        for what in ("localize", "refine"):
+            if what in timings and f"{what}_network" in d:
+                rest = timings[what] - d[f"{what}_network"] - (d.get("paste", 0.0) if what == "refine" else 0.0)
+                d[f"{what}_preprocess"] = max(rest, 0.0)
+        return d
 
     def with_config(self, **changes: Any) -> "Pipeline":
         """The same networks with some :class:`PipelineConfig` fields changed."""
@@ -534,22 +596,23 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
     box = read_roi(roi_file) if roi_file else None
     if box is not None and stage != "localize":
         check_roi(volume, box, f"The ROI in {roi_file}")
-    mod = modality if modality in ("ct", "mr") else ("ct" if intensity.looks_like_ct(volume.array) else "mr")
+    mod = modality if modality in ("ct", "mr") else guess_modality(volume.array)
+    t_read = time.perf_counter() - t0
     pipe = pipeline_for if isinstance(pipeline_for, Pipeline) else pipeline_for(mod)
     if uncertainty_out is not None and stage == "localize":
         raise InputError("--uncertainty-out needs a refined result; run --stage all or refine.")
     if uncertainty_out is not None and not pipe.config.uncertainty:
         pipe = pipe.with_config(uncertainty=True)
-    t_read = time.perf_counter() - t0
+    t_load = time.perf_counter() - t0 - t_read
     res = pipe.segment(volume, box=box, progress=progress, stage=stage)
     t1 = time.perf_counter()
     fresh = [t for t in targets if not t.exists()]
     try:  # the new outputs all, or none: a rerun after a failed write (a full disk) is not refused
         written = {"roi": str(roi_path)}
         if res.mask is not None:  # the largest first
-            io.write_segmentation(paths["segmentation"], res.mask,
+            io.write_segmentation(paths["segmentation"], res.mask,  # cropped to the segments, as Slicer saves
                                   [io.segment_info(name, k) for k, name in enumerate(res.classes, 1)],
-                                  overwrite=overwrite)
+                                  crop=True, overwrite=overwrite)
             written["segmentation"] = str(paths["segmentation"])
         if uncertainty_out is not None:
             from .qc import paste_on_grid
@@ -561,7 +624,8 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
             write_roi(res.box, roi_path, overwrite=overwrite)
         timings = {"read": t_read, **{k: v for k, v in res.timings.items() if k != "total"},
                    "write": time.perf_counter() - t1, "total": time.perf_counter() - t0}
-        summary = _summary(image, mod, stage, res, timings, written)
+        stages = {"read": t_read, "load": t_load, **res.stage_timings, "write": timings["write"]}
+        summary = _summary(image, mod, stage, res, timings, written, stages)
         _write_json(timings_path, summary, overwrite=overwrite)
     except BaseException:
         for t in fresh:
@@ -573,7 +637,7 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
 
 
 def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timings: dict[str, float],
-             written: dict[str, str]) -> dict[str, Any]:
+             written: dict[str, str], stages: dict[str, float]) -> dict[str, Any]:
     """The summary :func:`segment_file` returns and writes as its timings JSON."""
     report = _judge(res, mod)
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": _found(res, report),
@@ -586,7 +650,7 @@ def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timing
                "timings": {k: round(v, 3) for k, v in timings.items()},
                "box": {"center": res.box.center.tolist(), "size": res.box.size.tolist(),
                        "axes": res.box.axes.ravel().tolist()},
-               "classes": list(res.classes),
+               "classes": list(res.classes), "stage_timings": {k: round(v, 3) for k, v in stages.items()},
                "voxels": None if res.mask is None else {name: int(np.count_nonzero(res.mask.array == k))
                                                         for k, name in enumerate(res.classes, 1)}, **written}
     return summary

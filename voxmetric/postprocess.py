@@ -10,19 +10,13 @@ holes (both optional).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from . import morphology  # scipy.ndimage's label / binary_fill_holes on SimpleITK (fast import)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean array (all False when empty)."""
-    labels = np.zeros(mask.shape, np.int32)
-    ndimage.label(mask, structure=np.ones((3, 3, 3), bool), output=labels)
-    n = int(labels.max())
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return morphology.largest_component(mask, full=True)
 
 
 def labels_from_foreground(fg: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -49,7 +43,7 @@ def clean(labels: np.ndarray, largest: bool = True, fill_holes: bool = True,
             out[m & ~largest_component(m)] = 0
             m = out == k
         if fill_holes:
-            grow = ndimage.binary_fill_holes(m) & (out == 0)
+            grow = morphology.fill_holes(m) & (out == 0)
             if inside is not None:
                 grow &= inside
             out[grow] = k

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import Dataset
 
     from ..data import DataRecipe, PreparedCase
+    from ..runtime import Network
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -135,12 +136,16 @@ class StepContext(Protocol):
 @dataclass
 class Runtime:
     """How :meth:`Method.predict` runs: ``device``, slices or windows per forward pass, bf16
-    autocast (CPU; CUDA always uses AMP) and a progress callback ``(fraction 0..1, message)``."""
+    autocast (CPU; CUDA always uses AMP), a progress callback ``(fraction 0..1, message)`` and
+    ``network``: a compiled forward pass of the stage's model (e.g. a verified ONNX Runtime
+    session, :mod:`voxmetric.runtime`) that replaces it; then ``device`` may be a
+    :class:`voxmetric.runtime.CpuDevice` (torch not loaded) and the model None."""
 
     device: "torch.device"
     batch_size: int = 16
     bf16: bool = False
     progress: Callable[[float, str], None] = field(default=lambda fraction, message: None)
+    network: "Network | None" = None
 
     def autocast(self) -> Any:
         """The autocast context for a forward pass on :attr:`device`."""
@@ -149,6 +154,17 @@ class Runtime:
         cuda = self.device.type == "cuda"
         dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
         return torch.autocast(self.device.type, dtype=dtype, enabled=cuda or self.bf16)
+
+    def network_of(self, method: "Method[Any]", model: "nn.Module | None") -> "Network":
+        """``x (numpy) -> method.forward output (numpy)``: :attr:`network` when set, else the torch
+        ``model`` on :attr:`device` (fp32, or this runtime's autocast)."""
+        if self.network is not None:
+            return self.network
+        if model is None:
+            raise ConfigError(f"{method!r} was given neither a torch model nor a compiled network to predict with.")
+        from ..runtime import TorchNetwork
+
+        return TorchNetwork(lambda x: method.forward(model, x), self.device, self.autocast)
 
 
 # ---- the contract ----------------------------------------------------------------------------------
@@ -269,7 +285,20 @@ class Method(ABC, Generic[C]):
     def predict(self, model: "nn.Module", cfg: C, image: np.ndarray, rt: Runtime) -> np.ndarray:
         """Class probabilities float32 (C, Z, Y, X) of a normalised image float32 (Z, Y, X) on the
         method's grid (``data_recipe(cfg).spacing_mm``), the model in eval mode on ``rt.device``.
-        The pipeline and validation both call this."""
+        The pipeline and validation both call this. A method whose :meth:`onnx_example` is not
+        None runs its network through ``rt.network_of(self, model)`` (numpy in, numpy out), so the
+        pipeline can hand it a compiled network (``rt.network``) and ``model`` None."""
+
+    def forward(self, model: "nn.Module", x: "Tensor") -> "Tensor":
+        """The one network call :meth:`predict` makes: input (B, C_in, *S) → output (B, K, *S)
+        (logits). It is what an exported ONNX graph computes. Default: ``model(x)``."""
+        return model(x)
+
+    def onnx_example(self, cfg: C) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(example input shape, axes that vary) when :meth:`forward` can be exported to ONNX and
+        :meth:`predict` runs it through ``rt.network_of``; None (the default) when the predictor
+        needs torch operations — the pipeline then keeps the torch runtime."""
+        return None
 
     def context_mm(self, cfg: C) -> tuple[float, float, float]:
         """Smallest (x, y, z) extent in mm of an image :meth:`predict` is given (the pipeline widens
@@ -282,13 +311,14 @@ class Method(ABC, Generic[C]):
     #: Entropy 0.8 ≈ a mean foreground probability below about 0.75 inside the segment.
     uncertainty_limit: ClassVar[float] = 0.8
 
-    def uncertainty(self, model: "nn.Module", cfg: C, image: np.ndarray, rt: Runtime,
+    def uncertainty(self, model: "nn.Module | None", cfg: C, image: np.ndarray, rt: Runtime,
                     probs: np.ndarray) -> np.ndarray:
         """A voxel-wise uncertainty map float32 (Z, Y, X) in [0, 1] (0 = certain) for a review of
         the result, given the image and the class probabilities (C, Z, Y, X) that :meth:`predict`
         just returned for it. Default (every method): the normalised entropy
         −Σ_c p_c log p_c / log C — 0 where one class has probability 1, 1 where all C classes are
-        equally likely. Methods with a better signal override it (CRII-Net: |P_c − P_r|)."""
+        equally likely. Methods with a better signal override it (CRII-Net: |P_c − P_r|). ``model``
+        is None when the predictor ran a compiled network (:attr:`Runtime.network`)."""
         return normalised_entropy(probs)
 
 
@@ -372,31 +402,41 @@ class SlabMethod(Method[S]):
 
         h, w = x.shape[-2:]
         n = self.pad_multiple
-        out, _ = model(F.pad(x, (0, (-w) % n, 0, (-h) % n)))
+        out = self.forward(model, F.pad(x, (0, (-w) % n, 0, (-h) % n)))
         return out[:, :, :h, :w]
+
+    def forward(self, model: "nn.Module", x: "Tensor") -> "Tensor":
+        """Logits (B, C, H, W) of slabs (B, slab, H, W), H and W multiples of ``pad_multiple``."""
+        return model(x)[0]
+
+    def onnx_example(self, cfg: S) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        return (1, cfg.slab, cfg.patch, cfg.patch), (0, 2, 3)
 
     def predict(self, model: "nn.Module", cfg: S, image: np.ndarray, rt: Runtime) -> np.ndarray:
         """Every axial slice with its ``slab`` neighbours (edge slices replicated, I-15),
-        ``rt.batch_size`` slabs per forward pass; softmax over classes → (C, Z, Y, X)."""
-        import torch
+        ``rt.batch_size`` slabs per forward pass, padded with intensity 0 (I-14) to a multiple of
+        ``pad_multiple``; softmax over classes → (C, Z, Y, X)."""
+        from ..runtime import softmax
 
-        from ..sampling import whole_slices
-
-        z = image.shape[0]
-        if z == 0 or image.size == 0:
-            raise InputError(f"The image to segment has no slices (shape {tuple(image.shape)}); give a 3D volume.")
-        slabs = whole_slices(np.asarray(image, dtype=np.float32), cfg.slab)
+        net = rt.network_of(self, model)
+        a = np.asarray(image, dtype=np.float32)
+        if a.ndim != 3 or a.size == 0:
+            raise InputError(f"The image to segment has no slices (shape {tuple(a.shape)}); give a 3D volume.")
+        z, h, w = a.shape
+        n, half = self.pad_multiple, cfg.slab // 2
+        # padded copy once: slices edge-replicated along z, zeros to a multiple of n in-plane
+        padded = np.zeros((z + 2 * half, h + (-h) % n, w + (-w) % n), np.float32)
+        padded[half:half + z, :h, :w] = a
+        padded[:half, :h, :w] = a[:1]
+        padded[half + z:, :h, :w] = a[-1:]
         out: np.ndarray | None = None
-        cpu = rt.device.type == "cpu"
-        with torch.inference_mode(), rt.autocast():
-            for i in range(0, z, rt.batch_size):
-                x = torch.from_numpy(np.array(slabs[i:i + rt.batch_size], dtype=np.float32)).to(rt.device)
-                if cpu:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                p = torch.softmax(self.logits(model, x).float(), dim=1).cpu().numpy()
-                if out is None:
-                    out = np.empty((p.shape[1], *image.shape), np.float32)
-                out[:, i:i + rt.batch_size] = p.transpose(1, 0, 2, 3)
-                rt.progress(min(i + rt.batch_size, z) / z, f"slices {min(i + rt.batch_size, z)}/{z}")
+        for i in range(0, z, rt.batch_size):
+            j = min(i + rt.batch_size, z)
+            x = np.lib.stride_tricks.sliding_window_view(padded[i:j + 2 * half], cfg.slab, axis=0)  # (b, H, W, slab)
+            p = softmax(net(np.ascontiguousarray(np.moveaxis(x, -1, 1))))[:, :, :h, :w]
+            if out is None:
+                out = np.empty((p.shape[1], *a.shape), np.float32)
+            out[:, i:j] = p.transpose(1, 0, 2, 3)
+            rt.progress(j / z, f"slices {j}/{z}")
         assert out is not None  # internal invariant: z > 0 was checked above
         return out

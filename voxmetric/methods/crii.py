@@ -257,17 +257,26 @@ class CRII(SlabMethod[CRIIConfig]):
         assert out_r is not None and out_c is not None
         return out_r, out_c
 
+    def onnx_example(self, cfg: CRIIConfig) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """None: the predictor runs both heads in torch (P_c for the uncertainty), never a graph."""
+        return None
+
     def predict(self, model: "nn.Module", cfg: CRIIConfig, image: np.ndarray, rt: Runtime) -> np.ndarray:
         """P_r (D-9), float32 (C, Z, Y, X). P_c of the same pass is kept for :meth:`uncertainty`."""
         p_r, p_c = self._both(model, cfg, image, rt)
         self._coarse = (p_r, p_c)
         return p_r
 
-    def uncertainty(self, model: "nn.Module", cfg: CRIIConfig, image: np.ndarray, rt: Runtime,
+    def uncertainty(self, model: "nn.Module | None", cfg: CRIIConfig, image: np.ndarray, rt: Runtime,
                     probs: np.ndarray) -> np.ndarray:
         """½ Σ_c |P_c − P_r| in [0, 1] (two classes: |P_c − P_r| of the foreground), float32
         (Z, Y, X). Uses the P_c of the :meth:`predict` call that returned ``probs`` (no second
         pass); other ``probs`` get a fresh pass for P_c."""
         kept, self._coarse = self._coarse, None
-        p_c = kept[1] if kept is not None and kept[0] is probs else self._both(model, cfg, image, rt)[1]
+        if kept is not None and kept[0] is probs:
+            p_c = kept[1]
+        elif model is None:
+            raise ConfigError("CRII's uncertainty needs its torch model (it never runs as a compiled graph).")
+        else:
+            p_c = self._both(model, cfg, image, rt)[1]
         return (0.5 * np.abs(p_c - probs).sum(0)).astype(np.float32)

@@ -162,12 +162,10 @@ class LNet(nn.Module):
                                           conv_bn_relu(widths[level], widths[level])))
             prev = widths[level]
         c = head_channels
-        self.kp = nn.Sequential(nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, 1, 1))
+        kp_out, bbr_out = nn.Conv2d(c, 1, 1), nn.Conv2d(c, 4, 13, padding=6)
+        self.kp = nn.Sequential(nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(inplace=True), kp_out)
         self.bbr = nn.Sequential(nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(c, 4, 13, padding=6), nn.ReLU())
-        kp_out, bbr_out = self.kp[-1], self.bbr[-2]
-        assert isinstance(kp_out, nn.Conv2d) and isinstance(bbr_out, nn.Conv2d)
+                                 nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), bbr_out, nn.ReLU())
         assert kp_out.bias is not None and bbr_out.bias is not None
         nn.init.constant_(kp_out.bias, -2.19)  # prior ≈ 0.1 on the heatmap (CenterNet), stable focal loss
         nn.init.normal_(bbr_out.weight, std=1e-3)
