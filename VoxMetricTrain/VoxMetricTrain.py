@@ -19,7 +19,7 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Decimals, GuiConnector, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -29,7 +29,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
-from VoxMetricTrainLib import CasePair, TrainLogic, form, panel, review_panel  # noqa: E402  (Qt-free; no torch)
+from VoxMetricTrainLib import TrainLogic, form, panel, review_panel  # noqa: E402  (Qt-free; no torch)
 
 METHODS = [name for name, _tip in panel.method_choices()]
 
@@ -66,6 +66,8 @@ class VoxMetricTrainParameters:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     modelName: str = "MyProstateModel"
     extraArgs: str = ""
+    startFrom: str = panel.SCRATCH  # a model name: fine-tune it (voxmetric train --init-from)
+    freezeEncoder: bool = False
 
     if TYPE_CHECKING:  # what @parameterNodeWrapper adds
         parameterNode: Any
@@ -87,6 +89,10 @@ _KIND_WIDGETS: dict[str, Any] = {"bool": qt.QCheckBox, "int": qt.QSpinBox, "floa
                                  "text": qt.QLineEdit}
 
 
+class StartFromConnector(panel.ItemDataConnector, GuiConnector):
+    """The Start from combo box ↔ ``startFrom`` (model names as item data: the list can change)."""
+
+
 class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -95,7 +101,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: VoxMetricTrainParameters | None = None
         self._guiTag: int | None = None
         self._formTag: int | None = None
-        self._formMethod = ""
+        self._formKey = ("", "")  # (method, startFrom) the form shows
         self._steps: Any = None  # TrainLogic.start_steps iterator: one scene case per timer tick
         self._timer = qt.QTimer()
         self._timer.setInterval(250)
@@ -164,7 +170,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._parameterNode.disconnectGui(tag)
             self._guiTag = self._formTag = None
             self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameters)
-        self._parameterNode, self._formMethod = node, ""
+        self._parameterNode, self._formKey = node, ("", "")
         if node is not None:
             self._guiTag = node.connectGui(self.ui)
             for i, (_name, tip) in enumerate(panel.method_choices()):
@@ -175,25 +181,29 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameters(self, *_args: Any) -> None:
         p = self._parameterNode
-        if p is not None and p.method != self._formMethod:
+        if p is not None and (p.method, p.startFrom) != self._formKey:
             self._buildForm(p.method, reset=True)
         self._refresh()
 
     def _buildForm(self, method: str, reset: bool) -> None:
-        """The method settings form from the registry's config fields (VoxMetricTrainLib.form),
-        bound to the parameter node; ``reset`` puts the new method's preset values in."""
+        """The method settings form from the registry's config fields (VoxMetricTrainLib.form) and
+        the models the method can start from, bound to the parameter node; ``reset`` puts the
+        preset's values in (or those of the model to start from)."""
         p = self._parameterNode
         assert p is not None
-        self._formMethod = method
         if self._formTag is not None:
             p.disconnectGui(self._formTag)
+        choices = panel.start_choices(method)
+        start = p.startFrom if p.startFrom in [c.value for c in choices] else panel.SCRATCH
+        panel.fill(self.ui.startFromComboBox, choices, start)
+        self._formKey = (method, start)
         layout = self.ui.methodSettingsFormLayout
         while layout.rowCount():
             layout.removeRow(0)
-        if reset:
-            with slicer.util.NodeModify(p.parameterNode):
-                for name, value in form.method_defaults(method).items():
-                    p.setValue(name, value)
+        with slicer.util.NodeModify(p.parameterNode):
+            p.startFrom, p.freezeEncoder = start, p.freezeEncoder and start != panel.SCRATCH
+            for name, value in form.method_defaults(method, start).items() if reset else ():
+                p.setValue(name, value)
         widgets = {}
         for field in form.method_form(method):
             widget = _KIND_WIDGETS[field.kind]()
@@ -201,7 +211,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.setProperty("SlicerParameterName", field.parameter)
             layout.addRow(field.label, widget)
             widgets[field.parameter] = widget
-        self._formTag = p.connectParametersToGui(widgets)
+        self._formTag = p.connectParametersToGui({**widgets, "startFrom": StartFromConnector(self.ui.startFromComboBox)})
 
     # -- the tables: (volume, segmentation, segment) rows and unlabeled volumes ----------------------
     @staticmethod
@@ -226,7 +236,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _addPairsFromScene(self) -> None:
         from VoxMetricTrainLib import pairs_from_scene
 
-        have = {(p.volume_node, p.segmentation_node) for p in self._pairs()}
+        have = {(p.volume_node, p.segmentation_node) for p in panel.case_rows(self.ui.pairsTableWidget)}
         segment = self._parameterNode.segmentName if self._parameterNode else "Prostate"
         for pair in pairs_from_scene(slicer.mrmlScene, segment):
             if (pair.volume_node, pair.segmentation_node) not in have:
@@ -240,19 +250,11 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _addUnlabeledFromScene(self) -> None:
         from VoxMetricTrainLib.unlabeled import unlabeled_from_scene
 
-        have = {n.GetID() for n in self._unlabeled() if n is not None}
-        for node in unlabeled_from_scene(slicer.mrmlScene, [p.volume_node for p in self._pairs()]):
+        have = {n.GetID() for n in panel.volume_rows(self.ui.unlabeledTableWidget) if n is not None}
+        labelled = [p.volume_node for p in panel.case_rows(self.ui.pairsTableWidget)]
+        for node in unlabeled_from_scene(slicer.mrmlScene, labelled):
             if node.GetID() not in have:
                 self._addVolumeRow(node)
-
-    def _unlabeled(self) -> list[Any]:
-        table = self.ui.unlabeledTableWidget
-        return [table.cellWidget(r, 0).currentNode() for r in range(table.rowCount)]
-
-    def _pairs(self) -> list[CasePair]:
-        table = self.ui.pairsTableWidget
-        return [CasePair(table.cellWidget(r, 0).currentNode(), table.cellWidget(r, 1).currentNode(),
-                         table.item(r, 2).text() if table.item(r, 2) else "") for r in range(table.rowCount)]
 
     def _refresh(self) -> None:
         p, logic = self._parameterNode, self.logic
@@ -261,7 +263,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = logic.busy or self._steps is not None or self.review.running
         self.review.refresh(busy)
         state = panel.widgets(busy, p.casesSource == "scene", logic.engine.can_resume(p.modelName),
-                              p.unlabeledSource)
+                              p.unlabeledSource, p.startFrom)
         for name, on in state.enabled.items():
             getattr(self.ui, name).enabled = on
         for name, on in state.visible.items():
@@ -275,7 +277,7 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
                 if logic.busy or self._steps is not None:
                     raise RuntimeError(_("A training run is in progress: wait for it or press Cancel first."))
-                todo = logic.missingDependencies()
+                todo = panel.missing_dependencies()
                 if todo:
                     raise RuntimeError(_("Training needs {pkgs}: press Segment Prostate in VoxMetric Prostate once "
                                          "to install them, then train.").format(pkgs=", ".join(todo)))
@@ -285,14 +287,15 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._started()
                 else:
                     path = str(p.casesPath) if p.casesPath and str(p.casesPath) != "." else ""
-                    cases = self._pairs() if p.casesSource == "scene" else path
+                    cases = panel.case_rows(self.ui.pairsTableWidget) if p.casesSource == "scene" else path
                     upath = str(p.unlabeledPath) if p.unlabeledPath and str(p.unlabeledPath) != "." else ""
-                    unlabeled = {"scene": self._unlabeled(), "folder": upath}.get(p.unlabeledSource)
+                    scene_volumes = panel.volume_rows(self.ui.unlabeledTableWidget)
+                    unlabeled = {"scene": scene_volumes, "folder": upath}.get(p.unlabeledSource)
                     flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
                     self._steps = engine.start_steps(
                         slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
                         device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs),
-                        unlabeled=unlabeled)
+                        unlabeled=unlabeled, init_from=p.startFrom, freeze_encoder=p.freezeEncoder)
                     self.ui.logPlainTextEdit.clear()
                     self.ui.statusLabel.text = _("Reading the cases from the scene…")
                 self._timer.start()
@@ -370,14 +373,6 @@ class VoxMetricTrainLogic(ScriptedLoadableModuleLogic):
     @property
     def busy(self) -> bool:
         return self.engine.busy
-
-    @staticmethod
-    def missingDependencies() -> list[str]:
-        """Python packages the training process needs and does not find (VoxMetric Prostate,
-        a dependency of this module, installs them)."""
-        from VoxMetricSegLib import deps, panel as segPanel
-
-        return deps.missing(segPanel.requirements_file())
 
 
 class VoxMetricTrainTest(ScriptedLoadableModuleTest):

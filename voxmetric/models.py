@@ -588,16 +588,24 @@ class InitialWeights:
     source: dict[str, Any]
 
 
+def init_config(card: Mapping[str, Any], method: Any) -> Any:
+    """The settings that fine-tuning the package of ``card`` with ``method`` starts from: the
+    card's config read as one of ``method``'s (ModelError naming the method to use when they do
+    not fit). Reads the card only, imports no torch: the first half of :func:`initial_weights`'s
+    check, which VoxMetric Train uses to list the packages a method can start from."""
+    try:
+        return method.config_from_dict(card.get("config", {}))
+    except ConfigError as e:
+        raise ModelError(f"model {card['name']!r} was trained with {card['method']}, whose settings do not fit "
+                         f"{method.name} ({e}); fine-tune it with --method {card['method']}.") from e
+
+
 def initial_weights(name: str | Path, method: Any) -> InitialWeights:
     """The verified weights of model ``name`` (registry name or package path) to fine-tune with
-    ``method``: its config must be one of ``method``'s (same settings; ModelError naming the
-    method to use otherwise) and its network must be ``method``'s for it."""
+    ``method``: its config must be one of ``method``'s (same settings, :func:`init_config`;
+    ModelError naming the method to use otherwise) and its network must be ``method``'s for it."""
     pkg = load_package(find_model(name).path)
-    try:
-        cfg = method.config_from_dict(pkg.card.get("config", {}))
-    except ConfigError as e:
-        raise ModelError(f"model {pkg.name!r} was trained with {pkg.method}, whose settings do not fit {method.name} "
-                         f"({e}); fine-tune it with --method {pkg.method}.") from e
+    cfg = init_config(pkg.card, method)
     net = method.build(cfg, len(pkg.classes) + 1)
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in pkg.state_dict.items()}

@@ -4,6 +4,7 @@ kill, temporary folders that go, cropped masks that give the same segment."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,110 @@ def test_buttons_one_job_at_a_time():
     assert not (busy.localizeButton or busy.refineButton or busy.segmentButton or busy.show3DButton) and busy.cancelButton
     assert not panel.buttons(True, True, False, False, runnable=False).segmentButton
     w = train_panel.widgets(busy=False, from_scene=False, resumable=True)
-    assert w.enabled == {"trainButton": True, "resumeButton": True, "cancelButton": False}
+    assert w.enabled == {"trainButton": True, "resumeButton": True, "cancelButton": False,
+                         "freezeEncoderCheckBox": False}  # from scratch: nothing to freeze
+    assert train_panel.widgets(busy=True, from_scene=False, resumable=True, start_from="m").enabled == \
+        {"trainButton": False, "resumeButton": False, "cancelButton": True, "freezeEncoderCheckBox": True}
     assert w.visible["casesPathLineEdit"] and not w.visible["pairsTableWidget"]
+
+
+def test_start_from_lists_the_packages_a_method_can_fine_tune(tmp_path, monkeypatch):
+    """VoxMetric Train's "Start from" list: scratch, then the packages of the method's family whose
+    settings the engine's --init-from check accepts; each listed one passes the engine's full check
+    (settings and weights), the others are refused by it or belong to another family."""
+    from VoxMetricTrainLib.selftest import save_tiny_model
+
+    from voxmetric.errors import ModelError
+    from voxmetric.methods import get_method
+
+    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path / "home"))  # the bundled demo models stay listed
+    save_tiny_model(tmp_path, "my-unet")
+    odd = models.read_card(save_tiny_model(tmp_path / "odd", "odd-settings").path)  # settings from elsewhere
+    odd["config"]["no_such_setting"] = 1
+    (models.models_dir() / "odd-settings" / models.CARD).write_text(json.dumps(odd))
+    values = {m: [c.value for c in train_panel.start_choices(m)] for m in ("UNet", "MetricUNet-HCP", "Localizer",
+                                                                             "CRII-small", "LSNet")}
+    assert values["UNet"] == values["MetricUNet-HCP"] == ["", "demo-ct-metricunet-hcp", "my-unet"]
+    assert values["Localizer"] == ["", "demo-ct-localizer"]
+    # the localizer's settings read as CRII's too (the engine's card check alone would list it), but
+    # its network is another family's: left out
+    assert values["CRII-small"] == values["LSNet"] == [""]
+    models.init_config(models.read_card(models.find_model("demo-ct-localizer").path), get_method("CRII-small"))
+    for method, names in values.items():
+        for name in names[1:]:
+            assert models.initial_weights(name, get_method(method)).source["name"] == name
+    with pytest.raises(ModelError, match="no_such_setting"):
+        models.initial_weights("odd-settings", get_method("UNet"))
+    first = train_panel.start_choices("UNet")
+    assert first[0].label == "scratch" and "Classes: Prostate" in first[-1].tooltip
+    assert first[-1].label == "my-unet (UNet, ct, installed)"
+    def no_jsonschema():
+        raise ImportError("No module named 'jsonschema'", name="jsonschema")
+
+    with monkeypatch.context() as patched:  # before VoxMetric Prostate installs the dependencies
+        patched.setattr(models, "list_models", no_jsonschema)
+        (only,) = train_panel.start_choices("UNet")
+    assert only.value == "" and "jsonschema is missing" in only.tooltip
+    # choosing a model puts its settings into the form (the preset's otherwise)
+    assert form.method_defaults("UNet", "my-unet")["method_base"] == 8 != form.method_defaults("UNet")["method_base"]
+
+
+def test_item_data_connector_binds_a_combo_whose_items_change():
+    """The Start from combo's connector body: values are item data, an unknown value selects the
+    first entry, and mixed into a class with Slicer's abstract GuiConnector API it can be made."""
+    import abc
+
+    from standins_qt import QComboBox
+
+    class SlicerGuiConnector(abc.ABC):  # slicer.parameterNodeWrapper.GuiConnector's abstract API
+        @staticmethod
+        @abc.abstractmethod
+        def canRepresent(widget, datatype): ...
+
+        @staticmethod
+        @abc.abstractmethod
+        def create(widget, datatype): ...
+
+        def __init__(self):
+            super().__init__()
+            self._callback = None
+
+        def changed(self, *_args):
+            if self._callback:
+                self._callback()
+
+        @abc.abstractmethod
+        def _connect(self): ...
+
+        @abc.abstractmethod
+        def _disconnect(self): ...
+
+        @abc.abstractmethod
+        def widget(self): ...
+
+        @abc.abstractmethod
+        def read(self): ...
+
+        @abc.abstractmethod
+        def write(self, value): ...
+
+    with pytest.raises(TypeError, match="abstract"):
+        type("Bare", (SlicerGuiConnector,), {})()
+
+    combo = QComboBox()
+    connector = type("StartFrom", (train_panel.ItemDataConnector, SlicerGuiConnector), {})(combo)
+    assert connector.widget() is combo and connector.read() == train_panel.SCRATCH  # empty combo
+    choices = [train_panel.StartChoice("scratch", "", ""), train_panel.StartChoice("m (UNet)", "m", "tip")]
+    train_panel.fill(combo, choices, keep="m")
+    assert combo.currentText == "m (UNet)" and connector.read() == "m" and combo.itemData(1, 3) == "tip"
+    seen = []
+    connector._callback = lambda: seen.append(connector.read())
+    connector._connect()
+    connector.write("gone")  # a model no longer listed: scratch
+    assert seen == [""] and combo.currentIndex == 0
+    connector._disconnect()
+    train_panel.fill(combo, choices, keep="m")
+    assert seen == [""] and combo.currentIndex == 1
 
 
 def test_status_texts_and_modality_guess():

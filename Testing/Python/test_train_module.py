@@ -121,6 +121,51 @@ def test_start_checks_settings_before_starting(mrml_scene, tmp_path):
         assert logic.job is None and not logic.busy
 
 
+def test_fine_tuning_reaches_the_command_run_json_and_resume(mrml_scene, tmp_path, monkeypatch):
+    """Start from a model: --init-from / --freeze-encoder in the command, both in run.json, and
+    Resume (after a restart: a new logic) passes them again; bad choices are refused first."""
+    import json
+
+    from VoxMetricTrainLib import logic as logic_module
+    from VoxMetricTrainLib.selftest import save_tiny_model
+
+    from voxmetric.errors import ModelError
+
+    class Recorded:  # the child process, recorded instead of started
+        def __init__(self, args, **_kw):
+            self.args, self.running = list(args), False
+
+    monkeypatch.setattr(logic_module, "Job", Recorded)
+    with models_home(tmp_path / "home"):
+        save_tiny_model(tmp_path, "base-unet")
+        cases = tmp_path / "cases"
+        cases.mkdir()
+        logic = TrainLogic()
+        job = logic.start(None, "UNet", cases, "Prostate", "tuned", 4, 2, device="cpu", init_from="base-unet",
+                          freeze_encoder=True)
+        tail = job.args[job.args.index("--events-jsonl") + 1:]
+        assert tail == ["--segment", "Prostate", "--init-from", "base-unet", "--freeze-encoder"], job.args
+        run = logic.runs_dir() / "tuned"
+        settings = json.loads((run / "run.json").read_text())
+        assert settings["init_from"] == "base-unet" and settings["freeze_encoder"] is True
+        (run / "work" / "checkpoints").mkdir(parents=True)
+        (run / "work" / "checkpoints" / "last.safetensors").write_bytes(b"x")  # interrupted
+        again = TrainLogic().resume(None, "tuned", device="cpu")
+        assert again.args[-4:] == ["--init-from", "base-unet", "--freeze-encoder", "--resume"], again.args
+        assert json.loads((run / "run.json").read_text())["init_from"] == "base-unet"
+        # from scratch: no flags, and run.json says so
+        plain = logic.start(None, "UNet", cases, "Prostate", "plain", 4, 2)
+        assert "--init-from" not in plain.args and "--freeze-encoder" not in plain.args
+        assert json.loads((logic.runs_dir() / "plain" / "run.json").read_text())["init_from"] is None
+        with pytest.raises(ConfigError, match="Freeze encoder"):
+            logic.start(None, "UNet", cases, "Prostate", "m1", 4, 2, freeze_encoder=True)
+        with pytest.raises(ModelError, match="no-such-model"):
+            logic.start(None, "UNet", cases, "Prostate", "m1", 4, 2, init_from="no-such-model")
+        with pytest.raises(ModelError, match="fine-tune it with --method UNet"):
+            logic.start(None, "Localizer", cases, "Prostate", "m1", 4, 2, init_from="base-unet")
+        assert not (logic.runs_dir() / "m1").exists()
+
+
 def test_events_fill_the_loss_table_and_the_status(mrml_scene):
     from voxmetric import mrml
 

@@ -1,7 +1,8 @@
 """VoxMetric Train's module file, executed: VoxMetricTrainWidget's setup(), enter(), exit(),
 cleanup(), the case table handlers, the method form built from the registry and bound to the
 parameter node, a few-iteration training through the poll loop (scene cases → worker export →
-child process → installed model), cancel and the error dialogs — on a real MRML scene."""
+child process → installed model), fine-tuning from a model picked in Start from (with Freeze
+encoder), cancel and the error dialogs — on a real MRML scene."""
 
 from __future__ import annotations
 
@@ -139,4 +140,98 @@ def test_training_through_the_poll_loop_installs_the_model(standins, mrml_scene,
     _run_until_idle(standins, widget, 60)
     assert widget.ui.statusLabel.text.startswith("Cancelled") or "Cancelled" in widget.ui.logPlainTextEdit.toPlainText()
     assert widget.ui.resumeButton.enabled == widget.logic.engine.can_resume("WidgetModel2")
+    widget.cleanup()
+
+
+class _RecordedJob:
+    """The training child process, recorded instead of started."""
+
+    def __init__(self, args, **_kw):
+        self.args, self.running = list(args), False
+
+    def poll_events(self):
+        return []
+
+    def cancel(self, wait=None):
+        pass
+
+
+def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, monkeypatch):
+    from VoxMetricTrainLib import logic as logic_module
+    from VoxMetricTrainLib.selftest import save_tiny_model
+
+    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path))
+    save_tiny_model(tmp_path / "made", "tiny-base")
+    _, widget = _widget(standins, tmp_path, monkeypatch)
+    combo, box, p = widget.ui.startFromComboBox, widget.ui.freezeEncoderCheckBox, widget._parameterNode
+    values = lambda: [combo.itemData(i) for i in range(combo.count)]  # noqa: E731
+    widget.ui.methodComboBox.currentText = "UNet"
+    assert values() == ["", "demo-ct-metricunet-hcp", "tiny-base"]  # scratch, then the UNet family's packages
+    assert combo.currentText == "scratch" and p.startFrom == "" and not box.enabled
+    base = lambda: next(w for w in widget.ui.methodSettingsCollapsibleButton.findChildren(standins.QSpinBox)  # noqa: E731
+                        if w.property("SlicerParameterName") == "method_base")
+    assert base().value == 32  # the preset's
+
+    combo.currentIndex = combo.findData("tiny-base")  # pick a model: the parameter node, its settings, the box
+    assert p.startFrom == "tiny-base" and box.enabled and combo.currentText == "tiny-base (UNet, ct, installed)"
+    assert base().value == 8 and p.getValue("method_patch") == "32"  # the package's settings
+    box.checked = True
+    assert p.freezeEncoder
+
+    monkeypatch.setattr(logic_module, "Job", _RecordedJob)
+    (tmp_path / "cases").mkdir()
+    widget.ui.sourceComboBox.currentText = "folder"
+    p.casesPath = tmp_path / "cases"
+    widget.ui.modelNameLineEdit.text = "Tuned"
+    widget.ui.trainButton.click()
+    standins.fire_timers()  # folder cases: the job starts on the first tick
+    assert not [d for d in standins.DIALOGS if d[0] == "error"], standins.DIALOGS
+    args = widget.logic.engine.job.args
+    assert args[args.index("--init-from") + 1] == "tiny-base" and "--freeze-encoder" in args
+    assert args[args.index("--base") + 1] == "8"  # the form shows, and passes, the package's settings
+    run = json.loads((widget.logic.engine.run_dir / "run.json").read_text())
+    assert run["init_from"] == "tiny-base" and run["freeze_encoder"] is True
+
+    combo.currentIndex = 0  # back to scratch: nothing to freeze, the preset's settings
+    assert p.startFrom == "" and not box.enabled and not box.checked and not p.freezeEncoder
+    assert base().value == 32
+    combo.currentIndex = combo.findData("tiny-base")
+    widget.ui.methodComboBox.currentText = "Localizer"  # another family: its own packages, scratch again
+    assert values() == ["", "demo-ct-localizer"] and p.startFrom == "" and not box.enabled
+    widget.ui.methodComboBox.currentText = "MetricUNet-HCP"
+    assert values() == ["", "demo-ct-metricunet-hcp", "tiny-base"] and combo.currentIndex == 0
+    widget.cleanup()
+
+
+@pytest.mark.slow
+def test_fine_tuning_through_the_poll_loop_records_the_model_it_started_from(standins, mrml_scene, tmp_path,
+                                                                              monkeypatch):
+    from VoxMetricTrainLib.selftest import add_phantom_cases, save_tiny_model
+
+    from voxmetric import models
+
+    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path))
+    base = save_tiny_model(tmp_path / "made", "tiny-base")
+    _, widget = _widget(standins, tmp_path, monkeypatch)
+    add_phantom_cases(mrml_scene, 2, shape=(16, 48, 48))  # one to train on, one to validate
+    widget.ui.addFromSceneButton.click()
+    widget.ui.methodComboBox.currentText = "UNet"
+    combo = widget.ui.startFromComboBox
+    combo.currentIndex = combo.findData("tiny-base")
+    widget.ui.freezeEncoderCheckBox.checked = True
+    widget.ui.iterationsSpinBox.value = 2
+    widget.ui.batchSizeSpinBox.value = 2
+    widget.ui.deviceComboBox.currentText = "cpu"
+    widget.ui.modelNameLineEdit.text = "TunedModel"
+    widget.ui.extraArgsLineEdit.text = "--val-every 2"
+    widget.ui.trainButton.click()
+    _run_until_idle(standins, widget)
+    assert not [d for d in standins.DIALOGS if d[0] == "error"], standins.DIALOGS
+    assert widget.ui.statusLabel.text.startswith("Model 'TunedModel' installed")
+    card = models.read_card(models.find_model("TunedModel").path)
+    start = card["training"]["init_from"]
+    assert start["name"] == "tiny-base" and start["weights_sha256"] == models.read_card(base.path)["weights_sha256"]
+    assert card["training"]["freeze_encoder"] is True and card["config"]["base"] == 8
+    run = json.loads((widget.logic.engine.run_dir / "run.json").read_text())
+    assert run["init_from"] == "tiny-base" and run["freeze_encoder"] is True
     widget.cleanup()

@@ -92,9 +92,18 @@ def method_form(method: str) -> list[FormField]:
     return rows
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """``{parameter name: value}`` that resets the form to ``method``'s preset."""
-    return {f.parameter: f.default for f in method_form(method)}
+def method_defaults(method: str, start_from: str = "") -> dict[str, Any]:
+    """``{parameter name: value}`` that resets the form to ``method``'s preset, or, fine-tuning
+    the model ``start_from``, to that package's settings (which ``voxmetric train --init-from``
+    starts from; :func:`voxmetric.models.init_config`)."""
+    rows = method_form(method)
+    if not start_from:
+        return {f.parameter: f.default for f in rows}
+    from voxmetric import models
+    from voxmetric.methods import get_method
+
+    cfg = models.init_config(models.read_card(models.find_model(start_from).path), get_method(method))
+    return {f.parameter: to_form(getattr(cfg, f.name), f.kind) for f in rows}
 
 
 def method_flags(method: str, values: Mapping[str, Any]) -> list[str]:

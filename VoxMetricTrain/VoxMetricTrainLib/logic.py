@@ -217,24 +217,27 @@ class TrainLogic:
     # -- starting ----------------------------------------------------------------------------------
     def start(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
               iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
-              extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None) -> Job:
+              extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None,
+              init_from: str = "", freeze_encoder: bool = False) -> Job:
         """Check the settings, snapshot scene cases (if ``cases`` is a list of :class:`CasePair`),
         write ``run.json`` and start training: a worker writes the cases, then the child process
         trains. ``scene`` gets a loss table and a chart (None: no nodes). ``extra_args``: more
         ``voxmetric train`` flags, e.g. the method's settings (``--base 16``, see
         :func:`VoxMetricTrainLib.form.method_flags`) or ``--val-every 100``. ``unlabeled``: images
         without labels for a semi-supervised method — volume nodes of the scene or a folder /
-        manifest (:mod:`VoxMetricTrainLib.unlabeled`)."""
+        manifest (:mod:`VoxMetricTrainLib.unlabeled`). ``init_from``: fine-tune this bundled or
+        installed model (``--init-from``; "" = from scratch), ``freeze_encoder`` keeping its
+        encoder fixed (``--freeze-encoder``); ``run.json`` records both, so Resume keeps them."""
         for _ in self.start_steps(scene, method, cases, segment, name, iterations, batch_size, device, modality,
-                                  extra_args, unlabeled):
+                                  extra_args, unlabeled, init_from, freeze_encoder):
             pass
         assert self.job is not None
         return self.job
 
     def start_steps(self, scene: Any, method: str, cases: str | Path | Sequence[CasePair], segment: str, name: str,
                     iterations: int, batch_size: int, device: str = "auto", modality: str = "auto",
-                    extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None
-                    ) -> Iterator[str]:
+                    extra_args: Sequence[str] = (), unlabeled: str | Path | Sequence[Any] | None = None,
+                    init_from: str = "", freeze_encoder: bool = False) -> Iterator[str]:
         """:meth:`start` in GUI-thread steps: yields a status text after each case snapshot, so
         the panel can take one case per timer tick; the job starts after the last step. The
         logic counts as busy meanwhile; closing the iterator early abandons the run."""
@@ -250,6 +253,12 @@ class TrainLogic:
             raise ConfigError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
         if int(iterations) < 1 or int(batch_size) < 1:
             raise ConfigError("Iterations and batch size must be at least 1.")
+        init_from = (init_from or "").strip()
+        if freeze_encoder and not init_from:
+            raise ConfigError("Freeze encoder keeps the encoder of a model to start from fixed; choose that model "
+                              "in Start from, or untick Freeze encoder.")
+        if init_from:  # the card's settings must be the method's (the child checks the weights too)
+            models.init_config(models.read_card(models.find_model(init_from).path), get_method(method))
         run = self.runs_dir() / name
         checkpoints = run / "work" / "checkpoints"
         if (checkpoints / "last.safetensors").exists():
@@ -272,13 +281,14 @@ class TrainLogic:
         u_nodes = list(unlabeled or []) if u_arg is not None and not isinstance(unlabeled, (str, Path)) else []
         check_unlabeled(u_nodes, [p.volume_node for p in pairs])
         self._pending = self._prepare_run(scene, run, method, cases, pairs, segment, name, iterations, batch_size,
-                                          device, modality, extra_args, u_nodes, u_arg)
+                                          device, modality, extra_args, u_nodes, u_arg,
+                                          {"init_from": init_from or None, "freeze_encoder": bool(freeze_encoder)})
         return self._pending
 
     def _prepare_run(self, scene: Any, run: Path, method: str, cases: str | Path | Sequence[CasePair],
                      pairs: list[CasePair], segment: str, name: str, iterations: int, batch_size: int, device: str,
                      modality: str, extra_args: Sequence[str], u_nodes: Sequence[Any] = (),
-                     u_arg: str | None = None) -> Generator[str, None, None]:
+                     u_arg: str | None = None, start: dict[str, Any] | None = None) -> Generator[str, None, None]:
         from .unlabeled import FOLDER, snapshot_unlabeled, write_unlabeled
 
         started = False
@@ -299,7 +309,7 @@ class TrainLogic:
                 else str(run / "cases" / "manifest.json")
             settings = {"method": method, "cases": cases_arg, "segment": segment.strip(), "name": name,
                         "iterations": int(iterations), "batch_size": int(batch_size), "device": device,
-                        "extra_args": [str(a) for a in extra_args]}
+                        "extra_args": [str(a) for a in extra_args], **(start or {})}
             if u_arg is not None:
                 settings["unlabeled"] = u_arg
             _write_json(run / RUN_FILE, settings)
@@ -373,6 +383,8 @@ class TrainLogic:
             args += ["--segment", s["segment"]]
         if s.get("unlabeled"):
             args += ["--unlabeled", s["unlabeled"]]
+        if s.get("init_from"):  # fine-tuning (kept by Resume: the child checks the package again)
+            args += ["--init-from", s["init_from"]] + (["--freeze-encoder"] if s.get("freeze_encoder") else [])
         args += list(s.get("extra_args", []))
         if resume:
             args.append("--resume")

@@ -1,10 +1,18 @@
 """What the VoxMetric Train panel shows, decided without Qt (tested by pytest): the method list
-with tooltips, which widgets are enabled or visible."""
+with tooltips, the models a method can start from, which widgets are enabled or visible."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voxmetric.models import ModelInfo
+
+#: The "Start from" value of training from random weights (a model name is never empty).
+SCRATCH = ""
+TOOLTIP_ROLE = 3  # Qt.ToolTipRole
 
 
 @dataclass(frozen=True)
@@ -22,16 +30,40 @@ UNLABELED_SCENE_WIDGETS = ("unlabeledTableWidget", "addUnlabeledButton", "addUnl
 UNLABELED_FOLDER_WIDGETS = ("unlabeledPathLineEdit", "unlabeledPathLabel")
 
 
-def widgets(busy: bool, from_scene: bool, resumable: bool, unlabeled_source: str = "none") -> Widgets:
+def widgets(busy: bool, from_scene: bool, resumable: bool, unlabeled_source: str = "none",
+            start_from: str = SCRATCH) -> Widgets:
     """One run at a time: Train and Resume only when idle (Resume when the model name has an
-    interrupted run), Cancel only while busy; the case table for scene cases, the path for
-    folder cases; the unlabeled volumes' table or path as ``unlabeled_source`` (none, scene,
-    folder) says."""
-    enabled = {"trainButton": not busy, "resumeButton": not busy and resumable, "cancelButton": busy}
+    interrupted run), Cancel only while busy; Freeze encoder only when a model to start from is
+    chosen; the case table for scene cases, the path for folder cases; the unlabeled volumes'
+    table or path as ``unlabeled_source`` (none, scene, folder) says."""
+    enabled = {"trainButton": not busy, "resumeButton": not busy and resumable, "cancelButton": busy,
+               "freezeEncoderCheckBox": start_from != SCRATCH}
     visible = {**{n: from_scene for n in SCENE_WIDGETS}, **{n: not from_scene for n in FOLDER_WIDGETS},
                **{n: unlabeled_source == "scene" for n in UNLABELED_SCENE_WIDGETS},
                **{n: unlabeled_source == "folder" for n in UNLABELED_FOLDER_WIDGETS}}
     return Widgets(enabled, visible)
+
+
+def case_rows(table: Any) -> list[Any]:
+    """The (volume, segmentation, segment) rows of the case table (a QTableWidget whose first two
+    columns hold node combo boxes) as :class:`VoxMetricTrainLib.CasePair`."""
+    from .logic import CasePair
+
+    return [CasePair(table.cellWidget(r, 0).currentNode(), table.cellWidget(r, 1).currentNode(),
+                     table.item(r, 2).text() if table.item(r, 2) else "") for r in range(table.rowCount)]
+
+
+def volume_rows(table: Any) -> list[Any]:
+    """The volume nodes (None where unset) of the unlabeled volumes' table."""
+    return [table.cellWidget(r, 0).currentNode() for r in range(table.rowCount)]
+
+
+def missing_dependencies() -> list[str]:
+    """Python packages the training process needs and does not find (VoxMetric Prostate, a
+    dependency of this module, installs them)."""
+    from VoxMetricSegLib import deps, panel as seg_panel
+
+    return deps.missing(seg_panel.requirements_file())
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -51,3 +83,95 @@ def remove_rows(table: Any) -> None:
     rows = sorted({i.row() for i in table.selectedIndexes()}, reverse=True)
     for row in rows or [table.rowCount - 1]:
         table.removeRow(row)
+
+
+@dataclass(frozen=True)
+class StartChoice:
+    """One entry of the "Start from" combo box: its text, its value (a model name, or
+    :data:`SCRATCH`) and its tooltip."""
+
+    label: str
+    value: str
+    tooltip: str
+
+
+def start_choices(method: str, available: Sequence[ModelInfo] | None = None) -> list[StartChoice]:
+    """"scratch", then every bundled or installed package (``available``, default: the registry)
+    that ``method`` can fine-tune (``voxmetric train --init-from``): its card's method is of
+    ``method``'s family (the same method class: the same network for the same settings) and its
+    settings read as ``method``'s (:func:`voxmetric.models.init_config`, the engine's check before
+    it compares the weights). Reads cards only: no weights, no torch. Packages that cannot be read,
+    or whose method this engine lacks, are left out; all of them while the engine's dependencies
+    are not installed yet (VoxMetric Prostate installs them)."""
+    from voxmetric import models
+    from voxmetric.errors import VoxMetricError
+    from voxmetric.methods import get_method
+
+    m = get_method(method)
+    out = [StartChoice("scratch", SCRATCH, "Random initial weights.")]
+    try:
+        for info in models.list_models() if available is None else available:
+            try:
+                card = models.read_card(info.path)
+                if type(get_method(card["method"])) is not type(m):
+                    continue
+                models.init_config(card, m)
+            except VoxMetricError:
+                continue
+            where = "bundled" if info.bundled else "installed"
+            out.append(StartChoice(f"{info.name} ({info.method}, {info.modality}, {where})", info.name,
+                                   f"{info.description or info.path}\nClasses: {', '.join(models.card_classes(card))}. "
+                                   "Its settings become the method settings; train the same segments."))
+    except ImportError as e:  # e.g. jsonschema, which checks the cards
+        return [StartChoice("scratch", SCRATCH, "Random initial weights. Models to start from are listed once the "
+                            f"Python dependencies are installed ({e.name} is missing).")]
+    return out
+
+
+class ItemDataConnector:
+    """A parameterNodeWrapper GUI connector's body for a combo box whose items carry the values as
+    item data (:func:`fill`), so its choices can change: the module mixes it into Slicer's
+    ``GuiConnector`` (this file imports no Qt). Reads :data:`SCRATCH` from an empty combo box, and
+    selects the first entry for a value it lacks."""
+
+    changed: Any  # GuiConnector's: tells the parameter node wrapper (an annotation: not set here)
+
+    def __init__(self, widget: Any) -> None:
+        super().__init__()
+        self._widget = widget
+
+    # Slicer's GuiConnector declares these abstract too; this connector is passed to
+    # connectParametersToGui by hand, never picked for a widget type
+    @staticmethod
+    def canRepresent(widget: Any, datatype: Any) -> bool:
+        return False
+
+    @staticmethod
+    def create(widget: Any, datatype: Any) -> None:
+        return None
+
+    def _connect(self) -> None:
+        self._widget.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self) -> Any:
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.currentData or SCRATCH
+
+    def write(self, value: str) -> None:
+        self._widget.currentIndex = max(self._widget.findData(value), 0)
+
+
+def fill(combo: Any, choices: Sequence[StartChoice], keep: str) -> None:
+    """Put ``choices`` into a combo box (item data: the values) unless it holds them already, and
+    select ``keep`` when it is among them (else the first entry)."""
+    if [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count)] != [(c.label, c.value) for c in choices]:
+        combo.clear()
+        for i, choice in enumerate(choices):
+            combo.addItem(choice.label, choice.value)
+            combo.setItemData(i, choice.tooltip, TOOLTIP_ROLE)
+    combo.currentIndex = max(combo.findData(keep), 0)

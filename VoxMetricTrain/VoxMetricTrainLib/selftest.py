@@ -39,6 +39,25 @@ def models_home(path: str | Path) -> Iterator[Path]:
             os.environ["VOXMETRIC_HOME"] = before
 
 
+def save_tiny_model(folder: str | Path, name: str, modality: str = "ct", seed: int = 0) -> models.ModelInfo:
+    """Save an untrained UNet package with the :data:`TINY_UNET` settings (one class, Prostate)
+    in ``folder`` and install it as ``name``: a model to fine-tune from in seconds."""
+    import torch
+
+    from voxmetric.methods import get_method
+
+    method = get_method("UNet")
+    flags = dict(zip(TINY_UNET[::2], TINY_UNET[1::2]))
+    cfg = method.make_config({k[2:]: v for k, v in flags.items() if k != "--val-every"})
+    torch.manual_seed(seed)
+    net = method.build(cfg, 2)
+    card = {"name": name, "method": method.name, "role": method.role, "modality": modality,
+            "config": method.config_to_dict(cfg), "data": method.card_data(cfg),
+            "description": "tiny untrained UNet (VoxMetricTrain tests)"}
+    path = models.save_package(Path(folder) / name, card, net.state_dict(), onnx=False)
+    return models.install(path)
+
+
 def add_phantom_cases(scene, n: int = 3, shape: tuple[int, int, int] = (40, 96, 96), seed: int = 0) -> list[CasePair]:
     """``n`` small CT phantoms as volume nodes, each with a segmentation node holding its
     "Prostate" segment (as a user would have them after segmenting)."""
