@@ -100,6 +100,9 @@ class DataComboConnector(GuiConnector):
         super().__init__()
         self._widget = widget
 
+    # abstract in Slicer's GuiConnector; this connector is bound by hand, never picked for a type
+    canRepresent, create = staticmethod(lambda widget, datatype: False), staticmethod(lambda widget, datatype: None)
+
     def _connect(self) -> None:
         self._widget.currentIndexChanged.connect(self.changed)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import abc
 import enum
 import pathlib
 import typing
@@ -150,8 +151,17 @@ class _Param:
         self.default = _first(annotations, Default)
 
 
-class GuiConnector:
-    """Base of the widget ↔ value adapters (Slicer's API: read, write, onChanged, widget)."""
+class GuiConnector(abc.ABC):
+    """Base of the widget ↔ value adapters (Slicer's API: read, write, onChanged, widget;
+    ``canRepresent`` and ``create`` abstract, as in Slicer)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def canRepresent(widget: Any, datatype: Any) -> bool: ...
+
+    @staticmethod
+    @abc.abstractmethod
+    def create(widget: Any, datatype: Any) -> Any: ...
 
     def __init__(self) -> None:
         self._callback: Callable[[], None] | None = None
@@ -184,7 +194,11 @@ class GuiConnector:
 
 
 class _SignalConnector(GuiConnector):
+    """The built-in connectors (this stand-in picks them by widget type itself)."""
+
     signal = ""
+    canRepresent = staticmethod(lambda widget, datatype: False)
+    create = staticmethod(lambda widget, datatype: None)
 
     def __init__(self, widget: Any) -> None:
         super().__init__()
