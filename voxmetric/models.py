@@ -622,9 +622,9 @@ def models_dir() -> Path:
     return models_home() / "models"
 
 
-BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from it (they include the demo models), "
+BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from it (they include the bundled models), "
                 "point VOXMETRIC_BUNDLED_MODELS at a folder holding them, or make them with "
-                "`python Resources/Models/train_demo_models.py` in a source checkout.")
+                "`python Resources/Models/train_bundled_models.py` in a source checkout.")
 
 
 def bundled_models_dir() -> Path:
