@@ -112,7 +112,7 @@ def _run_models(a: argparse.Namespace) -> int:
                 print(f"  {key + ':':<16}{card[key]}")
         print(f"  {'weights:':<16}{card['weights_bytes']} bytes {card.get('weights_dtype', 'float32')}, "
               f"SHA-256 {card['weights_sha256']} (verified)")
-        for key in ("config", "data", "training", "validation"):
+        for key in ("config", "data", "training", "validation", "onnx"):
             if key in card:
                 print(f"  {key + ':':<16}{json.dumps(card[key], sort_keys=True)}")
     elif a.action == "export-onnx":
