@@ -40,7 +40,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                         "data (SynthSeg-style: random shapes, contrasts, resolutions, noise)")
     p.add_argument("--contrast", choices=["ct", "mr", "random", "mix"], default=None,
                    help="synth only: CT-like (HU), T2-MR-like, fully random per tissue, or a per-seed mix (default)")
-    from .synth import FOV_HELP, FOVS
+    from .synth_fov import FOV_HELP, FOVS
 
     p.add_argument("--fov", choices=list(FOVS), default="pelvis",
                    help="synth only: " + "; ".join(f"{k}: {v}" for k, v in FOV_HELP.items()))

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from .volume import Box, Volume
 
@@ -117,9 +116,9 @@ class QCReport:
 def count_pieces(mask: np.ndarray, min_fraction: float = 0.1) -> int:
     """Number of 26-connected components of a boolean array with at least ``min_fraction`` of the
     largest one's voxels (0 when empty)."""
-    labels = np.zeros(np.shape(mask), np.int32)
-    ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool), output=labels)
-    n = int(labels.max())
+    from .morphology import label
+
+    labels, n = label(np.asarray(mask, bool), full=True)
     if n <= 1:
         return n
     sizes = np.bincount(labels.ravel())[1:]

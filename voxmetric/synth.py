@@ -43,6 +43,7 @@ from .synth_anatomy import (ADRENAL, AIR, AORTA, BCONTENT, BGAS, BONE, BOWEL, BW
                             MARROW, MUSCLE, N_CLASSES, N_PELVIS_CLASSES, NODULE, PANCREAS, PFAT, PMUSCLE, PROSTATE_CLASSES,
                             PSOAS, PZ, RFAT, RGAS, RPELVIS, RWALL, SCONTENT, SOFT, SPLEEN, STOMACH, SV, TABLE, TZ, URINE,
                             VESSEL, Anatomy, Grid, paint, random_rotation, sample_anatomy)
+from .synth_fov import FOV_HELP, FOVS
 from .volume import Volume
 
 __all__ = ["BONE", "CLASS_LABEL", "CLASS_NAMES", "CONTRASTS", "FOVS", "N_CLASSES", "PROSTATE_CLASSES", "SynthCase",
@@ -50,10 +51,6 @@ __all__ = ["BONE", "CLASS_LABEL", "CLASS_NAMES", "CONTRASTS", "FOVS", "N_CLASSES
            "sample_grid", "write_synth_cases"]
 
 CONTRASTS = ("ct", "mr", "random")
-FOVS = ("pelvis", "roi", "abdomen")
-FOV_HELP = {"pelvis": "a whole-pelvis scan on a random acquisition grid",
-            "roi": "a 120-160 mm stage-2 crop around the prostate at 1 mm",
-            "abdomen": "an abdomen-pelvis scan from below the prostate up to the upper abdomen (300-550 mm)"}
 
 MAX_PAINT_VOXELS = 24_000_000  # pelvis mode: cap on the painted (sub-slice) grid, ~100 MB float32
 MAX_ABDOMEN_PAINT_VOXELS = 12_000_000  # abdomen mode: a lower cap (more paint operations per voxel)

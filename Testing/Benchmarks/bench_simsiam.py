@@ -1,6 +1,7 @@
 """Multi-organ phantoms: 3D U-Net with vs without the voxel-level SimSiam term ([VS], issue 8).
 
     python Testing/Benchmarks/bench_simsiam.py [--work DIR] [--iterations 600] [--seeds 0,1]
+        [--device cpu|cuda] [--methods UNet3D-small,VoxelSimSiam-small]
 
 Same data, budget and seeds for both: 3D U-Net (``UNet3D-small``, soft Dice) and the same network
 with λ·L_feature (``VoxelSimSiam-small``, λ = 10, three layers, 64-d heads), whole-volume recipe
@@ -9,7 +10,9 @@ phantoms (``voxmetric.phantom``) with five organs (prostate, bladder, rectum, fe
 10 training, 2 validation (best checkpoint by mean DSC), 8 held-out. Held-out scoring runs the
 trained package through the pipeline (``segment``: whole body as ROI, probabilities pasted back to
 the scan's grid) and scores every organ on the native grid (DSC, HD95 in mm). Step time: the
-training step of each method on the same batch, interleaved, CPU seconds (1 thread).
+training step of each method on the same batch, interleaved, CPU seconds (1 thread; on CUDA:
+wall seconds after a synchronise). ``--methods UNet3D,VoxelSimSiam`` runs the paper-width networks
+(16.5 M parameters; a GPU's job).
 Prints one JSON object per line; the last lines are the summary table rows.
 """
 
@@ -69,7 +72,7 @@ def train_one(name: str, seed: int, args, train, val) -> Path:
         return pkg
     tcfg = TrainConfig(iterations=args.iterations, batch_size=2, optimizer="adam", lr=1e-3, weight_decay=1e-5,
                        val_every=max(1, args.iterations // 6), checkpoint_every=100, log_every=20, seed=seed,
-                       device="cpu", val_batch=2)
+                       device=args.device, val_batch=2)
     t0 = time.monotonic()
 
     def relay(e: dict) -> None:
@@ -83,15 +86,15 @@ def train_one(name: str, seed: int, args, train, val) -> Path:
     return pkg
 
 
-def score(pkg: Path, name: str, seed: int, test) -> list[dict]:
+def score(pkg: Path, name: str, seed: int, test, device: str = "cpu") -> list[dict]:
     from voxmetric import io, models
     from voxmetric.metrics import evaluate_masks
 
-    pipe = models.load_pipeline(str(pkg), "ct", "cpu", stages=("refiner",))
+    pipe = models.load_pipeline(str(pkg), "ct", device, stages=("refiner",))
     rows = []
     for rec in test:
         vol = io.read_volume(rec.image)
-        truth, names = io.read_label_map(rec.label, ORGANS, reference=vol)
+        truth, _ = io.read_label_map(rec.label, ORGANS, reference=vol)
         res = pipe.segment(vol)
         for k, organ in enumerate(ORGANS, 1):
             m = evaluate_masks(res.mask.array == k, truth.array == k, vol.spacing_zyx)
@@ -101,31 +104,39 @@ def score(pkg: Path, name: str, seed: int, test) -> list[dict]:
 
 
 def step_times(args, batch) -> dict:
-    """CPU seconds per training step of each method on the same batch, interleaved (1 thread)."""
+    """Seconds per training step of each method on the same batch, interleaved: CPU seconds
+    (1 thread), or wall seconds after a synchronise on CUDA."""
     import torch
 
     from voxmetric.methods import get_method
     from voxmetric.training import _StepContext
 
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    clock = time.perf_counter if cuda else time.process_time
     runners = []
-    for name in METHODS:
+    for name in args.methods:
         method = get_method(name)
         cfg = config(method, args)
         torch.manual_seed(0)
-        model = method.training_model(cfg, method.build(cfg, len(ORGANS) + 1)).train()
+        model = method.training_model(cfg, method.build(cfg, len(ORGANS) + 1)).train().to(dev)
         opts = {g: torch.optim.Adam(p, 1e-3) for g, p in method.optimizer_groups(model, cfg).items()}
-        ctx = _StepContext(opts, torch.amp.GradScaler("cuda", enabled=False), torch.device("cpu"), 100)
+        ctx = _StepContext(opts, torch.amp.GradScaler("cuda", enabled=False), dev, 100)
         runners.append((name, method, cfg, model, ctx))
-    times: dict[str, list[float]] = {n: [] for n in METHODS}
+    times: dict[str, list[float]] = {n: [] for n in args.methods}
     for i in range(args.step_repeats + 1):
         for name, method, cfg, model, ctx in runners:
-            c0 = time.process_time()
+            c0 = clock()
             method.training_step(model, batch, cfg, ctx)
+            if cuda:
+                torch.cuda.synchronize()
             if i:  # the first round warms up
-                times[name].append(time.process_time() - c0)
+                times[name].append(clock() - c0)
     med = {n: statistics.median(v) for n, v in times.items()}
-    return {"event": "step_time", "cpu_s": {n: round(v, 3) for n, v in med.items()},
-            "ratio_simsiam_over_unet": round(med[METHODS[1]] / med[METHODS[0]], 3), "repeats": args.step_repeats}
+    return {"event": "step_time", ("wall_s" if cuda else "cpu_s"): {n: round(v, 4) for n, v in med.items()},
+            "ratio_simsiam_over_unet": round(med[args.methods[1]] / med[args.methods[0]], 3),
+            "repeats": args.step_repeats, "device": dev.type}
 
 
 def main() -> int:
@@ -136,12 +147,16 @@ def main() -> int:
     p.add_argument("--grid", default="32,64,64")
     p.add_argument("--step-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", default=",".join(METHODS), help="the U-Net preset, then the SimSiam preset")
     args = p.parse_args()
+    args.methods = tuple(m.strip() for m in args.methods.split(","))
     import torch
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     emit({"event": "machine", "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
+          "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "methods": args.methods,
           "loadavg_1min": round(os.getloadavg()[0], 2)})
     (args.work / "train").mkdir(exist_ok=True)
     (args.work / "val").mkdir(exist_ok=True)
@@ -152,9 +167,9 @@ def main() -> int:
 
     rows: list[dict] = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name in METHODS:
+        for name in args.methods:
             pkg = train_one(name, seed, args, train, val)
-            case_rows = score(pkg, name, seed, test)
+            case_rows = score(pkg, name, seed, test, args.device)
             for r in case_rows:
                 emit({"event": "test_case", **r})
             rows += case_rows
@@ -162,13 +177,13 @@ def main() -> int:
     from voxmetric.data import prepare_case
     from voxmetric.methods import get_method
 
-    method = get_method(METHODS[0])
+    method = get_method(args.methods[0])
     prepared = [prepare_case(r, method.data_recipe(config(method, args)), args.work / "cache") for r in train[:2]]
     ds = method.dataset(prepared, config(method, args), seed=0)
     batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
     emit(step_times(args, batch))
 
-    for name in METHODS:
+    for name in args.methods:
         for organ in (*ORGANS, "mean"):
             sel = [r for r in rows if r["method"] == name and (organ == "mean" or r["organ"] == organ)]
             dsc = [r["dsc"] for r in sel]

@@ -208,7 +208,7 @@ def dcmqi_read(seg_file: Path, reference, work: Path) -> tuple[dict[str, np.ndar
     assert tool is not None
     work.mkdir(parents=True, exist_ok=True)
     r = subprocess.run([str(tool), "--inputDICOM", str(seg_file), "--outputDirectory", str(work), "-t", "nrrd"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((work / "meta.json").read_text())
     masks = {}

@@ -64,7 +64,7 @@ def _write_package(path: Path) -> None:
 
     card = {"name": "tiny", "method": "UNet", "role": "refiner", "modality": "ct", "config": {},
             "data": {"spacing_mm": 1.0}}
-    models.save_package(path, card, {"w": torch.ones(2)}, overwrite=True)
+    models.save_package(path, card, {"w": torch.ones(2)}, overwrite=True, onnx=False)
 
 
 def _write_phantom_manifest(path: Path) -> None:

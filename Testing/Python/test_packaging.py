@@ -21,7 +21,7 @@ BUNDLED = sorted(p.parent.name for p in (ROOT / "Resources" / "Models").glob("*/
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+                           "-w", str(out), str(ROOT)], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return next(out.glob("voxmetric-*.whl"))
 
@@ -43,7 +43,7 @@ def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> 
     the bundled packages' ONNX graphs run on ONNX Runtime."""
     site = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
-                           str(wheel)], capture_output=True, text=True, timeout=600)
+                           str(wheel)], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     blocker = tmp_path / "block"
     blocker.mkdir()
@@ -54,12 +54,12 @@ def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> 
                OMP_NUM_THREADS="1")
     where = subprocess.run([sys.executable, "-c", "import voxmetric, voxmetric.models as m; "
                             "print(voxmetric.__file__); print(m.bundled_models_dir())"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True)
+                           env=env, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace")
     assert where.stdout.splitlines()[0].startswith(str(site)), where.stdout + where.stderr
     assert where.stdout.splitlines()[1] == str(site / "voxmetric" / "bundled_models")
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "voxmetric.cli", "demo", "--out", str(out), "--device", "cpu"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                          env=env, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "matplotlib" in proc.stderr and "pip install" in proc.stderr
     cases = json.loads((out / "metrics.json").read_text())["cases"]

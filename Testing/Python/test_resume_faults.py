@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 def test_training_killed_a_dozen_times_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(HERE / "resume_faults_job.py"), str(tmp_path), "--kills", "12"],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     attempts, summary = lines[1:-1], lines[-1]["summary"]

@@ -167,13 +167,13 @@ def test_segment_process_does_not_import_torch(tmp_path: Path) -> None:
             f"rc = main(['segment', {str(img)!r}, '-o', {str(tmp_path / 'o.seg.nrrd')!r}, '--device', 'cpu']); "
             "print('MODULES', 'torch' in sys.modules, 'scipy.ndimage' in sys.modules, rc)")
     env = dict(os.environ, VOXMETRIC_BUNDLED_MODELS=str(tmp_path / "bundled"), VOXMETRIC_HOME=str(tmp_path / "home"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", env=env, cwd=ROOT, timeout=300)
     assert "MODULES False False 0" in out.stdout, out.stderr[-2000:]
     summary = json.loads((tmp_path / "o_timings.json").read_text())
     assert {"read", "load", "localize_network", "localize_preprocess", "write"} <= set(summary["stage_timings"])
     # --runtime torch gives the same file content through torch
     code_t = code.replace("'--device', 'cpu'", "'--device', 'cpu', '--runtime', 'torch'").replace("o.seg", "t.seg")
-    out = subprocess.run([sys.executable, "-c", code_t], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code_t], capture_output=True, encoding="utf-8", errors="replace", env=env, cwd=ROOT, timeout=300)
     assert "MODULES True" in out.stdout, out.stderr[-2000:]
     ref = io.read_volume(img)
     a = io.read_segment_mask(tmp_path / "o.seg.nrrd", reference=ref).array

@@ -340,7 +340,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> Non
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+                           str(script)], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert state_equal(r0, r1)
@@ -436,7 +436,7 @@ def test_ddp_fails_fast_with_the_message_on_every_rank(tmp_path: Path, fault: st
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=240)
+                           str(script)], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=240)
     seconds, out = time.monotonic() - t0, proc.stdout + proc.stderr
     if failing is None:
         assert proc.returncode == 0, out[-4000:]
