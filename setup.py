@@ -1,5 +1,5 @@
 """Build hook (everything else is in pyproject.toml): the bundled model packages of
-``Resources/Models`` (their model.json, weights.safetensors and *.pipeline.json; not the training
+``Resources/Models`` (their model.json, weights.safetensors, model.onnx and *.pipeline.json; not the training
 script) go into the wheel as ``voxmetric/bundled_models``, so that ``pip install voxmetric`` then
 ``voxmetric demo`` finds them. An editable install reads them from ``Resources/Models`` itself."""
 
@@ -21,7 +21,7 @@ class BuildPyWithModels(build_py):
             return
         target = Path(self.build_lib) / "voxmetric" / "bundled_models"
         for f in sorted(MODELS.rglob("*")):
-            if f.is_file() and f.name.endswith((".json", ".safetensors")) and not f.name.startswith("."):
+            if f.is_file() and f.name.endswith((".json", ".safetensors", ".onnx")) and not f.name.startswith("."):
                 dest = target / f.relative_to(MODELS)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, dest)

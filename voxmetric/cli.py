@@ -112,7 +112,7 @@ def _run_models(a: argparse.Namespace) -> int:
                 print(f"  {key + ':':<16}{card[key]}")
         print(f"  {'weights:':<16}{card['weights_bytes']} bytes {card.get('weights_dtype', 'float32')}, "
               f"SHA-256 {card['weights_sha256']} (verified)")
-        for key in ("config", "data", "training", "validation"):
+        for key in ("config", "data", "training", "validation", "onnx"):
             if key in card:
                 print(f"  {key + ':':<16}{json.dumps(card[key], sort_keys=True)}")
     elif a.action == "export-onnx":
@@ -628,13 +628,29 @@ def _run_export_dicom(a: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MODALITIES = {"both": ("ct", "mr"), "ct": ("ct",), "mr": ("mr",)}
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="segment a synthetic CT phantom with the bundled demo models and score it")
+    p = sub.add_parser("demo", help="segment a synthetic CT and a synthetic MR phantom with the bundled models and "
+                                    "score them")
     p.add_argument("--out", default="voxmetric-demo", help="output folder (default ./voxmetric-demo)")
-    p.add_argument("--seed", type=int, default=12345, help="phantom seed (default 12345, not a training seed)")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="phantom seed (default 12345, not a training, validation or evaluation seed)")
+    p.add_argument("--modality", choices=sorted(DEMO_MODALITIES), default="both",
+                   help="both (default): a CT and an MR phantom; ct or mr: only that one")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="as for segment: auto runs the packages' ONNX graphs on the CPU without torch")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
     p.set_defaults(func=_run_demo)
+
+
+def _demo_files(modality: str) -> dict[str, str]:
+    """The files the demo writes for one phantom, by role."""
+    return {k: f"{modality}_{v}" for k, v in (("image", "phantom.nrrd"), ("truth", "truth.seg.nrrd"),
+                                               ("prediction", "prediction.seg.nrrd"),
+                                               ("roi", "prediction_roi.mrk.json"))}
 
 
 def _run_demo(a: argparse.Namespace) -> int:
@@ -643,49 +659,54 @@ def _run_demo(a: argparse.Namespace) -> int:
     from . import io, metrics, models, phantom
     from .errors import ConfigError, ModelError
     from .files import check_free
-    from .pipeline import _write_json, overview_png
-    from .training import resolve_device
+    from .markups import write_roi
+    from .pipeline import _write_json, overview_grid_png
 
     out = Path(a.out)
-    names = ("phantom.nrrd", "phantom_truth.seg.nrrd", "prediction.seg.nrrd", "prediction_roi.mrk.json", "metrics.json",
-             "overview.png")
+    modalities = DEMO_MODALITIES[a.modality]
+    names = [f for m in modalities for f in _demo_files(m).values()] + ["metrics.json", "overview.png"]
     for name in names:
         check_free(out / name, a.overwrite)
+    device = _inference_device(a.device, a.runtime)
+    ow, bar = a.overwrite, _progress_printer()
+    reports, rows = [], []
+    for modality in modalities:
+        try:
+            pipe = models.load_pipeline(None, modality, device, runtime=a.runtime)
+        except ModelError as e:
+            raise ModelError(f"The demo needs the bundled models in {models.bundled_models_dir()} ({e}). "
+                             f"{models.BUNDLED_HINT}") from e
+        print(f"phantom seed {a.seed}: generating a synthetic pelvic {modality.upper()}")
+        case = phantom.make_case(a.seed, modality)
+        truth = case.labels.array == phantom.LABELS["Prostate"]
+        res = pipe.segment(case.image, progress=bar)
+        pred = res.mask.array == 1 + res.classes.index("Prostate")
+        m = metrics.evaluate_masks(pred, truth, case.image.spacing_zyx)
+        files = {k: out / v for k, v in _demo_files(modality).items()}
+        io.write_volume(case.image, files["image"], overwrite=ow)
+        io.write_segmentation(files["truth"], case.labels.with_array(truth.astype("uint8")), [io.PROSTATE],
+                              overwrite=ow)
+        io.write_segmentation(files["prediction"], res.mask,
+                              [io.segment_info(n, k) for k, n in enumerate(res.classes, 1)], overwrite=ow)
+        write_roi(res.box, files["roi"], overwrite=ow)
+        loc = pipe.localizer.name if pipe.localizer is not None else None
+        report = {"modality": modality, "seed": a.seed, "models": [loc, pipe.refiner.name], "found": res.found,
+                  "confidence": round(res.confidence, 4), "metrics": {k: round(float(v), 4) for k, v in m.items()},
+                  "timings": {k: round(v, 3) for k, v in res.timings.items()}}
+        reports.append(report)
+        rows.append((case.image, res.box, truth, pred,
+                     f"{modality.upper()} phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm"))
+        print(f"{modality.upper()}: models {loc} -> {pipe.refiner.name}; found: {res.found} (confidence "
+              f"{res.confidence:.2f}); DSC {m['dsc']:.3f}   HD95 {m['hd95']:.2f} mm   ASD {m['asd']:.2f} mm")
+        print(f"{modality.upper()} timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
+    _write_json(out / "metrics.json", {"seed": a.seed, "cases": reports}, overwrite=ow)
     try:
-        pipe = models.load_pipeline(None, "ct", resolve_device(a.device))
-    except ModelError as e:
-        raise ModelError(f"The demo needs the bundled demo models in {models.bundled_models_dir()} ({e}). "
-                         f"{models.BUNDLED_HINT}") from e
-    print(f"phantom seed {a.seed}: generating a synthetic pelvic CT")
-    case = phantom.make_case(a.seed, "ct")
-    truth = case.labels.array == phantom.LABELS["Prostate"]
-    res = pipe.segment(case.image, progress=_progress_printer())
-    m = metrics.evaluate_masks(res.mask.array == 1 + res.classes.index("Prostate"), truth, case.image.spacing_zyx)
-    ow = a.overwrite
-    io.write_volume(case.image, out / "phantom.nrrd", overwrite=ow)
-    io.write_segmentation(out / "phantom_truth.seg.nrrd", case.labels.with_array(truth.astype("uint8")), [io.PROSTATE],
-                          overwrite=ow)
-    io.write_segmentation(out / "prediction.seg.nrrd", res.mask,
-                          [io.segment_info(n, k) for k, n in enumerate(res.classes, 1)], overwrite=ow)
-    from .markups import write_roi
-
-    write_roi(res.box, out / "prediction_roi.mrk.json", overwrite=ow)
-    report = {"seed": a.seed, "models": [pipe.localizer.name, pipe.refiner.name], "found": res.found,
-              "confidence": round(res.confidence, 4), "metrics": {k: round(float(v), 4) for k, v in m.items()},
-              "timings": {k: round(v, 3) for k, v in res.timings.items()}}
-    _write_json(out / "metrics.json", report, overwrite=ow)
-    try:
-        png: object = overview_png(case.image, res.box, out / "overview.png", truth, res.mask.array > 0,
-                                   f"phantom {a.seed}: DSC {m['dsc']:.3f}, HD95 {m['hd95']:.1f} mm", overwrite=ow)
+        png: object = overview_grid_png(rows, out / "overview.png", overwrite=ow)
     except ConfigError as e:  # matplotlib is optional: the demo's numbers and files do not need it
         png = "no overview.png"
         sys.stderr.write(f"note: {e}\n")
-    print(f"models: {pipe.localizer.name} -> {pipe.refiner.name} (demo models trained on synthetic phantoms, "
-          "not for clinical use)")
-    print(f"found: {res.found} (confidence {res.confidence:.2f})")
-    print(f"DSC {m['dsc']:.3f}   HD95 {m['hd95']:.2f} mm   ASD {m['asd']:.2f} mm")
-    print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
-    print(f"wrote {out / 'phantom.nrrd'}, {out / 'prediction.seg.nrrd'}, {out / 'prediction_roi.mrk.json'}, "
+    print("bundled models: research models trained only on synthetic images, not for clinical use")
+    print(f"wrote {', '.join(str(out / f) for m in modalities for f in _demo_files(m).values())}, "
           f"{out / 'metrics.json'}, {png}")
     return 0
 

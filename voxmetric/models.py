@@ -478,6 +478,11 @@ def read_verified(path: str | Path) -> tuple[dict[str, Any], bytes]:
     return card, data
 
 
+def _not_safetensors(where: str, e: Exception) -> ModelError:
+    return ModelError(f"{where} is not a valid safetensors file ({e}). VoxMetric loads only safetensors weights, "
+                      "never pickles; export the weights with voxmetric.models.save_package.")
+
+
 def _deserialise(data: bytes, where: str) -> dict[str, torch.Tensor]:
     import torch
     from safetensors.torch import load
@@ -485,11 +490,19 @@ def _deserialise(data: bytes, where: str) -> dict[str, torch.Tensor]:
     try:
         tensors = load(data)
     except Exception as e:  # SafetensorError, and whatever a hostile header provokes
-        raise ModelError(
-            f"{where} is not a valid safetensors file ({e}). VoxMetric loads only safetensors weights, "
-            "never pickles; export the weights with voxmetric.models.save_package."
-        ) from e
+        raise _not_safetensors(where, e) from e
     return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in tensors.items()}
+
+
+def _check_safetensors(data: bytes, where: str) -> None:
+    """ModelError unless ``data`` parses as safetensors (numpy, no torch): a package that runs on
+    its ONNX graph is refused for weights that are not safetensors, as :func:`load_package` would."""
+    from safetensors.numpy import load
+
+    try:
+        load(data)
+    except Exception as e:  # SafetensorError, and whatever a hostile header provokes
+        raise _not_safetensors(where, e) from e
 
 
 def load_package(path: str | Path) -> ModelPackage:
@@ -630,9 +643,9 @@ def models_dir() -> Path:
     return models_home() / "models"
 
 
-BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from it (they include the demo models), "
+BUNDLED_HINT = ("Install VoxMetric from its source folder or a wheel built from it (they include the bundled models), "
                 "point VOXMETRIC_BUNDLED_MODELS at a folder holding them, or make them with "
-                "`python Resources/Models/train_demo_models.py` in a source checkout.")
+                "`python Resources/Models/train_bundled_models.py` in a source checkout.")
 
 
 def bundled_models_dir() -> Path:
@@ -865,7 +878,7 @@ def _onnx_stage(path: Path, runtime: str) -> Any:
     from . import runtime as rt
     from .pipeline import Stage
 
-    card, _ = read_verified(path)  # the weights' hash too: the graph was exported from them
+    card, weights = read_verified(path)  # the weights' hash too: the graph was exported from them
     found = _exportable(card)
     graph = read_onnx(path, card) if found is not None else None
     if graph is None or found is None or not rt.onnxruntime_available():
@@ -874,5 +887,6 @@ def _onnx_stage(path: Path, runtime: str) -> Any:
                    else "its method needs torch" if not found else "onnxruntime is not installed (pip install onnxruntime)")
             raise ModelError(f"model {card['name']!r} cannot run on ONNX Runtime: {why}.")
         return None
+    _check_safetensors(weights, f"{path} ({WEIGHTS})")
     method, cfg = found
     return Stage(method, cfg, None, card["name"], card_classes(card), network=rt.OnnxNetwork(graph))

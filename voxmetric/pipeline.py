@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -716,6 +716,16 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
     the ground-truth contour (green) and the prediction contour (red). Written with
     matplotlib's Agg backend (an optional dependency: ConfigError saying how to install it when
     it is missing)."""
+    return overview_grid_png([(image, box, truth, prediction, title)], path, overwrite=overwrite)
+
+
+#: One row of :func:`overview_grid_png`: image, box, truth and prediction masks (or None), title.
+OverviewRow = tuple[Volume, Box, "np.ndarray | None", "np.ndarray | None", str]
+
+
+def overview_grid_png(rows: Sequence[OverviewRow], path: str | Path, overwrite: bool = True) -> Path:
+    """:func:`overview_png` for several scans, one row each: ``rows`` of (image, box, truth
+    (Z,Y,X) bool or None, prediction (Z,Y,X) bool or None, row title)."""
     from .files import atomic_path
 
     try:
@@ -726,6 +736,24 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    legend = "yellow: ROI box · green: ground truth · red: prediction"
+    fig = plt.figure(figsize=(13, 4.8 * len(rows)), layout="constrained")
+    subfigs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
+    for sub, (image, box, truth, prediction, title) in zip(subfigs, rows):
+        _overview_row(sub.subplots(1, 3), image, box, truth, prediction)
+        sub.suptitle(f"{title}\n{legend}" if title else legend)
+    path = Path(path)
+    try:
+        with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _overview_row(axes: Any, image: Volume, box: Box, truth: np.ndarray | None, prediction: np.ndarray | None) -> None:
+    """Draw the axial, coronal and sagittal slice through the box centre on three matplotlib axes."""
     from matplotlib.patches import Rectangle
 
     a = np.asarray(image.array, np.float32)
@@ -740,7 +768,6 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
         ("coronal", lambda v: v[:, c[1], :], (0, 2), sz / sx, "lower"),
         ("sagittal", lambda v: v[:, :, c[0]], (1, 2), sz / sy, "lower"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
     for ax, (name, cut, (ci, ri), aspect, origin) in zip(axes, views):
         ax.imshow(cut(a), cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, origin=origin, interpolation="nearest")
         ax.add_patch(Rectangle((lo[ci], lo[ri]), hi[ci] - lo[ci], hi[ri] - lo[ri], fill=False, ec="yellow", lw=1.2))
@@ -749,17 +776,8 @@ def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | 
                 ax.contour(cut(np.asarray(m)).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
         ax.set_title(name)
         ax.axis("off")
-    legend = "yellow: ROI box · green: ground truth · red: prediction"
-    fig.suptitle(f"{title}\n{legend}" if title else legend)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return path
 
 
-__all__ = ["IMAGE_SUFFIXES", "LocalizeResult", "Pipeline", "PipelineConfig", "ROI_RULES", "SegmentResult", "Stage",
-           "canonical_box", "image_files", "oriented", "output_paths", "overview_png", "roi_from_mask", "segment_file"]
+__all__ = ["IMAGE_SUFFIXES", "LocalizeResult", "OverviewRow", "Pipeline", "PipelineConfig", "ROI_RULES",
+           "SegmentResult", "Stage", "canonical_box", "image_files", "oriented", "output_paths", "overview_grid_png",
+           "overview_png", "roi_from_mask", "segment_file"]

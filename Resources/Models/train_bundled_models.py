@@ -121,7 +121,23 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
-    card = dict(result.card_fields)
+    card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), args.loc_iterations,
+                        args.ref_iterations, args.threads, hours, v16["dsc"])
+    models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
+    log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
+                                    f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
+
+
+def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, loc_iterations: int, ref_iterations: int,
+                 threads: int, hours: float, dsc_float16: float) -> dict:
+    """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
+    incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
+    use, description, generator, data, recipe, wall time over every resumed part, machine, float16
+    validation Dice). ``n_val`` counts the validation cases, 4 of them realistic phantoms. Nothing
+    else: ``Testing/Python/test_demo_cards.py`` checks that no field of a bundled card is written by hand."""
+    import torch
+
+    card = dict(card_fields)
     card.update(
         name=NAMES[kind], demo=True, intended_use=INTENDED_USE,
         description=(f"{METHODS[kind]} {kind} trained only on domain-randomised synthetic images (CT-like, "
@@ -129,16 +145,13 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     )
     card["training"] = dict(
         card.get("training", {}), generator="voxmetric.synth (contrast mix)",
-        data=f"{len(sets[kind])} synthetic cases; validation: {len(sets[f'{kind}-val']) - 4} synthetic + 2 CT and "
-             "2 MR phantoms",
+        data=f"{n_train} synthetic cases; validation: {n_val - 4} synthetic + 2 CT and 2 MR phantoms",
         recipe=f"python Resources/Models/train_bundled_models.py --which {kind} --loc-iterations "
-               f"{args.loc_iterations} --ref-iterations {args.ref_iterations} --threads {args.threads}",
+               f"{loc_iterations} --ref-iterations {ref_iterations} --threads {threads}",
         wall_hours=round(hours, 2),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)")
-    card["validation"] = dict(card.get("validation", {}), dsc_float16=v16["dsc"])
-    models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
-    log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
-                                    f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)")
+    card["validation"] = dict(card.get("validation", {}), dsc_float16=dsc_float16)
+    return card
 
 
 def main() -> int:
@@ -158,8 +171,10 @@ def main() -> int:
     for kind in args.which.split(","):
         train_one(kind.strip(), args, sets)
     if all((HERE / n / "model.json").exists() for n in NAMES.values()):
-        (HERE / "synth.pipeline.json").write_text(json.dumps(
-            {"name": "synth", "localizer": NAMES["localizer"], "refiner": NAMES["refiner"]}, indent=2) + "\n")
+        from voxmetric.files import write_json
+
+        write_json(HERE / "synth.pipeline.json",
+                   {"name": "synth", "localizer": NAMES["localizer"], "refiner": NAMES["refiner"]})
     return 0
 
 

@@ -1,6 +1,6 @@
 """The bad-input table of the README (issue 13), written by code: runs ``voxmetric`` on each bad
 input or fault and prints a markdown table of what the user sees (the message, shortened) and the
-exit code. Run by hand, not in CI (about 30 runs of the command; the bundled demo models are used
+exit code. Run by hand, not in CI (about 30 runs of the command; the bundled models are used
 where a model is needed):
 
     python Testing/Benchmarks/bad_inputs.py [--work DIR] [--json]
@@ -44,9 +44,9 @@ def fresh(*paths: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def vm(*args: str, timeout: float = 900) -> tuple[int, str, str]:
-    p = subprocess.run([sys.executable, "-m", "voxmetric", *args], env=ENV, cwd=W, capture_output=True, text=True,
-                       timeout=timeout)
+def vm(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "voxmetric", *args], env={**ENV, **(env or {})}, cwd=W,
+                       capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -87,7 +87,7 @@ def image_file(name: str, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
 
 
 def copy_model(name: str, change: Callable[[Path], None]) -> Path:
-    src = models.bundled_models_dir() / "demo-ct-metricunet-hcp"
+    src = models.bundled_models_dir() / "synth-metricunet-hcp"
     dst = W / name
     if dst.exists():
         shutil.rmtree(dst)
@@ -212,6 +212,16 @@ def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
         shutil.rmtree(W / "m")
         return vm(*args, "--resume", "--lr", "0.05", "--iterations", "4")
 
+    def ct_models_only() -> dict[str, str]:
+        """A bundled-models folder holding only a CT model (the bundled refiner saved as CT-only)."""
+        folder = W / "ct_only_models"
+        if not (folder / "ct-refiner").exists():
+            pkg = models.load_package(models.bundled_models_dir() / "synth-metricunet-hcp")
+            card = {k: v for k, v in pkg.card.items() if k in ("method", "role", "config", "data", "classes")}
+            models.save_package(folder / "ct-refiner", dict(card, name="ct-refiner", modality="ct"), pkg.state_dict,
+                                onnx=False)
+        return {"VOXMETRIC_BUNDLED_MODELS": str(folder)}
+
     def mr_scan() -> str:
         p = W / "mr.nrrd"
         if not p.exists():
@@ -244,8 +254,8 @@ def cases() -> list[tuple[str, str, Callable[[], tuple[int, str, str] | None]]]:
          lambda: vm("segment", s(), "-o", o(), "--model", str(copy_model("pickled", pickle_weights)))),
         ("GPU asked for, none present", "segment --device cuda",
          lambda: vm("segment", s(), "-o", o(), "--device", "cuda")),
-        ("MR image, only CT models", "segment mr.nrrd --modality mr", lambda: vm("segment", mr_scan(), "-o", o(),
-                                                                               "--modality", "mr")),
+        ("MR image, only CT models", "segment mr.nrrd --modality mr",
+         lambda: vm("segment", mr_scan(), "-o", o(), "--modality", "mr", env=ct_models_only())),
         ("cancelled run (SIGTERM while refining)", "segment … then kill", cancelled),
         ("DICOM folder with two equally good series", "segment dicom_study/",
          lambda: vm("segment", str(dicom_two_series()), "-o", o())),

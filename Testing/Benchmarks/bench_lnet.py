@@ -8,10 +8,10 @@ evaluated on held-out phantoms with the same refiner; prints JSON lines.
 
 Phantoms: ``voxmetric.phantom.make_case(seed, "ct")`` at their random native size (in-plane
 0.6–1.2 mm, up to 512², 1–3 mm slices); training seeds 1000…, validation 2000…, held-out 5000…
-(as the bundled demo models). Both localizers train on the same prepared 4 mm cases with the same
-TrainConfig (Adam, lr, batch, iterations, seed 0, CPU, weight decay 1e-5) — far below a real
-schedule (the bundled demo localizer: 12 phantoms, 300 iterations of batch 8; it is evaluated too,
-as a reference row).
+(as ``Testing/Benchmarks/eval_bundled_models.py``). Both localizers train on the same prepared 4 mm
+cases with the same TrainConfig (Adam, lr, batch, iterations, seed 0, CPU, weight decay 1e-5) — far
+below a real schedule; the bundled localizer ``synth-localizer`` (trained on domain-randomised
+synthetic scans, never on these phantoms) is evaluated too, as a reference row.
 
 Per held-out case and localizer (pipeline defaults: threshold 0.5, largest component, extent +
 15 mm per side clamped to [60, 128] mm):
@@ -24,7 +24,7 @@ Per held-out case and localizer (pipeline defaults: threshold 0.5, largest compo
 * ``contains``: the prostate was found and the ROI holds every prostate voxel; ``volume_ml``: the
   ROI's volume (the 128 mm "not found" box when nothing was found).
 * ``dsc``: the whole pipeline's Dice with the SAME refiner, the bundled
-  ``Resources/Models/demo-ct-metricunet-hcp`` (2 mm MetricUNet-HCP).
+  ``Resources/Models/synth-metricunet-hcp`` (1.5 mm MetricUNet-HCP).
 
 With ``--lsnet-iterations N`` the joint ``LSNet`` (default settings: 2 mm, canvas 256, RoI 128²) is
 trained too (N iterations of ``--lsnet-batch``, same cases, Adam, lr) and run as a joint model
@@ -52,8 +52,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("Localizer", "LNet")
-COLOURS = {"Localizer": "cyan", "LNet": "magenta", "demo-ct-localizer": "orange", "LSNet": "yellow"}
-STYLES = {"demo-ct-localizer": "--", "LSNet": ":"}
+COLOURS = {"Localizer": "cyan", "LNet": "magenta", "synth-localizer": "orange", "LSNet": "yellow"}
+STYLES = {"synth-localizer": "--", "LSNet": ":"}
 
 
 def log(row: dict[str, Any]) -> None:
@@ -164,7 +164,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-demo", action="store_true", help="skip the bundled demo localizer's reference row")
+    p.add_argument("--no-bundled", action="store_true", help="skip the bundled localizer's reference row")
     p.add_argument("--lsnet-iterations", type=int, default=0, help="also train and run the joint LSNet (0: no)")
     p.add_argument("--lsnet-batch", type=int, default=4)
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "voxmetric-bench-lnet")
@@ -188,7 +188,7 @@ def main() -> int:
             for what, n, seed in (("train", a.train, 1000), ("val", a.val, 2000))}
     log({"event": "prepared", "cpu_s": round(time.process_time() - c_all, 1)})
 
-    refiner_pkg = models.load_package(ROOT / "Resources" / "Models" / "demo-ct-metricunet-hcp")
+    refiner_pkg = models.load_package(ROOT / "Resources" / "Models" / "synth-metricunet-hcp")
     ref_method, ref_cfg, ref_net = models.build_model(refiner_pkg)
     refiner = Stage(ref_method, ref_cfg, ref_net, refiner_pkg.name, refiner_pkg.classes)
     stages: dict[str, Stage] = {}
@@ -202,10 +202,10 @@ def main() -> int:
                  for what, n, seed in (("train", a.train, 1000), ("val", a.val, 2000))}
         joint, row = train_localizer("LSNet", prep2["train"], prep2["val"], a, a.lsnet_iterations, a.lsnet_batch)
         log({"event": "trained", **row})
-    if not a.no_demo:
-        pkg = models.load_package(ROOT / "Resources" / "Models" / "demo-ct-localizer")
+    if not a.no_bundled:
+        pkg = models.load_package(ROOT / "Resources" / "Models" / "synth-localizer")
         m, c, net = models.build_model(pkg)
-        stages["demo-ct-localizer"] = Stage(m, c, net, pkg.name)
+        stages["synth-localizer"] = Stage(m, c, net, pkg.name)
 
     cfg = PipelineConfig()
     rows: dict[str, list[dict]] = {k: [] for k in [*stages, *(["LSNet"] if a.lsnet_iterations else [])]}

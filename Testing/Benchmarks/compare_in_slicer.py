@@ -4,7 +4,7 @@ files (the README's "Compare with a reference" example).
     nice -n 10 python Testing/Benchmarks/compare_in_slicer.py [--work DIR] [--seed 12345]
 
 1. A CT phantom (``voxmetric phantom``-style, ``phantom.make_case(seed)``) is written as
-   ``phantom.nrrd`` and its ground truth as ``truth.seg.nrrd``; the bundled demo pipeline segments
+   ``phantom.nrrd`` and its ground truth as ``truth.seg.nrrd``; the bundled pipeline segments
    the phantom (``voxmetric segment … -o result.seg.nrrd``, a child process, as the panel runs it).
 2. A slicer-core MRML scene loads the three files as Slicer does (the volume; both .seg.nrrd files
    through Slicer's segmentation storage node — loaded segmentations name no reference volume, so

@@ -124,8 +124,15 @@ def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path,
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    from io import BytesIO
+
+    from PIL import Image  # matplotlib's own dependency
+
+    buf = BytesIO()
+    fig.savefig(buf, dpi=80)
     plt.close(fig)
+    # grey scans and red contours: a 128-colour palette keeps the picture and halves the file
+    Image.open(buf).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def main() -> int:

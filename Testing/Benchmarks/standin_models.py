@@ -2,9 +2,9 @@
 before (or without) the real ones: ``synth-localizer`` (``Localizer``, default config, 4 mm) and
 ``synth-metricunet-hcp`` (``MetricUNet-HCP``, 1.5 mm, base 16, 64-d embedding, 64² patches),
 modality ``any``, plus ``synth.pipeline.json``. Inference time does not depend on the weights
-once the ROI is fixed; the weights only have to find a prostate so that both stages run. The
-localizer takes the weights of ``demo-ct-localizer`` when that package exists (same network),
-else it is trained briefly; the refiner is trained ``--iterations`` on CT phantoms.
+once the ROI is fixed; the weights only have to find a prostate so that both stages run. Both
+are trained ``--iterations`` on CT phantoms. (The real ``synth`` packages are bundled in
+``Resources/Models`` now; the stand-ins remain for timing work on other architectures' budgets.)
 
     python Testing/Benchmarks/standin_models.py --out /tmp/voxmetric-standins [--iterations 300]
     VOXMETRIC_BUNDLED_MODELS=/tmp/voxmetric-standins voxmetric segment CT.nrrd -o out.seg.nrrd
@@ -61,15 +61,8 @@ def main() -> int:
     if not (work / "phantoms" / "manifest.json").exists():
         write_cases(work / "phantoms", a.cases, modality="ct", seed=7000)
     cases = load_cases(work / "phantoms" / "manifest.json", "Prostate")
-    demo = ROOT / "Resources" / "Models" / "demo-ct-localizer"
     for kind in ("localizer", "refiner"):
-        if kind == "localizer" and demo.exists():
-            pkg = models.load_package(demo)
-            card = {k: v for k, v in pkg.card.items() if k not in (
-                "format", "engine_version", "weights_sha256", "weights_bytes", "weights_dtype", "created")}
-            state = pkg.state_dict
-        else:
-            card, state = _train(kind, cases, work, a.iterations)
+        card, state = _train(kind, cases, work, a.iterations)
         card.update(name=NAMES[kind], modality="any", demo=True, intended_use=USE,
                     description=f"{CONFIGS[kind][0]} {kind} stand-in with the synth pipeline's architecture")
         path = models.save_package(a.out / NAMES[kind], card, state, overwrite=True)

@@ -1,10 +1,12 @@
-"""Every figure of a bundled demo model's card is written by code (issue 13): by the trainer,
-``save_package`` or ``Resources/Models/train_demo_models.py`` (``demo_card``), none by hand."""
+"""Every figure of a bundled model's card is written by code (issues 13, 11): by the trainer,
+``save_package`` (with its ONNX graph) or ``Resources/Models/train_bundled_models.py``
+(``bundled_card``), none by hand."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ torch.set_num_threads(1)
 
 
 def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location("train_demo_models", MODELS / "train_demo_models.py")
+    spec = importlib.util.spec_from_file_location("train_bundled_models", MODELS / "train_bundled_models.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,28 +53,36 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     if not bundled_path.exists():
         pytest.skip(f"no bundled {kind} in {MODELS}")
     bundled = json.loads(bundled_path.read_text(encoding="utf-8"))
-    # the code path of the script on a tiny run: trainer card fields -> demo_card -> save_package
+    # the code path of the script on a tiny run: trainer card fields -> bundled_card -> save_package
     method = get_method(gen.METHODS[kind])
     cfg = method.make_config(TINY[kind])
     result = train(method, cfg, TrainConfig(iterations=2, batch_size=2, val_every=2, checkpoint_every=2),
-                   [synthetic_case(0), synthetic_case(1)], [synthetic_case(2)], tmp_path / "run", emit=lambda e: None)
-    card = gen.demo_card(kind, result.card_fields, 2, 1, 2, 2, 1e-3, 0.5, 0.5 if kind == "refiner" else None)
+                   [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
+                   emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
+    card = gen.bundled_card(kind, result.card_fields, 2, 5, 3, 4, 1, 0.01, 0.5)
     written = json.loads((models.save_package(tmp_path / "pkg", card, result.state_dict, half=True)
                           / "model.json").read_text(encoding="utf-8"))
-    assert written["training"]["made_by"] == gen.MADE_BY and written["training"]["seconds"] > 0
-    assert written["training"]["final_loss"] is not None
+    assert written["training"]["seconds"] > 0 and written["training"]["final_loss"] is not None
+    assert written["training"]["data"] == "2 synthetic cases; validation: 1 synthetic + 2 CT and 2 MR phantoms"
     by_hand = sorted(key_paths(bundled) - key_paths(written))
-    if "made_by" not in bundled.get("training", {}) and by_hand:
-        pytest.xfail(f"the bundled {kind} card predates train_demo_models.py writing every field; fields no code "
-                     f"writes: {by_hand}. Regenerate it: python Resources/Models/train_demo_models.py")
     assert not by_hand, f"fields of {bundled_path} that no code writes: {by_hand}"
+    assert "onnx" in bundled, f"{bundled_path} has no ONNX graph: voxmetric models export-onnx {gen.NAMES[kind]}"
     # the figures the script derives from the run's settings agree with those settings
-    t = bundled["training"]
-    again = gen.demo_card(kind, {k: bundled[k] for k in ("training", "validation")}, t["cases"],
-                          len(t["val_case_ids"]), t["iterations"], t["batch_size"], t["lr"],
-                          bundled["validation"]["dsc_float16"])
-    assert bundled["description"] == again["description"]
-    assert (t["phantom_seeds"], t["budget"]) == (again["training"]["phantom_seeds"], again["training"]["budget"])
+    t, v = bundled["training"], bundled["validation"]
+    other = re.search(r"--(loc|ref)-iterations (\d+) --(loc|ref)-iterations (\d+)", t["recipe"])
+    assert other is not None, t["recipe"]
+    iterations = {other[1]: int(other[2]), other[3]: int(other[4])}
+    assert iterations[kind[:3]] == t["iterations"], (t["recipe"], t["iterations"])
+    threads = int(t["machine"].rsplit(", ", 1)[1].split()[0])
+    again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
+                             iterations["loc"], iterations["ref"], threads, t["wall_hours"], v["dsc_float16"])
+    for key in ("name", "description", "intended_use", "demo"):
+        assert bundled[key] == again[key], key
+    for key in ("generator", "data", "recipe", "wall_hours"):
+        assert t[key] == again["training"][key], key
+    assert re.fullmatch(r"\S+, \d+ CPU cores, torch \S+, \d+ thread\(s\)", t["machine"]), t["machine"]
+    assert t["wall_hours"] * 3600 >= t["seconds"] > 0  # the wall time sums every resumed part of the run
+    assert abs(v["dsc_float16"] - v["dsc"]) <= 0.002 or bundled["weights_dtype"] == "float32"
 
 
 def test_a_resumed_run_keeps_its_training_time_and_final_loss(tmp_path: Path) -> None:

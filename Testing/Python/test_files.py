@@ -247,7 +247,7 @@ def test_no_writer_bypasses_the_helper() -> None:
     left temp files behind or made 0600 files)."""
     offenders = []
     for path in [*ROOT.joinpath("voxmetric").rglob("*.py"), *ROOT.glob("VoxMetric*/**/*.py"),
-                 ROOT / "Resources" / "Models" / "train_demo_models.py"]:
+                 ROOT / "Resources" / "Models" / "train_bundled_models.py"]:
         if path.name == "files.py" and path.parent.name == "voxmetric":
             continue
         text = path.read_text(encoding="utf-8")

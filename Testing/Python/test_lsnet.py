@@ -278,15 +278,15 @@ def _package(tmp_path: Path, name: str, method_name: str, overrides: dict) -> Pa
 def test_lnet_and_lsnet_are_selectable_without_module_changes(tmp_path: Path, monkeypatch) -> None:
     from voxmetric import models
 
-    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path / "home"))  # bundled demo models stay visible
+    monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path / "home"))  # the bundled models stay visible
     _package(tmp_path, "my-lnet", "LNet", {**TINY_LNET, "spacing_mm": 4.0})
     _package(tmp_path, "my-lsnet", "LSNet", {**TINY_LSNET, "spacing_mm": 4.0})
     (models.models_dir() / "lnet-demo.pipeline.json").write_text(json.dumps(
-        {"name": "lnet-demo", "localizer": "my-lnet", "refiner": "demo-ct-metricunet-hcp"}))
+        {"name": "lnet-demo", "localizer": "my-lnet", "refiner": "synth-metricunet-hcp"}))
     pipe = models.load_pipeline("lnet-demo", "ct")
     torch.set_num_threads(1)  # the pipeline takes every core; the test machine is shared
     assert pipe.localizer is not None and pipe.refiner is not None
-    assert (pipe.localizer.method.name, pipe.refiner.name) == ("LNet", "demo-ct-metricunet-hcp")
+    assert (pipe.localizer.method.name, pipe.refiner.name) == ("LNet", "synth-metricunet-hcp")
     case = make_case(60, "ct", shape=(24, 64, 64), spacing=(4.0, 4.0, 4.0))
     result = pipe.segment(case.image)  # an untrained L-Net finds nothing: the pipeline says so
     assert result.mask is not None and result.localization is not None

@@ -1,6 +1,6 @@
-"""``pip install voxmetric`` then ``voxmetric demo`` (issue 13): the wheel carries the bundled demo
-models (``Resources/Models`` → ``voxmetric/bundled_models``), and the demo runs without matplotlib
-(an optional dependency: no overview picture, a note saying how to get it)."""
+"""``pip install voxmetric`` then ``voxmetric demo`` (issues 13, 11): the wheel carries the bundled
+models with their ONNX graphs (``Resources/Models`` → ``voxmetric/bundled_models``), and the demo
+runs without matplotlib (an optional dependency: no overview picture, a note saying how to get it)."""
 
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ def test_the_wheel_carries_the_bundled_models(wheel: Path) -> None:
     assert BUNDLED, "no bundled models in Resources/Models"
     names = set(zipfile.ZipFile(wheel).namelist())
     for model in BUNDLED:
-        for f in ("model.json", "weights.safetensors"):
+        for f in ("model.json", "weights.safetensors", "model.onnx"):
             assert f"voxmetric/bundled_models/{model}/{f}" in names, sorted(n for n in names if "bundled" in n)
-    assert "voxmetric/bundled_models/demo-ct.pipeline.json" in names
+    assert "voxmetric/bundled_models/synth.pipeline.json" in names
     assert not any(n.endswith(".py") and "bundled_models" in n for n in names)
 
 
 @pytest.mark.slow
 def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> None:
-    """The wheel installed on its own (not this checkout), matplotlib made unimportable."""
+    """The wheel installed on its own (not this checkout), matplotlib and torch made unimportable:
+    the bundled packages' ONNX graphs run on ONNX Runtime."""
     site = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                            str(wheel)], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
@@ -47,6 +48,7 @@ def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> 
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "matplotlib.py").write_text("raise ImportError('No module named matplotlib')\n")
+    (blocker / "torch.py").write_text("raise ImportError('No module named torch')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMETRIC_")}
     env.update(PYTHONPATH=os.pathsep.join([str(blocker), str(site)]), VOXMETRIC_HOME=str(tmp_path / "home"),
                OMP_NUM_THREADS="1")
@@ -60,5 +62,7 @@ def test_installed_demo_runs_without_matplotlib(wheel: Path, tmp_path: Path) -> 
                           env=env, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "matplotlib" in proc.stderr and "pip install" in proc.stderr
-    assert json.loads((out / "metrics.json").read_text())["found"] is True
-    assert (out / "prediction.seg.nrrd").is_file() and not (out / "overview.png").exists()
+    cases = json.loads((out / "metrics.json").read_text())["cases"]
+    assert [c["modality"] for c in cases] == ["ct", "mr"] and all(c["found"] for c in cases)
+    assert (out / "ct_prediction.seg.nrrd").is_file() and (out / "mr_prediction.seg.nrrd").is_file()
+    assert not (out / "overview.png").exists()

@@ -181,6 +181,24 @@ def test_segment_process_does_not_import_torch(tmp_path: Path) -> None:
     assert np.array_equal(a, b)
 
 
+def test_onnx_path_refuses_weights_that_are_not_safetensors(tmp_path: Path) -> None:
+    """A package with a valid graph but pickled weights (their SHA-256 put in the card) is refused
+    on the ONNX path too, before anything runs, as load_package refuses it on the torch path."""
+    import hashlib
+    import pickle
+
+    m, cfg, net = _tiny("MetricUNet-HCP", spacing_mm=3.0)
+    pkg = models.save_package(tmp_path / "pickled", _card(m, cfg, "pickled", "any"), net.state_dict(), onnx=True)
+    data = pickle.dumps({"w": [1.0, 2.0]})
+    (pkg / "weights.safetensors").write_bytes(data)
+    card = json.loads((pkg / "model.json").read_text())
+    card.update(weights_sha256=hashlib.sha256(data).hexdigest(), weights_bytes=len(data))
+    (pkg / "model.json").write_text(json.dumps(card))
+    for runtime in ("auto", "onnx", "torch"):
+        with pytest.raises(ModelError, match="not a valid safetensors file"):
+            models.load_pipeline(str(pkg), "ct", "cpu", stages=("refiner",), runtime=runtime)
+
+
 def test_cuda_auto_probe_without_torch() -> None:
     # never says "no GPU" where torch would use one; on a CPU-only torch it says no without importing it
     assert cuda_possible() or not torch.cuda.is_available()

@@ -1,5 +1,5 @@
 """VoxMetric Prostate's module file, executed: VoxMetricSegWidget's setup(), enter(), exit(),
-cleanup(), every button and selector, the poll loop through whole jobs with the bundled CT
+cleanup(), every button and selector, the poll loop through whole jobs with the bundled
 models, cancel, timeout, the dependency installer and each error dialog — on a real MRML scene
 with Slicer's application layer stood in (slicer_standins.py)."""
 
@@ -66,34 +66,35 @@ def test_module_registers_and_setup_reflects_the_scene(standins, mrml_scene):
     assert widget.ui.modelCardLabel.text.startswith("Pick an input volume")
     assert not any(_enabled(widget).values())
     labels = [widget.ui.modelComboBox.itemText(i) for i in range(widget.ui.modelComboBox.count)]
-    assert labels[0].startswith("Default pipeline") and any("demo-ct-metricunet-hcp" in t for t in labels)
-    refiner = widget.ui.modelComboBox.findData("demo-ct-metricunet-hcp")
+    assert labels[0].startswith("Default pipeline") and any("synth-metricunet-hcp" in t for t in labels)
+    refiner = widget.ui.modelComboBox.findData("synth-metricunet-hcp")
     assert "synthetic" in widget.ui.modelComboBox.itemData(refiner, standins.Qt.ToolTipRole)  # the card's text
 
     volume, _ = _phantom(mrml_scene)  # the input selector follows the scene (none not allowed)
     assert widget.ui.inputSelector.currentNode() is volume and widget._parameterNode.inputVolume is volume
-    assert widget.ui.modelCardLabel.text == ("Default CT pipeline: demo-ct-localizer → demo-ct-metricunet-hcp "
+    assert widget.ui.modelCardLabel.text == ("Default CT pipeline: synth-localizer → synth-metricunet-hcp "
                                              "(bundled) (CT: detected from the intensities).")
     assert widget.ui.demoWarningLabel.visible
     assert _enabled(widget) == {"localizeButton": True, "refineButton": False, "segmentButton": True,
                                 "cancelButton": False, "show3DButton": False}
 
     widget.ui.modalityComboBox.currentText = "MR"  # selector → parameter node → card
-    assert widget._parameterNode.modality == "MR"
-    assert widget.ui.modelCardLabel.text.startswith("No MR model installed (MR: chosen in Modality)")
-    assert not widget.ui.demoWarningLabel.visible and not widget.ui.segmentButton.enabled
+    assert widget._parameterNode.modality == "MR"  # the bundled models are for CT and MR alike
+    assert widget.ui.modelCardLabel.text == ("Default MR pipeline: synth-localizer → synth-metricunet-hcp "
+                                             "(bundled) (MR: chosen in Modality).")
+    assert widget.ui.demoWarningLabel.visible and widget.ui.segmentButton.enabled
     widget.ui.modalityComboBox.currentText = "auto"
-    index = widget.ui.modelComboBox.findData("demo-ct")
+    index = widget.ui.modelComboBox.findData("synth")
     widget.ui.modelComboBox.currentIndex = index  # the model combo is bound to the parameter node
-    assert widget._parameterNode.model == "demo-ct"
-    assert widget.ui.modelCardLabel.text.startswith("Pipeline demo-ct: demo-ct-localizer → demo-ct-metricunet-hcp")
+    assert widget._parameterNode.model == "synth"
+    assert widget.ui.modelCardLabel.text.startswith("Pipeline synth: synth-localizer → synth-metricunet-hcp")
 
     widget.exit()  # disconnected: parameter changes no longer reach the widgets
     node = widget.logic.getParameterNode()
     node.SetParameter("modality", "MR")
     assert widget.ui.modalityComboBox.currentText == "auto"
     widget.enter()  # reconnected, and the GUI shows the node's values
-    assert widget.ui.modalityComboBox.currentText == "MR" and widget.ui.modelComboBox.currentData == "demo-ct"
+    assert widget.ui.modalityComboBox.currentText == "MR" and widget.ui.modelComboBox.currentData == "synth"
     widget.ui.roiSelector.setCurrentNode(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"))
     assert widget._parameterNode.roi is not None
     widget.cleanup()
@@ -230,6 +231,7 @@ class _NoJob:
 
 def test_no_mr_model_is_said_and_refused(standins, mrml_scene, tmp_path, monkeypatch):
     monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path))
+    monkeypatch.setenv("VOXMETRIC_BUNDLED_MODELS", str(_ct_only_bundle(tmp_path / "bundled")))
     _, widget = _widget(standins)
     _phantom(mrml_scene, "mr")
     assert widget.ui.modelCardLabel.text.startswith("No MR model installed (MR: detected from the intensities): "
@@ -256,7 +258,19 @@ def mr_home(tmp_path_factory):
     _train(home, cases, "Localizer", "tiny-mr-localizer", "--base", "8", "--embed-channels", "8")
     _train(home, cases, "UNet", "tiny-mr-unet", "--base", "8", "--embed-channels", "16", "--patch", "32",
            "--per-case", "8", "--spacing-mm", "2")
+    _ct_only_bundle(home / "models")
     return home
+
+
+def _ct_only_bundle(folder: Path) -> Path:
+    """``folder`` holding the bundled refiner re-saved as a CT-only model ``ct-only-refiner``."""
+    from voxmetric import models
+
+    pkg = models.load_package(ROOT / "Resources" / "Models" / "synth-metricunet-hcp")
+    card = {k: v for k, v in pkg.card.items() if k in ("method", "role", "config", "data", "classes", "demo")}
+    models.save_package(folder / "ct-only-refiner", dict(card, name="ct-only-refiner", modality="ct"),
+                        pkg.state_dict, onnx=False)
+    return folder
 
 
 @pytest.mark.slow
@@ -270,8 +284,10 @@ def test_mr_models_listed_explained_and_used(standins, mrml_scene, mr_home, monk
     assert widget.ui.modelCardLabel.text == ("Default MR pipeline: tiny-mr-localizer → tiny-mr-unet (installed) "
                                              "(MR: detected from the intensities).")
     assert not widget.ui.demoWarningLabel.visible  # not a demo model
-    widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData("demo-ct-metricunet-hcp")
+    widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData("ct-only-refiner")
     assert "is a CT model but this scan is MR" in widget.ui.modelCardLabel.text and not widget.ui.segmentButton.enabled
+    widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData("synth-metricunet-hcp")  # CT and MR
+    assert widget.ui.modelCardLabel.text.startswith("tiny-mr-localizer → synth-metricunet-hcp (bundled; default MR")
     widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData("tiny-mr-unet")
     assert widget.ui.modelCardLabel.text.startswith("tiny-mr-localizer → tiny-mr-unet (installed; default MR localizer)")
     widget.ui.segmentButton.click()
