@@ -82,12 +82,12 @@ def test_start_from_lists_the_packages_a_method_can_fine_tune(tmp_path, monkeypa
     (models.models_dir() / "odd-settings" / models.CARD).write_text(json.dumps(odd))
     values = {m: [c.value for c in train_panel.start_choices(m)] for m in ("UNet", "MetricUNet-HCP", "Localizer",
                                                                              "CRII-small", "LSNet")}
-    assert values["UNet"] == values["MetricUNet-HCP"] == ["", "demo-ct-metricunet-hcp", "my-unet"]
-    assert values["Localizer"] == ["", "demo-ct-localizer"]
+    assert values["UNet"] == values["MetricUNet-HCP"] == ["", "synth-metricunet-hcp", "my-unet"]
+    assert values["Localizer"] == ["", "synth-localizer"]
     # the localizer's settings read as CRII's too (the engine's card check alone would list it), but
     # its network is another family's: left out
     assert values["CRII-small"] == values["LSNet"] == [""]
-    models.init_config(models.read_card(models.find_model("demo-ct-localizer").path), get_method("CRII-small"))
+    models.init_config(models.read_card(models.find_model("synth-localizer").path), get_method("CRII-small"))
     for method, names in values.items():
         for name in names[1:]:
             assert models.initial_weights(name, get_method(method)).source["name"] == name

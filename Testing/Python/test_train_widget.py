@@ -166,7 +166,7 @@ def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, m
     combo, box, p = widget.ui.startFromComboBox, widget.ui.freezeEncoderCheckBox, widget._parameterNode
     values = lambda: [combo.itemData(i) for i in range(combo.count)]  # noqa: E731
     widget.ui.methodComboBox.currentText = "UNet"
-    assert values() == ["", "demo-ct-metricunet-hcp", "tiny-base"]  # scratch, then the UNet family's packages
+    assert values() == ["", "synth-metricunet-hcp", "tiny-base"]  # scratch, then the UNet family's packages
     assert combo.currentText == "scratch" and p.startFrom == "" and not box.enabled
     base = lambda: next(w for w in widget.ui.methodSettingsCollapsibleButton.findChildren(standins.QSpinBox)  # noqa: E731
                         if w.property("SlicerParameterName") == "method_base")
@@ -197,9 +197,9 @@ def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, m
     assert base().value == 32
     combo.currentIndex = combo.findData("tiny-base")
     widget.ui.methodComboBox.currentText = "Localizer"  # another family: its own packages, scratch again
-    assert values() == ["", "demo-ct-localizer"] and p.startFrom == "" and not box.enabled
+    assert values() == ["", "synth-localizer"] and p.startFrom == "" and not box.enabled
     widget.ui.methodComboBox.currentText = "MetricUNet-HCP"
-    assert values() == ["", "demo-ct-metricunet-hcp", "tiny-base"] and combo.currentIndex == 0
+    assert values() == ["", "synth-metricunet-hcp", "tiny-base"] and combo.currentIndex == 0
     widget.cleanup()
 
 
