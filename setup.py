@@ -20,6 +20,7 @@ class BuildPyWithModels(build_py):
         if getattr(self, "editable_mode", False) or not MODELS.is_dir():
             return
         target = Path(self.build_lib) / "voxmetric" / "bundled_models"
+        shutil.rmtree(target, ignore_errors=True)  # a reused build/ folder must not keep models removed since
         for f in sorted(MODELS.rglob("*")):
             if f.is_file() and f.name.endswith((".json", ".safetensors", ".onnx")) and not f.name.startswith("."):
                 dest = target / f.relative_to(MODELS)
