@@ -72,3 +72,16 @@ def load_module(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def train_widget(home, monkeypatch):
+    """(module, widget): VoxMetric Train loaded afresh and set up on the stand-ins (the test asks
+    for the ``standins`` fixture), models under ``home``, jobs run by this Python on one thread."""
+    monkeypatch.setenv("VOXMETRIC_HOME", str(home))
+    module = load_module("VoxMetricTrain")
+    widget = module.VoxMetricTrainWidget()
+    widget.setup()
+    widget.logic.engine.python = sys.executable
+    widget.logic.engine.extra_env = {"OMP_NUM_THREADS": "1"}
+    widget.parent.isEntered = True
+    return module, widget

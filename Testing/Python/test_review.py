@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_module
+from conftest import ROOT, train_widget
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 pytestmark = pytest.mark.mrml
@@ -100,17 +100,6 @@ def _review_model(home, tmp_path, per_case, name="ReviewModel", source="synth-me
     return models.install(pkg, name=name)
 
 
-def _widget(standins, home, monkeypatch):
-    monkeypatch.setenv("VOXMETRIC_HOME", str(home))
-    module = load_module("VoxMetricTrain")
-    widget = module.VoxMetricTrainWidget()
-    widget.setup()
-    widget.logic.engine.python = sys.executable
-    widget.logic.engine.extra_env = {"OMP_NUM_THREADS": "1"}
-    widget.parent.isEntered = True
-    return widget
-
-
 def _run_review(standins, widget, timeout: float = 240.0) -> None:
     end = time.monotonic() + timeout
     while widget.review.timer.isActive():
@@ -129,7 +118,7 @@ def test_review_segments_scene_and_folder_cases_next_to_their_references(standin
 
     from voxmetric.phantom import write_cases
 
-    widget = _widget(standins, tmp_path / "home", monkeypatch)
+    _, widget = train_widget(tmp_path / "home", monkeypatch)
     ui = widget.ui
     assert not ui.reviewButton.enabled and ui.validationLabel.text.startswith("Train a model")
     (pair,) = add_phantom_cases(mrml_scene, 1, shape=(48, 96, 96), seed=11)  # a scene case
@@ -202,7 +191,7 @@ def test_review_segments_scene_and_folder_cases_next_to_their_references(standin
 
 def test_review_refuses_a_localizer_and_lost_cases(standins, mrml_scene, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    widget = _widget(standins, home, monkeypatch)
+    _, widget = train_widget(home, monkeypatch)
     info = _review_model(home, tmp_path, [{"id": "case000", "dsc": 0.9, "hd95": 2.0, "asd": 0.5}], "Loc",
                          "synth-localizer")
     widget.review.show(info)
@@ -225,7 +214,7 @@ def test_training_then_validation_table_then_review(standins, mrml_scene, tmp_pa
     the installed model → Review validation cases with it."""
     from VoxMetricTrainLib.selftest import TINY_UNET, add_phantom_cases
 
-    widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     pairs = add_phantom_cases(mrml_scene, 3, shape=(24, 64, 64))
     widget.ui.addFromSceneButton.click()
     widget.ui.methodComboBox.currentText = "UNet"

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_module
+from conftest import ROOT, train_widget
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 pytestmark = pytest.mark.mrml
@@ -76,17 +76,6 @@ def test_helpers_check_rows_and_write_an_images_only_manifest(mrml_scene, tmp_pa
     np.testing.assert_array_equal(read_volume(records[0].image).array, snapshot_unlabeled(found[0], 0).image.array)
 
 
-def _widget(standins, home, monkeypatch):
-    monkeypatch.setenv("VOXMETRIC_HOME", str(home))
-    module = load_module("VoxMetricTrain")
-    widget = module.VoxMetricTrainWidget()
-    widget.setup()
-    widget.logic.engine.python = sys.executable
-    widget.logic.engine.extra_env = {"OMP_NUM_THREADS": "1"}
-    widget.parent.isEntered = True
-    return widget
-
-
 def _steps(standins, widget) -> None:
     for _ in range(50):
         if widget._steps is None:
@@ -97,7 +86,7 @@ def _steps(standins, widget) -> None:
 def test_widget_unlabeled_rows_and_checks(standins, mrml_scene, tmp_path, monkeypatch) -> None:
     from VoxMetricTrainLib.selftest import add_phantom_cases
 
-    widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     ui, p = widget.ui, widget._parameterNode
     add_phantom_cases(mrml_scene, 2, shape=(12, 40, 40))
     extras = [_volume(mrml_scene, f"extra {i}", 10 + i) for i in range(2)]
@@ -136,7 +125,7 @@ def test_crii_trains_on_scene_cases_and_scene_volumes(standins, mrml_scene, tmp_
 
     from voxmetric import models
 
-    widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     ui = widget.ui
     add_phantom_cases(mrml_scene, 2, shape=(16, 48, 48))
     for i in range(2):

@@ -7,26 +7,14 @@ encoder), cancel and the error dialogs — on a real MRML scene."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import pytest
 
-from conftest import load_module
+from conftest import train_widget
 
 pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 pytestmark = pytest.mark.mrml
-
-
-def _widget(standins, home, monkeypatch):
-    monkeypatch.setenv("VOXMETRIC_HOME", str(home))
-    module = load_module("VoxMetricTrain")
-    widget = module.VoxMetricTrainWidget()
-    widget.setup()
-    widget.logic.engine.python = sys.executable
-    widget.logic.engine.extra_env = {"OMP_NUM_THREADS": "1"}
-    widget.parent.isEntered = True
-    return module, widget
 
 
 def _run_until_idle(standins, widget, timeout: float = 300.0) -> None:
@@ -42,7 +30,7 @@ def test_method_form_follows_the_registry_and_the_parameter_node(standins, mrml_
 
     from voxmetric.methods import available_methods, config_fields, get_method
 
-    module, widget = _widget(standins, tmp_path, monkeypatch)
+    module, widget = train_widget(tmp_path, monkeypatch)
     combo, layout = widget.ui.methodComboBox, widget.ui.methodSettingsFormLayout
     assert [combo.itemText(i) for i in range(combo.count)] == available_methods()
     assert combo.itemData(combo.currentIndex, standins.Qt.ToolTipRole).startswith("refiner: ")
@@ -78,7 +66,7 @@ def test_method_form_follows_the_registry_and_the_parameter_node(standins, mrml_
 def test_case_rows_and_error_dialogs(standins, mrml_scene, tmp_path, monkeypatch):
     from VoxMetricTrainLib.selftest import add_phantom_cases
 
-    _, widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     pairs = add_phantom_cases(mrml_scene, 2, shape=(12, 40, 40))
     widget.ui.addFromSceneButton.click()
     widget.ui.addFromSceneButton.click()  # no duplicates
@@ -105,7 +93,7 @@ def test_training_through_the_poll_loop_installs_the_model(standins, mrml_scene,
 
     from voxmetric import models
 
-    _, widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     add_phantom_cases(mrml_scene, 3, shape=(24, 64, 64))
     widget.ui.addFromSceneButton.click()
     widget.ui.methodComboBox.currentText = "UNet"
@@ -162,7 +150,7 @@ def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, m
 
     monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path))
     save_tiny_model(tmp_path / "made", "tiny-base")
-    _, widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     combo, box, p = widget.ui.startFromComboBox, widget.ui.freezeEncoderCheckBox, widget._parameterNode
     values = lambda: [combo.itemData(i) for i in range(combo.count)]  # noqa: E731
     widget.ui.methodComboBox.currentText = "UNet"
@@ -212,7 +200,7 @@ def test_fine_tuning_through_the_poll_loop_records_the_model_it_started_from(sta
 
     monkeypatch.setenv("VOXMETRIC_HOME", str(tmp_path))
     base = save_tiny_model(tmp_path / "made", "tiny-base")
-    _, widget = _widget(standins, tmp_path, monkeypatch)
+    _, widget = train_widget(tmp_path, monkeypatch)
     add_phantom_cases(mrml_scene, 2, shape=(16, 48, 48))  # one to train on, one to validate
     widget.ui.addFromSceneButton.click()
     widget.ui.methodComboBox.currentText = "UNet"

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -169,6 +169,12 @@ def _class_count(model: "nn.Module") -> int:
 class _LNetBase:
     """Config-independent parts shared by both methods."""
 
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 8}
+
+    def dataset(self, cases: Sequence["PreparedCase"], cfg: LNetConfig, seed: int,
+                unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
+        return _dataset(cases, cfg, seed)
+
     def _data_recipe(self, cfg: LNetConfig, region: str) -> "DataRecipe":
         from ..data import DataRecipe
 
@@ -188,17 +194,12 @@ class LNet(_LNetBase, Method[LNetConfig]):
     role = "localizer"
     description = "stage-1 L-Net: anchor-free keypoint + box per axial slice; union of slice boxes -> ROI (L-SNet §2.1)"
     presets = {"LNet": {}}
-    train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 8}
 
     def data_recipe(self, cfg: LNetConfig) -> "DataRecipe":
         return self._data_recipe(cfg, "body")
 
     def card_data(self, cfg: LNetConfig) -> dict[str, Any]:
         return self._card(self.data_recipe(cfg), cfg)
-
-    def dataset(self, cases: Sequence["PreparedCase"], cfg: LNetConfig, seed: int,
-                unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
-        return _dataset(cases, cfg, seed)
 
     def build(self, cfg: LNetConfig, num_classes: int = 2) -> "nn.Module":
         from ..nets.lsnet import LNet as Net
@@ -249,17 +250,12 @@ class LSNet(_LNetBase, Method[LSNetConfig]):
     role = "joint"
     description = "L-SNet: L-Net localises RoIs per slice, S-Net segments the recalibrated RoIs (trained jointly)"
     presets = {"LSNet": {}}
-    train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 8}
 
     def data_recipe(self, cfg: LSNetConfig) -> "DataRecipe":
         return self._data_recipe(cfg, "label_box")
 
     def card_data(self, cfg: LSNetConfig) -> dict[str, Any]:
         return {**self._card(self.data_recipe(cfg), cfg), "roi_size": cfg.roi_size, "roi_margin": cfg.roi_margin}
-
-    def dataset(self, cases: Sequence["PreparedCase"], cfg: LSNetConfig, seed: int,
-                unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
-        return _dataset(cases, cfg, seed)
 
     def context_mm(self, cfg: LSNetConfig) -> tuple[float, float, float]:
         side = cfg.canvas * cfg.spacing_mm  # L-Net was trained on whole slices of this extent
