@@ -30,7 +30,6 @@ import numpy as np
 from .errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import Tensor, nn
 
 #: ONNX operator set of exported graphs (ONNX Runtime ≥ 1.14 runs it)

@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python")]
 from voxmetric import io, models  # noqa: E402
 from voxmetric.markups import write_roi  # noqa: E402
 from voxmetric.phantom import make_case, write_cases  # noqa: E402
-from voxmetric.volume import Box, Volume, resample  # noqa: E402
+from voxmetric.volume import Box, resample  # noqa: E402
 
 W = Path()  # the work folder (set in main)
 ENV: dict[str, str] = {}
