@@ -762,7 +762,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
     fields = _card_fields(method, mcfg, cfg, classes, train_prep, val_prep, unlabeled_prep, dist, device, seconds,
                           best_val, best_it, losses[-1] if losses else loss_before)
     metrics = fields["validation"]
-    say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "best_iteration": best_it,
+    say({"event": "done", "iteration": total, "seconds": round(seconds, 2), "carried": round(seconds_before, 2),
+         "best_iteration": best_it,
          "metrics": {k: metrics.get(k) for k in ("dsc", "hd95", "asd")} if metrics else {}})
     return TrainResult(state, metrics, fields, total, best_it, losses)
 

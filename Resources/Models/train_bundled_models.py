@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -53,10 +54,30 @@ def log(event: dict) -> None:
                 f.write(line + "\n")
 
 
-def training_hours(events: Path) -> float:
-    """Training wall time over every run of this output folder (the trainer's ``done`` events)."""
+def schedule(events: Path, iterations: int) -> list[int]:
+    """The iteration totals of every run of this output folder, in order (a resumed run that raised
+    ``--*-iterations`` continues the poly schedule towards the new total)."""
     lines = events.read_text().splitlines() if events.exists() else []
-    return sum(json.loads(x).get("seconds", 0.0) for x in lines if '"event": "done"' in x) / 3600
+    totals = [int(m.group(1)) for x in lines for m in [re.search(r"iterations changed from (\d+) to", x)] if m]
+    return totals + [iterations]
+
+
+def training_hours(events: Path) -> float:
+    """Training wall time over every run of this output folder, from the trainer's ``done`` events:
+    the last one's ``seconds`` (which include the ``carried`` time of the checkpoint it resumed
+    from) plus the earlier done events that this carry does not hold (runs by a trainer that kept no
+    time in its checkpoints; their events have no ``carried``)."""
+    lines = events.read_text().splitlines() if events.exists() else []
+    done = [json.loads(x) for x in lines if '"event": "done"' in x]
+    if not done:
+        return 0.0
+    total, carry = done[-1]["seconds"], done[-1].get("carried", 0.0)
+    for event in reversed(done[:-1]):
+        if event["seconds"] <= carry + 1e-6:
+            carry -= event["seconds"]  # held in the later run's carry
+        else:
+            total += event["seconds"]
+    return total / 3600
 
 
 def synthetic(work: Path, name: str, n: int, seed: int, fov: str) -> list:
@@ -121,15 +142,19 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
-    card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), args.loc_iterations,
-                        args.ref_iterations, args.threads, hours, v16["dsc"])
+    flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
+    runs = schedule(out / "events.jsonl", iterations)
+    recipe_line = (f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads "
+                   f"{args.threads}" + "".join(f", then --resume {flag} {n}" for n in runs[1:]))
+    card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
+                        hours, v16["dsc"])
     models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
     log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
 
 
-def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, loc_iterations: int, ref_iterations: int,
-                 threads: int, hours: float, dsc_float16: float) -> dict:
+def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
+                 dsc_float16: float) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
     use, description, generator, data, recipe, wall time over every resumed part, machine, float16
@@ -146,8 +171,7 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, loc_ite
     card["training"] = dict(
         card.get("training", {}), generator="voxmetric.synth (contrast mix)",
         data=f"{n_train} synthetic cases; validation: {n_val - 4} synthetic + 2 CT and 2 MR phantoms",
-        recipe=f"python Resources/Models/train_bundled_models.py --which {kind} --loc-iterations "
-               f"{loc_iterations} --ref-iterations {ref_iterations} --threads {threads}",
+        recipe=recipe,
         wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)")
     card["validation"] = dict(card.get("validation", {}), dsc_float16=dsc_float16)

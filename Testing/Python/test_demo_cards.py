@@ -59,7 +59,7 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     result = train(method, cfg, TrainConfig(iterations=2, batch_size=2, val_every=2, checkpoint_every=2),
                    [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
                    emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
-    card = gen.bundled_card(kind, result.card_fields, 2, 5, 3, 4, 1, 0.01, 0.5)
+    card = gen.bundled_card(kind, result.card_fields, 2, 5, "python … --ref-iterations 3", 1, 0.01, 0.5)
     written = json.loads((models.save_package(tmp_path / "pkg", card, result.state_dict, half=True)
                           / "model.json").read_text(encoding="utf-8"))
     assert written["training"]["seconds"] > 0 and written["training"]["final_loss"] is not None
@@ -69,13 +69,12 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     assert "onnx" in bundled, f"{bundled_path} has no ONNX graph: voxmetric models export-onnx {gen.NAMES[kind]}"
     # the figures the script derives from the run's settings agree with those settings
     t, v = bundled["training"], bundled["validation"]
-    other = re.search(r"--(loc|ref)-iterations (\d+) --(loc|ref)-iterations (\d+)", t["recipe"])
-    assert other is not None, t["recipe"]
-    iterations = {other[1]: int(other[2]), other[3]: int(other[4])}
-    assert iterations[kind[:3]] == t["iterations"], (t["recipe"], t["iterations"])
+    totals = [int(n) for n in re.findall(rf"--{kind[:3]}-iterations (\d+)", t["recipe"])]
+    assert totals and totals == sorted(totals) and totals[-1] == t["iterations"], (t["recipe"], t["iterations"])
     threads = int(t["machine"].rsplit(", ", 1)[1].split()[0])
+    assert f"--threads {threads}" in t["recipe"], (t["recipe"], t["machine"])
     again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
-                             iterations["loc"], iterations["ref"], threads, t["wall_hours"], v["dsc_float16"])
+                             t["recipe"], threads, t["wall_hours"], v["dsc_float16"])
     for key in ("name", "description", "intended_use", "demo"):
         assert bundled[key] == again[key], key
     for key in ("generator", "data", "recipe", "wall_hours"):
@@ -83,6 +82,33 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     assert re.fullmatch(r"\S+, \d+ CPU cores, torch \S+, \d+ thread\(s\)", t["machine"]), t["machine"]
     assert t["wall_hours"] * 3600 >= t["seconds"] > 0  # the wall time sums every resumed part of the run
     assert abs(v["dsc_float16"] - v["dsc"]) <= 0.002 or bundled["weights_dtype"] == "float32"
+
+
+def test_the_recipe_lists_every_resumed_total(tmp_path: Path) -> None:
+    """A run resumed with a larger total (the poly schedule continues towards it) is one recipe step more."""
+    gen = _generator()
+    events = tmp_path / "events.jsonl"
+    assert gen.schedule(events, 4000) == [4000]
+    events.write_text(json.dumps({"event": "log", "message": "iterations changed from 4000 to 10000: the "
+                                  "learning-rate schedule follows the new total"}) + "\n")
+    assert gen.schedule(events, 10000) == [4000, 10000]
+
+
+def test_the_wall_time_counts_every_run_once(tmp_path: Path) -> None:
+    """Done events of runs that kept no time in their checkpoints are added; those the last run's
+    carry holds are not counted twice."""
+    gen = _generator()
+    events = tmp_path / "events.jsonl"
+
+    def done(*runs: dict) -> float:
+        events.write_text("".join(json.dumps({"event": "done", **r}) + "\n" for r in runs))
+        return round(gen.training_hours(events) * 3600, 6)
+
+    assert done() == 0.0 and done({"seconds": 100.0}) == 100.0
+    # a time-keeping chain: 100 s, then a resumed run carrying 130 s (the first run and a killed one)
+    assert done({"seconds": 100.0}, {"seconds": 200.0, "carried": 130.0}) == 200.0
+    # an old trainer's run (no time in its checkpoint), then one carrying only a killed run's 40 s
+    assert done({"seconds": 100.0}, {"seconds": 90.0, "carried": 40.0}) == 190.0
 
 
 def test_a_resumed_run_keeps_its_training_time_and_final_loss(tmp_path: Path) -> None:
