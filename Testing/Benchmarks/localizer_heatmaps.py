@@ -1,0 +1,98 @@
+"""Where the stage-1 localizer looks on real T2 MR: its prostate probability over the real scans of
+``../shared/data`` (the five NCI-ISBI scans and the two PROMISE12 scans), whether or not stage 1
+reports a prostate.
+
+    python Testing/Benchmarks/localizer_heatmaps.py [--pipeline synth] [--localizer PKG] [--png OUT.png]
+
+Prints one JSON line per scan (peak probability, the voxels above 0.5 in mL, stage 1's verdict) and
+writes a picture: per scan, the axial slice of the peak with the probability over the localizer's
+4 mm input (yellow = 1), and the PROMISE12 truth (green) where there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def scans() -> list[tuple[str, Path, Path | None]]:
+    """(name, image, truth or None) of the real MR scans present."""
+    out: list[tuple[str, Path, Path | None]] = []
+    for f in sorted((SHARED / "ncisbi_mr_unlabeled").glob("*_t2w.nii.gz")):
+        out.append((f.name.split("_")[0], f, None))
+    for case in (0, 1):
+        src = SHARED / "promise12_demo"
+        image = src / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz"
+        if image.exists():
+            out.append((f"PROMISE12 case {case}", image, src / f"case{case}_prostate_label_UNKNOWN_SPACING.nii.gz"))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pipeline", default="synth")
+    p.add_argument("--localizer", help="a localizer package folder instead of the pipeline's")
+    p.add_argument("--png", type=Path, default=Path("localizer_heatmaps.png"))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from voxmetric import io, models
+    from voxmetric.data import preprocess_image_fast
+    from voxmetric.pipeline import Pipeline, Stage, oriented
+    from voxmetric.volume import resample_to
+
+    torch.set_num_threads(args.threads)
+    rows = scans()
+    if not rows:
+        raise SystemExit(f"no real MR scans under {SHARED}")
+    pipe = models.load_pipeline(args.pipeline, "mr", "cpu")
+    if args.localizer:
+        pkg = models.load_package(args.localizer)
+        method, cfg, model = models.build_model(pkg)
+        pipe = Pipeline(Stage(method, cfg, model, pkg.name, pkg.classes), pipe.refiner, "mr", device="cpu")
+    loc = pipe.localizer
+    assert loc is not None
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.0), squeeze=False)
+    for ax, (name, image, truth_path) in zip(axes[0], rows):
+        vol = io.read_volume(image)
+        prep, _ = preprocess_image_fast(oriented(vol), "mr", loc.spacing_mm)
+        prob = pipe._predict(loc, prep.array, lambda f, m: None, "localize")[1:].sum(0)
+        stage1 = pipe.localize(vol)
+        z = int(np.unravel_index(int(prob.argmax()), prob.shape)[0])
+        row = {"scan": name, "peak": round(float(prob.max()), 3),
+               "above_half_ml": round(float((prob > 0.5).sum() * np.prod(prep.spacing) / 1000), 2),
+               "found": stage1.found, "confidence": round(stage1.confidence, 3)}
+        print(json.dumps(row), flush=True)
+        ax.imshow(prep.array[z], cmap="gray")
+        ax.imshow(np.ma.masked_less(prob[z], 0.05), cmap="inferno", vmin=0, vmax=1, alpha=0.6)
+        if truth_path is not None and truth_path.exists():
+            truth = io.read_segment_mask(truth_path)
+            t = resample_to(truth.with_array(truth.array.astype(np.float32)), prep, is_label=False).array > 0.5
+            if t[z].any():
+                ax.contour(t[z], [0.5], colors="lime", linewidths=0.8)
+        ax.set_title(f"{name}\npeak {row['peak']:.2f}, {'found' if row['found'] else 'not found'}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"stage-1 prostate probability on real T2 MR ({loc.name})", fontsize=9)
+    fig.tight_layout()
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=80)
+    print(json.dumps({"png": str(args.png)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
