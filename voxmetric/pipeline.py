@@ -121,7 +121,8 @@ class Stage:
 class LocalizeResult:
     """Stage-1 result: ``box`` (LPS), ``confidence`` (mean probability of the kept component,
     0 when none), ``found``, ``coarse_mask`` (uint8 Volume on the 4 mm preprocessed grid: the
-    kept component) and ``centroid`` (LPS mm, None when nothing was found)."""
+    kept component), ``centroid`` (LPS mm, None when nothing was found) and ``probability``
+    (float32, any foreground class, on the grid of ``coarse_mask``)."""
 
     box: Box
     confidence: float
@@ -129,6 +130,7 @@ class LocalizeResult:
     coarse_mask: Volume
     centroid: np.ndarray | None = None
     message: str = ""
+    probability: Volume | None = None
 
 
 @dataclass
@@ -377,10 +379,10 @@ class Pipeline:
             say(1.0, "localize: not found")
             return LocalizeResult(self.default_box(prep), confidence, False, coarse, None,
                                   f"No prostate was found ({why}); the ROI box was placed in the low pelvis. "
-                                  "Move it over the prostate and run Refine.")
+                                  "Move it over the prostate and run Refine.", prep.with_array(prob.astype(np.float32, copy=False)))
         box, centroid = roi_from_mask(coarse, cfg)
         say(1.0, "localize: done")
-        return LocalizeResult(box, confidence, True, coarse, centroid, "")
+        return LocalizeResult(box, confidence, True, coarse, centroid, "", prep.with_array(prob.astype(np.float32, copy=False)))
 
     @property
     def whole_body_refiner(self) -> bool:

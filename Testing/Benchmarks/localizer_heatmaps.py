@@ -51,8 +51,7 @@ def main() -> int:
     import torch
 
     from voxmetric import io, models
-    from voxmetric.data import preprocess_image_fast
-    from voxmetric.pipeline import Pipeline, Stage, oriented
+    from voxmetric.pipeline import Pipeline, Stage
     from voxmetric.volume import resample_to
 
     torch.set_num_threads(args.threads)
@@ -65,23 +64,25 @@ def main() -> int:
         method, cfg, model = models.build_model(pkg)
         pipe = Pipeline(Stage(method, cfg, model, pkg.name, pkg.classes), pipe.refiner, "mr", device="cpu")
     loc = pipe.localizer
-    assert loc is not None
+    if loc is None:
+        raise SystemExit(f"pipeline {args.pipeline!r} has no localizer")
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.0), squeeze=False)
     for ax, (name, image, truth_path) in zip(axes[0], rows):
         vol = io.read_volume(image)
-        prep, _ = preprocess_image_fast(oriented(vol), "mr", loc.spacing_mm)
-        prob = pipe._predict(loc, prep.array, lambda f, m: None, "localize")[1:].sum(0)
         stage1 = pipe.localize(vol)
+        assert stage1.probability is not None
+        grid, prob = stage1.probability, stage1.probability.array
         z = int(np.unravel_index(int(prob.argmax()), prob.shape)[0])
         row = {"scan": name, "peak": round(float(prob.max()), 3),
-               "above_half_ml": round(float((prob > 0.5).sum() * np.prod(prep.spacing) / 1000), 2),
+               "above_half_ml": round(float((prob > 0.5).sum() * np.prod(grid.spacing) / 1000), 2),
                "found": stage1.found, "confidence": round(stage1.confidence, 3)}
         print(json.dumps(row), flush=True)
-        ax.imshow(prep.array[z], cmap="gray")
+        shown = resample_to(vol.with_array(vol.array.astype(np.float32)), grid, is_label=False).array[z]
+        ax.imshow(shown, cmap="gray", vmin=float(np.percentile(shown, 0.5)), vmax=float(np.percentile(shown, 99.5)))
         ax.imshow(np.ma.masked_less(prob[z], 0.05), cmap="inferno", vmin=0, vmax=1, alpha=0.6)
         if truth_path is not None and truth_path.exists():
             truth = io.read_segment_mask(truth_path)
-            t = resample_to(truth.with_array(truth.array.astype(np.float32)), prep, is_label=False).array > 0.5
+            t = resample_to(truth.with_array(truth.array.astype(np.float32)), grid, is_label=False).array > 0.5
             if t[z].any():
                 ax.contour(t[z], [0.5], colors="lime", linewidths=0.8)
         ax.set_title(f"{name}\npeak {row['peak']:.2f}, {'found' if row['found'] else 'not found'}", fontsize=8)

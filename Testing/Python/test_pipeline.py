@@ -156,6 +156,9 @@ def test_segment_end_to_end_geometry() -> None:
     assert res.mask.same_grid(vol) and res.mask.array.dtype == np.uint8
     # the coarse mask is the whole body: the extent rule clamps at 128 mm in-plane
     assert res.localization.coarse_mask.spacing.tolist() == [4.0, 4.0, 4.0]
+    prob, kept = res.localization.probability, res.localization.coarse_mask.array > 0
+    assert prob is not None and prob.same_grid(res.localization.coarse_mask) and prob.array.dtype == np.float32
+    assert float(prob.array[kept].mean()) == pytest.approx(res.confidence)
     np.testing.assert_allclose(res.box.size[:2], [128.0, 128.0])
     np.testing.assert_allclose(res.box.axes, vol.direction)
     # nothing outside the box, and (the refiner says "prostate" everywhere) the box interior is filled
