@@ -44,7 +44,8 @@ class PatchSampling:
     """``depth`` slices × ``size``² pixels per item; ``centre_label``: 2.5D (label the centre
     slice, edge slices replicated) or 3D (label every slice, zero outside the volume);
     ``per_case`` items per case per epoch; ``fg_fraction`` of them centred on a labelled voxel;
-    ``augment``: in-plane rotation ±10°, flips along y and x, intensity ``v·s + t``."""
+    ``augment``: in-plane rotation ±10°, flips along y and x, intensity ``v·s + t``;
+    ``fov_cut``: probability that an item's field of view is cut (:func:`_cut_fov`)."""
 
     depth: int = 3
     size: int = 64
@@ -52,6 +53,7 @@ class PatchSampling:
     fg_fraction: float = 0.5
     augment: bool = True
     centre_label: bool = True
+    fov_cut: float = 0.0
 
     def check(self) -> "PatchSampling":
         if self.depth < 1 or self.size < 1 or self.per_case < 1:
@@ -60,6 +62,8 @@ class PatchSampling:
             raise ConfigError(f"a 2.5D slab needs an odd number of slices, got {self.depth}.")
         if not 0 <= self.fg_fraction <= 1:
             raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
+        if not 0 <= self.fov_cut <= 1:
+            raise ConfigError(f"fov_cut must lie in [0, 1], got {self.fov_cut}.")
         return self
 
 
@@ -69,6 +73,19 @@ def _label_region(lo: np.ndarray, hi: np.ndarray, spacing_zyx: np.ndarray, margi
     sides by an independent margin drawn uniformly from ``margin_mm``."""
     m = rng.uniform(margin_mm[0], margin_mm[1], size=(2, 3)) / spacing_zyx
     return lo - 0.5 - m[0], hi + 0.5 + m[1]
+
+
+def _cut_fov(bounds: tuple[np.ndarray, np.ndarray], shape: np.ndarray, spacing_zyx: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A smaller field of view (inclusive index bounds z, y, x), as in tight prostate MR slabs,
+    cropped scans and scans that end at the gland: each face of the case moves, with probability
+    0.6 (z) or 0.25 (y, x), to a plane drawn uniformly between 25 mm outside the label box and
+    the label box's centre, so it may cut the labelled structure up to its middle."""
+    blo, bhi = bounds[0].astype(float), bounds[1].astype(float)
+    mid, reach, p = (blo + bhi) / 2, 25.0 / spacing_zyx, np.array([0.6, 0.25, 0.25])
+    lo = np.where(rng.random(3) < p, np.maximum(np.floor(rng.uniform(blo - reach, mid)), 0), 0)
+    hi = np.where(rng.random(3) < p, np.minimum(np.ceil(rng.uniform(mid, bhi + reach)), shape - 1), shape - 1)
+    return lo.astype(int), hi.astype(int)
 
 
 @dataclass
@@ -100,7 +117,11 @@ class PatchDataset(SeededDataset):
     * slices: ``depth`` axial slices centred on it; in-plane P×P, zero outside the volume;
     * augmentation (``sampling.augment``): in-plane rotation uniform in ±10° (linear for the image,
       nearest for the labels), independent flips along y and x, intensity ``v · s + t`` with s
-      uniform in [0.9, 1.1] and t uniform in ±10 % of 255.
+      uniform in [0.9, 1.1] and t uniform in ±10 % of 255;
+    * field-of-view cut (probability ``sampling.fov_cut``, labelled cases): the case is treated as
+      ending at the faces of :func:`_cut_fov` (the centre moves inside): image and labels are zero
+      beyond them in-plane, and along z too for stage 2 (the pipeline fills a box that leaves the
+      image with the background) while stage 1 replicates the edge slice as at inference.
 
     With ``region="label_box"`` only the part of each case a patch can reach is kept (copied), so
     the PreparedCase objects can be released after construction.
@@ -166,13 +187,19 @@ class PatchDataset(SeededDataset):
             centre = e.fg[rng.integers(len(e.fg))].astype(int)
         else:
             centre = rng.integers(a, np.maximum(b, a) + 1)
-        image, label = self._sample(e, centre, rng)
+        fov = None
+        if s.fov_cut and e.bounds is not None and rng.random() < s.fov_cut:
+            fov = _cut_fov(e.bounds, e.shape, e.spacing, rng)
+            centre = np.clip(centre, *fov)
+        image, label = self._sample(e, centre, rng, fov)
         if s.centre_label:
             return {"image": torch.from_numpy(image), "label": torch.from_numpy(label[s.depth // 2].astype(np.int64))}
         return {"image": torch.from_numpy(image[None]), "label": torch.from_numpy(label.astype(np.int64))}
 
-    def _sample(self, e: _Entry, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, e: _Entry, centre: np.ndarray, rng: np.random.Generator,
+                fov: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         s = self.sampling
+        lo, hi = fov if fov is not None else (np.zeros(3, int), e.shape - 1)
         off = np.arange(s.size, dtype=float) - s.size // 2
         dy, dx = np.meshgrid(off, off, indexing="ij")
         flip_y = flip_x = False
@@ -184,13 +211,17 @@ class PatchDataset(SeededDataset):
             dy, dx = math.cos(t) * dy - math.sin(t) * dx, math.sin(t) * dy + math.cos(t) * dx
         y, x = dy + (centre[1] - e.offset[1]), dx + (centre[2] - e.offset[2])
         zs = centre[0] + np.arange(s.depth) - s.depth // 2
-        outside = (zs < 0) | (zs > e.shape[0] - 1)
-        zs = np.clip(zs, 0, e.shape[0] - 1) - e.offset[0]  # 2.5D: edge slices replicated (I-15)
+        outside = (zs < lo[0]) | (zs > hi[0])
+        zs = np.clip(zs, lo[0], hi[0]) - e.offset[0]  # 2.5D: edge slices replicated (I-15)
         zs = np.clip(zs, 0, len(e.image) - 1)
         image = _bilinear(e.image, zs, y, x)
         label = _nearest(e.mask, zs, y, x)
-        if not s.centre_label and outside.any():  # 3D: nothing outside the volume
-            image[outside], label[outside] = 0.0, 0
+        if outside.any() and (not s.centre_label or (fov is not None and self.recipe.region == "label_box")):
+            image[outside], label[outside] = 0.0, 0  # 3D, or a stage-2 box past the cut: background
+        if fov is not None:  # nothing beyond the cut in-plane
+            yy, xx = y + e.offset[1], x + e.offset[2]
+            out = (yy < lo[1] - 0.5) | (yy > hi[1] + 0.5) | (xx < lo[2] - 0.5) | (xx > hi[2] + 0.5)
+            image[:, out], label[:, out] = 0.0, 0
         if s.augment:
             if flip_y:
                 image, label = image[:, ::-1], label[:, ::-1]

@@ -4,6 +4,7 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
 
     python Resources/Models/train_bundled_models.py [--work DIR] [--which localizer,refiner]
         [--loc-iterations 4000] [--ref-iterations 10000] [--threads 1] [--resume]
+        [--init-from MODEL] [--lr 1e-3] [--fov-cut 0.0]
 
 1. writes synthetic cases (``synth.write_synth_cases``, contrast ``mix``: CT-like in Hounsfield
    units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…),
@@ -15,6 +16,10 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
    abdomen scans and half of the crops, and a ``MetricUNet-HCP`` refiner (1.5 mm, base width 16, 64-d embedding:
    the paper's network scaled down 4× in width for a CPU budget) on all of them, each case
    normalised as its modality says (CT: HU window; MR and random contrasts: percentiles);
+   ``--init-from MODEL`` starts a further run (output folder ``run-<kind>-ft``) from a package's
+   weights with a fresh optimiser; its card's recipe and wall time carry the package's before it;
+   ``--fov-cut P``: that share of training patches sees a field of view cut up to the gland's
+   middle (``sampling._cut_fov``: tight MR slabs, cropped scans, a scan ending at the gland);
 3. keeps the checkpoint with the best validation Dice, stores float16 weights when that changes
    the validation Dice by at most 0.002 (else float32), and writes ``Resources/Models/<name>/``
    and the pipeline file ``synth.pipeline.json``. The cards record the recipe, the data, the
@@ -119,17 +124,22 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     from voxmetric.methods import get_method
 
     method = get_method(METHODS[kind])
-    cfg = method.make_config(CONFIGS[kind])
+    cfg = method.make_config(dict(CONFIGS[kind], fov_cut=args.fov_cut))
     iterations = args.loc_iterations if kind == "localizer" else args.ref_iterations
-    tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-5,
+    tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=args.lr, weight_decay=1e-5,
                                 amp=False, val_every=max(1, iterations // 6), checkpoint_every=50, log_every=10,
                                 seed=0, device="cpu", val_batch=8)
-    out = args.work / f"run-{kind}"
+    before, init = {}, None
+    if args.init_from:
+        init = models.initial_weights(args.init_from, method)
+        before = models.load_package(models.find_model(args.init_from).path).card["training"]
+    out = args.work / (f"run-{kind}-ft" if init else f"run-{kind}")
     resume = args.resume and (out / "checkpoints" / "last.safetensors").exists()
     out.mkdir(parents=True, exist_ok=True)
     EVENTS[:] = [out / "events.jsonl"]
-    result = training.train(method, cfg, tcfg, sets[kind], sets[f"{kind}-val"], out, emit=log, resume=resume)
-    hours = training_hours(out / "events.jsonl")
+    result = training.train(method, cfg, tcfg, sets[kind], sets[f"{kind}-val"], out, emit=log, resume=resume,
+                            init_state=init.state_dict if init else None)
+    hours = training_hours(out / "events.jsonl") + float(before.get("wall_hours", 0.0))
 
     # float16 storage when the validation Dice barely changes
     state16 = {k: (v.half().float() if v.is_floating_point() else v) for k, v in result.state_dict.items()}
@@ -142,23 +152,31 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
-    flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
     runs = schedule(out / "events.jsonl", iterations)
-    recipe_line = (f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads "
-                   f"{args.threads}" + "".join(f", then --resume {flag} {n}" for n in runs[1:]))
+    recipe_line = recipe_of(kind, args, runs, before.get("recipe"))
     card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
-                        hours, v16["dsc"])
+                        hours, v16["dsc"], init.source if init else None)
     models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
     log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
 
 
+def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str | None = None) -> str:
+    """The command line(s) that made a package: the first run, its resumed totals (``runs``) and,
+    for a run started ``--init-from`` a package, that package's recipe (``before``) first."""
+    flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
+    extra = f" --lr {args.lr:g} --fov-cut {args.fov_cut:g}" if (args.lr != 1e-3 or args.fov_cut) else ""
+    head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
+            f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
+    return head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
+
+
 def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
-                 dsc_float16: float) -> dict:
+                 dsc_float16: float, init_from: dict | None = None) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
-    use, description, generator, data, recipe, wall time over every resumed part, machine, float16
-    validation Dice). ``n_val`` counts the validation cases, 4 of them realistic phantoms. Nothing
+    use, description, generator, data, recipe, wall time over every resumed part and the package a
+    further run started from, machine, float16 validation Dice, that package's source). ``n_val`` counts the validation cases, 4 of them realistic phantoms. Nothing
     else: ``Testing/Python/test_demo_cards.py`` checks that no field of a bundled card is written by hand."""
     import torch
 
@@ -168,24 +186,30 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
         description=(f"{METHODS[kind]} {kind} trained only on domain-randomised synthetic images (CT-like, "
                      "T2-MR-like and random contrasts), for CT and MR. Research model, not for clinical use."),
     )
-    card["training"] = dict(
+    training: dict = dict(
         card.get("training", {}), generator="voxmetric.synth (contrast mix)",
         data=f"{n_train} synthetic cases; validation: {n_val - 4} synthetic + 2 CT and 2 MR phantoms",
         recipe=recipe,
         wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)")
+    if init_from:  # the package a further run started from (models.initial_weights' source)
+        training["init_from"] = init_from
+    card["training"] = training
     card["validation"] = dict(card.get("validation", {}), dsc_float16=dsc_float16)
     return card
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "voxmetric-bundled-train")
     p.add_argument("--which", default="localizer,refiner")
     p.add_argument("--loc-iterations", type=int, default=4000)
     p.add_argument("--ref-iterations", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", metavar="MODEL", help="start from this package's weights (a further run)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--fov-cut", type=float, default=0.0, help="share of patches with a cut field of view")
     args = p.parse_args()
     import torch
 

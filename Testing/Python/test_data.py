@@ -308,6 +308,40 @@ def test_edge_replication_and_zero_padding():
     assert (img[:, 8 - yc:, 8 - xc:] > 0).all()
 
 
+def test_fov_cut_ends_the_case_at_a_plane_that_may_cut_the_label():
+    """With ``fov_cut`` = 1 every item sees a smaller field of view: voxels beyond it are zero
+    with label 0 (in-plane; along z for stage 2, while stage 1 replicates the last slice), the
+    centre stays inside, and some cuts pass through the label box (up to its middle)."""
+    case = coded_case(shape=(30, 60, 60), label_box=((10, 19), (20, 39), (20, 39)))
+    recipe = dict(slab=5, patch=32, per_case=80, fg_fraction=0.5, augment=False, margin_mm=(2, 6))
+    plain, cut = slabs([case], recipe, seed=4), slabs([case], dict(recipe, fov_cut=1.0), seed=4)
+    body = S.PatchDataset([case], D.DataRecipe(region="body"), S.PatchSampling(
+        depth=5, size=32, per_case=80, augment=False, fov_cut=1.0), seed=4)
+    through, zeroed_z, replicated = 0, 0, 0
+    for i in range(80):
+        img, lab = cut[i]["image"].numpy(), cut[i]["label"].numpy()
+        assert img[2, 16, 16] > 0  # the centre is inside the cut field of view
+        inside = img[2] > 0
+        assert not lab[~inside].any()  # no label where the image is cut away
+        coords = np.array([decode(v) for v in img[2][inside]])
+        lab_box = (coords[:, 1] >= 20) & (coords[:, 1] <= 39) & (coords[:, 2] >= 20) & (coords[:, 2] <= 39)
+        through += bool(lab_box.any() and (~inside).any())
+        zeroed_z += bool((img[[0, 1, 3, 4]].reshape(4, -1).max(1) == 0).any())
+        b = body[i]["image"].numpy()
+        replicated += bool(np.array_equal(b[0], b[1]) or np.array_equal(b[3], b[4]))
+        assert not (b.reshape(5, -1).max(1) == 0).any()  # stage 1: never a blank slice
+    assert through > 10 and zeroed_z >= 3 and replicated >= 3, (through, zeroed_z, replicated)
+    assert sum(not torch.equal(plain[i]["image"], cut[i]["image"]) for i in range(80)) > 20  # measured 31
+    assert same(slabs([case], dict(recipe, fov_cut=0.0), seed=4)[3], plain[3])  # off: the old stream
+    with pytest.raises(ConfigError, match="fov_cut"):
+        slabs([case], dict(recipe, fov_cut=1.5))
+    from voxmetric.methods import get_method
+
+    for name in ("Localizer", "MetricUNet-HCP", "CRII", "CRII-3D"):  # the method setting reaches the sampler
+        method = get_method(name)
+        assert method.dataset([case], method.make_config({"fov_cut": 0.25}), 0).sampling.fov_cut == 0.25
+
+
 def test_determinism_and_epochs():
     case = coded_case()
     recipe = dict(patch=16, per_case=10)

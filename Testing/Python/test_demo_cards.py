@@ -59,7 +59,8 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     result = train(method, cfg, TrainConfig(iterations=2, batch_size=2, val_every=2, checkpoint_every=2),
                    [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
                    emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
-    card = gen.bundled_card(kind, result.card_fields, 2, 5, "python … --ref-iterations 3", 1, 0.01, 0.5)
+    card = gen.bundled_card(kind, result.card_fields, 2, 5, "python … --ref-iterations 3", 1, 0.01, 0.5,
+                            bundled["training"].get("init_from"))
     written = json.loads((models.save_package(tmp_path / "pkg", card, result.state_dict, half=True)
                           / "model.json").read_text(encoding="utf-8"))
     assert written["training"]["seconds"] > 0 and written["training"]["final_loss"] is not None
@@ -69,12 +70,15 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     assert "onnx" in bundled, f"{bundled_path} has no ONNX graph: voxmetric models export-onnx {gen.NAMES[kind]}"
     # the figures the script derives from the run's settings agree with those settings
     t, v = bundled["training"], bundled["validation"]
-    totals = [int(n) for n in re.findall(rf"--{kind[:3]}-iterations (\d+)", t["recipe"])]
-    assert totals and totals == sorted(totals) and totals[-1] == t["iterations"], (t["recipe"], t["iterations"])
+    for run in t["recipe"].split("--init-from"):  # each run (a fresh start or a package's weights) and its resumes
+        totals = [int(n) for n in re.findall(rf"--{kind[:3]}-iterations (\d+)", run)]
+        assert totals and totals == sorted(totals), t["recipe"]
+    assert totals[-1] == t["iterations"], (t["recipe"], t["iterations"])
+    assert ("--init-from" in t["recipe"]) == ("init_from" in t), t["recipe"]
     threads = int(t["machine"].rsplit(", ", 1)[1].split()[0])
     assert f"--threads {threads}" in t["recipe"], (t["recipe"], t["machine"])
     again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
-                             t["recipe"], threads, t["wall_hours"], v["dsc_float16"])
+                             t["recipe"], threads, t["wall_hours"], v["dsc_float16"], t.get("init_from"))
     for key in ("name", "description", "intended_use", "demo"):
         assert bundled[key] == again[key], key
     for key in ("generator", "data", "recipe", "wall_hours"):
@@ -92,6 +96,21 @@ def test_the_recipe_lists_every_resumed_total(tmp_path: Path) -> None:
     events.write_text(json.dumps({"event": "log", "message": "iterations changed from 4000 to 10000: the "
                                   "learning-rate schedule follows the new total"}) + "\n")
     assert gen.schedule(events, 10000) == [4000, 10000]
+
+
+def test_a_run_from_a_package_continues_its_recipe() -> None:
+    """A further run ``--init-from`` a package: that package's recipe, then this run's command and
+    its settings (learning rate and field-of-view cut when they are not the defaults)."""
+    import argparse
+
+    gen = _generator()
+    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, init_from=None)
+    first = gen.recipe_of("refiner", args, [4000, 10000])
+    assert first == ("python Resources/Models/train_bundled_models.py --which refiner --ref-iterations 4000 "
+                     "--threads 1, then --resume --ref-iterations 10000")
+    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, init_from="synth-metricunet-hcp")
+    assert gen.recipe_of("refiner", args, [8000], first) == (
+        f"{first}, then --init-from synth-metricunet-hcp --ref-iterations 8000 --lr 0.0005 --fov-cut 0.35")
 
 
 def test_the_wall_time_counts_every_run_once(tmp_path: Path) -> None:

@@ -347,6 +347,7 @@ class SlabConfig:
     per_case: int = param(500, "training patches per case per epoch")
     fg_fraction: float = param(0.5, "fraction of patches centred on a labelled voxel")
     augment: bool = param(True, "flips, ±10° rotations, ±10% intensity jitter of patches")
+    fov_cut: float = param(0.0, "probability that a patch's field of view is cut, up to the gland's middle")
 
     def __post_init__(self) -> None:
         for name in ("slab", "patch", "per_case"):
@@ -360,6 +361,8 @@ class SlabConfig:
             raise ConfigError(f"spacing_mm must be positive, got {self.spacing_mm}.")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
+        if not 0.0 <= self.fov_cut <= 1.0:
+            raise ConfigError(f"fov_cut must lie in [0, 1], got {self.fov_cut}.")
 
 
 S = TypeVar("S", bound=SlabConfig)
@@ -384,7 +387,7 @@ class SlabMethod(Method[S]):
 
         return PatchDataset(cases, self.data_recipe(cfg), PatchSampling(
             depth=cfg.slab, size=cfg.patch, per_case=cfg.per_case, fg_fraction=cfg.fg_fraction,
-            augment=cfg.augment, centre_label=True), seed=seed)
+            augment=cfg.augment, centre_label=True, fov_cut=cfg.fov_cut), seed=seed)
 
     def card_data(self, cfg: S) -> dict[str, Any]:
         r = self.data_recipe(cfg)
