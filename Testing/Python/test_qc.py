@@ -123,8 +123,8 @@ def test_segment_writes_the_uncertainty_and_the_verdict(tiny_models, tmp_path, c
 def test_real_pelvic_ct_ends_with_a_warning(shared_data, tmp_path, monkeypatch, cli) -> None:  # noqa: F811
     """The bundled pipeline on the real pelvic CT (prostate at the bottom edge, hip prosthesis):
     its result must not be reported as a success. Measured with the synth models: box centre at
-    slice 29.5 of 112 (the prostate is at slices 2-6), the refiner keeps 7.1 mL of 2 pieces (slices
-    20-23) touching the box — CHECK for the volume, the pieces and the ROI border."""
+    slice 29.5 of 112 (the prostate is at slices 2-6), the refiner keeps 5.1 mL of 3 pieces (slices
+    26-31) touching the box — CHECK for the volume, the pieces, the ROI border and the uncertainty."""
     ct = shared_data / "pelvis_ct" / "example_ct.nii.gz"
     if not ct.exists():
         pytest.skip(f"{ct} is absent")
