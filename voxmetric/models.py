@@ -594,11 +594,12 @@ def build_model(pkg: ModelPackage) -> tuple[Any, Any, torch.nn.Module]:
 @dataclass
 class InitialWeights:
     """What fine-tuning starts from: the package's method config (the defaults of the new run),
-    its state dict and a description of the source for the new card."""
+    its state dict, a description of the source for the new card and the package's own card."""
 
     config: Any
     state_dict: dict[str, torch.Tensor]
     source: dict[str, Any]
+    card: dict[str, Any]
 
 
 def init_config(card: Mapping[str, Any], method: Any) -> Any:
@@ -628,7 +629,7 @@ def initial_weights(name: str | Path, method: Any) -> InitialWeights:
                          f"(first differences: {', '.join(diff[:3])}); fine-tune it with --method {pkg.method}.")
     source = {"name": pkg.name, "method": pkg.method, "weights_sha256": pkg.card["weights_sha256"],
               "classes": list(pkg.classes)}
-    return InitialWeights(cfg, pkg.state_dict, source)
+    return InitialWeights(cfg, pkg.state_dict, source, dict(pkg.card))
 
 
 # ---- registry ------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     before, init = {}, None
     if args.init_from:
         init = models.initial_weights(args.init_from, method)
-        before = models.load_package(models.find_model(args.init_from).path).card["training"]
+        before = init.card["training"]
     out = args.work / (f"run-{kind}-ft" if init else f"run-{kind}")
     resume = args.resume and (out / "checkpoints" / "last.safetensors").exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +175,10 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
                  dsc_float16: float, init_from: dict | None = None) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
-    use, description, generator, data, recipe, wall time over every resumed part and the package a
-    further run started from, machine, float16 validation Dice, that package's source). ``n_val`` counts the validation cases, 4 of them realistic phantoms. Nothing
-    else: ``Testing/Python/test_demo_cards.py`` checks that no field of a bundled card is written by hand."""
+    use, description, generator, data, recipe, wall time over every resumed part, machine, float16
+    validation Dice and, for a further run, the package it started from). ``n_val`` counts the
+    validation cases, 4 of them realistic phantoms. Nothing else: ``Testing/Python/test_demo_cards.py``
+    checks that no field of a bundled card is written by hand."""
     import torch
 
     card = dict(card_fields)

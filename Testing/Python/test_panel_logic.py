@@ -90,7 +90,8 @@ def test_start_from_lists_the_packages_a_method_can_fine_tune(tmp_path, monkeypa
     models.init_config(models.read_card(models.find_model("synth-localizer").path), get_method("CRII-small"))
     for method, names in values.items():
         for name in names[1:]:
-            assert models.initial_weights(name, get_method(method)).source["name"] == name
+            init = models.initial_weights(name, get_method(method))
+            assert init.source["name"] == init.card["name"] == name  # the card: a further run's recipe starts there
     with pytest.raises(ModelError, match="no_such_setting"):
         models.initial_weights("odd-settings", get_method("UNet"))
     first = train_panel.start_choices("UNet")
