@@ -864,12 +864,18 @@ def load_pipeline(name: str | None, modality: str, device: Any = "cpu", config: 
         if role not in paths:
             paths[role] = _default_model(models, role, modality, strict).path
         stage = _onnx_stage(paths[role], runtime) if cpu and runtime != "torch" else None
-        if stage is None:
-            pkg = load_package(paths[role])
-            method, cfg, model = build_model(pkg)
-            stage = Stage(method, cfg, model, pkg.name, pkg.classes)
-        loaded[role] = stage
+        loaded[role] = stage or load_stage(paths[role])
     return Pipeline(loaded.get("localizer"), loaded.get("refiner"), modality, config, device)
+
+
+def load_stage(path: str | Path) -> Any:
+    """The :class:`voxmetric.pipeline.Stage` of the verified package at ``path``: its torch
+    network in eval mode on the CPU (the pipeline moves it to its device)."""
+    from .pipeline import Stage
+
+    pkg = load_package(path)
+    method, cfg, model = build_model(pkg)
+    return Stage(method, cfg, model, pkg.name, pkg.classes)
 
 
 def _onnx_stage(path: Path, runtime: str) -> Any:

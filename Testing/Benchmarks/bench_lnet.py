@@ -188,9 +188,7 @@ def main() -> int:
             for what, n, seed in (("train", a.train, 1000), ("val", a.val, 2000))}
     log({"event": "prepared", "cpu_s": round(time.process_time() - c_all, 1)})
 
-    refiner_pkg = models.load_package(ROOT / "Resources" / "Models" / "synth-metricunet-hcp")
-    ref_method, ref_cfg, ref_net = models.build_model(refiner_pkg)
-    refiner = Stage(ref_method, ref_cfg, ref_net, refiner_pkg.name, refiner_pkg.classes)
+    refiner = models.load_stage(ROOT / "Resources" / "Models" / "synth-metricunet-hcp")
     stages: dict[str, Stage] = {}
     for name in METHODS:
         stages[name], row = train_localizer(name, prep["train"], prep["val"], a)
@@ -203,9 +201,7 @@ def main() -> int:
         joint, row = train_localizer("LSNet", prep2["train"], prep2["val"], a, a.lsnet_iterations, a.lsnet_batch)
         log({"event": "trained", **row})
     if not a.no_bundled:
-        pkg = models.load_package(ROOT / "Resources" / "Models" / "synth-localizer")
-        m, c, net = models.build_model(pkg)
-        stages["synth-localizer"] = Stage(m, c, net, pkg.name)
+        stages["synth-localizer"] = models.load_stage(ROOT / "Resources" / "Models" / "synth-localizer")
 
     cfg = PipelineConfig()
     rows: dict[str, list[dict]] = {k: [] for k in [*stages, *(["LSNet"] if a.lsnet_iterations else [])]}

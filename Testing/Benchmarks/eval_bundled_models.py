@@ -76,14 +76,10 @@ def labelled_sets(args) -> dict[str, list[tuple[str, object, object, str]]]:
 
 def pipelines(args):
     from voxmetric import models
-    from voxmetric.pipeline import Pipeline, Stage
+    from voxmetric.pipeline import Pipeline
 
     if args.localizer and args.refiner:
-        stages = []
-        for path in (args.localizer, args.refiner):
-            pkg = models.load_package(path)
-            method, cfg, model = models.build_model(pkg)
-            stages.append(Stage(method, cfg, model, pkg.name, pkg.classes))
+        stages = [models.load_stage(path) for path in (args.localizer, args.refiner)]
         return lambda modality: Pipeline(stages[0], stages[1], modality, device="cpu")
     cache: dict = {}
 

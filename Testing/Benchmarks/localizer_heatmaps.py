@@ -51,7 +51,7 @@ def main() -> int:
     import torch
 
     from voxmetric import io, models
-    from voxmetric.pipeline import Pipeline, Stage
+    from voxmetric.pipeline import Pipeline
     from voxmetric.volume import resample_to
 
     torch.set_num_threads(args.threads)
@@ -60,9 +60,7 @@ def main() -> int:
         raise SystemExit(f"no real MR scans under {SHARED}")
     pipe = models.load_pipeline(args.pipeline, "mr", "cpu")
     if args.localizer:
-        pkg = models.load_package(args.localizer)
-        method, cfg, model = models.build_model(pkg)
-        pipe = Pipeline(Stage(method, cfg, model, pkg.name, pkg.classes), pipe.refiner, "mr", device="cpu")
+        pipe = Pipeline(models.load_stage(args.localizer), pipe.refiner, "mr", device="cpu")
     loc = pipe.localizer
     if loc is None:
         raise SystemExit(f"pipeline {args.pipeline!r} has no localizer")
