@@ -45,7 +45,8 @@ class PatchSampling:
     slice, edge slices replicated) or 3D (label every slice, zero outside the volume);
     ``per_case`` items per case per epoch; ``fg_fraction`` of them centred on a labelled voxel;
     ``augment``: in-plane rotation ±10°, flips along y and x, intensity ``v·s + t``;
-    ``fov_cut``: probability that an item's field of view is cut (:func:`_cut_fov`)."""
+    ``fov_cut``: probability that an item's field of view is cut (:func:`_cut_fov`); ``gamma``:
+    half-width of ln γ for a per-item gamma curve (0: off)."""
 
     depth: int = 3
     size: int = 64
@@ -54,6 +55,7 @@ class PatchSampling:
     augment: bool = True
     centre_label: bool = True
     fov_cut: float = 0.0
+    gamma: float = 0.0
 
     def check(self) -> "PatchSampling":
         if self.depth < 1 or self.size < 1 or self.per_case < 1:
@@ -64,6 +66,8 @@ class PatchSampling:
             raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
         if not 0 <= self.fov_cut <= 1:
             raise ConfigError(f"fov_cut must lie in [0, 1], got {self.fov_cut}.")
+        if not 0 <= self.gamma <= 2:
+            raise ConfigError(f"gamma must lie in [0, 2] (ln γ half-width), got {self.gamma}.")
         return self
 
 
@@ -121,7 +125,9 @@ class PatchDataset(SeededDataset):
     * field-of-view cut (probability ``sampling.fov_cut``, labelled cases): the case is treated as
       ending at the faces of :func:`_cut_fov` (the centre moves inside): image and labels are zero
       beyond them in-plane, and along z too for stage 2 (the pipeline fills a box that leaves the
-      image with the background) while stage 1 replicates the edge slice as at inference.
+      image with the background) while stage 1 replicates the edge slice as at inference;
+    * gamma (``sampling.gamma`` > 0): before the jitter, ``255 · (v / 255)^γ`` with ln γ uniform in
+      ±``gamma`` (the tissue contrasts of one scanner, protocol or normalisation vary that way).
 
     With ``region="label_box"`` only the part of each case a patch can reach is kept (copied), so
     the PreparedCase objects can be released after construction.
@@ -227,6 +233,10 @@ class PatchDataset(SeededDataset):
                 image, label = image[:, ::-1], label[:, ::-1]
             if flip_x:
                 image, label = image[:, :, ::-1], label[:, :, ::-1]
+        if s.gamma:  # drawn last: the stream of every other choice is unchanged
+            g = np.float32(math.exp(rng.uniform(-s.gamma, s.gamma)))
+            image = np.float32(255.0) * (np.maximum(image, 0) / np.float32(255.0)) ** g
+        if s.augment:
             image = image * np.float32(scale) + np.float32(shift)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
 

@@ -124,7 +124,7 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     from voxmetric.methods import get_method
 
     method = get_method(METHODS[kind])
-    cfg = method.make_config(dict(CONFIGS[kind], fov_cut=args.fov_cut))
+    cfg = method.make_config(dict(CONFIGS[kind], fov_cut=args.fov_cut, gamma=args.gamma))
     iterations = args.loc_iterations if kind == "localizer" else args.ref_iterations
     tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=args.lr, weight_decay=1e-5,
                                 amp=False, val_every=max(1, iterations // 6), checkpoint_every=50, log_every=10,
@@ -165,7 +165,8 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     """The command line(s) that made a package: the first run, its resumed totals (``runs``) and,
     for a run started ``--init-from`` a package, that package's recipe (``before``) first."""
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
-    extra = f" --lr {args.lr:g} --fov-cut {args.fov_cut:g}" if (args.lr != 1e-3 or args.fov_cut) else ""
+    extra = "".join(f" --{flag} {value:g}" for flag, value, default in
+                    (("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0)) if value != default)
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
     return head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
@@ -211,6 +212,7 @@ def main() -> int:
     p.add_argument("--init-from", metavar="MODEL", help="start from this package's weights (a further run)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--fov-cut", type=float, default=0.0, help="share of patches with a cut field of view")
+    p.add_argument("--gamma", type=float, default=0.0, help="per-patch gamma curve, ln γ uniform in ±GAMMA")
     args = p.parse_args()
     import torch
 

@@ -342,6 +342,37 @@ def test_fov_cut_ends_the_case_at_a_plane_that_may_cut_the_label():
         assert method.dataset([case], method.make_config({"fov_cut": 0.25}), 0).sampling.fov_cut == 0.25
 
 
+def test_gamma_bends_each_patch_by_its_own_curve():
+    """With ``gamma`` = 0.7 each item is ``255 (v / 255)^γ`` of the plain item with its own γ in
+    [e^-0.7, e^0.7] (labels and geometry unchanged, zero stays zero); 0 keeps the old stream."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(1, 255, (20, 50, 50)).astype(np.float32)
+    img[:, :5] = 0
+    m = np.zeros(img.shape, np.uint8)
+    m[8:13, 20:31, 20:31] = 1
+    case = D.PreparedCase("g", Volume(img), Volume(m), "mr")
+    recipe = dict(slab=3, patch=32, per_case=40, augment=False, margin_mm=(2, 6))
+    plain, bent = slabs([case], recipe, seed=2), slabs([case], dict(recipe, gamma=0.7), seed=2)
+    gammas = []
+    for i in range(40):
+        a, b = plain[i]["image"].numpy(), bent[i]["image"].numpy()
+        assert torch.equal(plain[i]["label"], bent[i]["label"])
+        assert (b[a == 0] == 0).all()
+        v = (a > 5) & (a < 250)
+        g = np.log(b[v] / 255) / np.log(a[v] / 255)
+        assert np.ptp(g) < 1e-3  # one curve per item
+        gammas.append(float(np.median(g)))
+    assert np.exp(-0.7) - 1e-3 < min(gammas) < 0.7 and 1.4 < max(gammas) < np.exp(0.7) + 1e-3, gammas
+    assert same(slabs([case], dict(recipe, gamma=0.0), seed=2)[5], plain[5])
+    with pytest.raises(ConfigError, match="gamma"):
+        slabs([case], dict(recipe, gamma=3.0))
+    from voxmetric.methods import get_method
+
+    for name in ("Localizer", "MetricUNet-HCP", "CRII"):  # the method setting reaches the sampler
+        method = get_method(name)
+        assert method.dataset([case], method.make_config({"gamma": 0.5}), 0).sampling.gamma == 0.5
+
+
 def test_determinism_and_epochs():
     case = coded_case()
     recipe = dict(patch=16, per_case=10)

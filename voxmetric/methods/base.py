@@ -348,6 +348,7 @@ class SlabConfig:
     fg_fraction: float = param(0.5, "fraction of patches centred on a labelled voxel")
     augment: bool = param(True, "flips, ±10° rotations, ±10% intensity jitter of patches")
     fov_cut: float = param(0.0, "probability that a patch's field of view is cut, up to the gland's middle")
+    gamma: float = param(0.0, "per-patch gamma curve, ln γ uniform in ±gamma (0: off; 0.7: γ 0.5–2)")
 
     def __post_init__(self) -> None:
         for name in ("slab", "patch", "per_case"):
@@ -363,6 +364,8 @@ class SlabConfig:
             raise ConfigError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}.")
         if not 0.0 <= self.fov_cut <= 1.0:
             raise ConfigError(f"fov_cut must lie in [0, 1], got {self.fov_cut}.")
+        if not 0.0 <= self.gamma <= 2.0:
+            raise ConfigError(f"gamma must lie in [0, 2], got {self.gamma}.")
 
 
 S = TypeVar("S", bound=SlabConfig)
@@ -387,7 +390,7 @@ class SlabMethod(Method[S]):
 
         return PatchDataset(cases, self.data_recipe(cfg), PatchSampling(
             depth=cfg.slab, size=cfg.patch, per_case=cfg.per_case, fg_fraction=cfg.fg_fraction,
-            augment=cfg.augment, centre_label=True, fov_cut=cfg.fov_cut), seed=seed)
+            augment=cfg.augment, centre_label=True, fov_cut=cfg.fov_cut, gamma=cfg.gamma), seed=seed)
 
     def card_data(self, cfg: S) -> dict[str, Any]:
         r = self.data_recipe(cfg)

@@ -146,7 +146,8 @@ class CRII(SlabMethod[CRIIConfig]):
 
         depth = cfg.depth if cfg.is_3d else cfg.slab
         return PatchSampling(depth=depth, size=cfg.patch, per_case=cfg.per_case, fg_fraction=fg_fraction,
-                             augment=cfg.augment, centre_label=not cfg.is_3d, fov_cut=cfg.fov_cut)
+                             augment=cfg.augment, centre_label=not cfg.is_3d, fov_cut=cfg.fov_cut,
+                             gamma=cfg.gamma)
 
     def dataset(self, cases: Sequence["PreparedCase"], cfg: CRIIConfig, seed: int,
                 unlabeled: Sequence["PreparedCase"] = ()) -> "Dataset[dict[str, Tensor]]":
