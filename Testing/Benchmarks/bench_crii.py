@@ -37,7 +37,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "Testing" / "Benchmarks"))
 
+import real_data  # noqa: E402
 from voxmetric import data, io, phantom  # noqa: E402
 from voxmetric.data import PreparedCase  # noqa: E402
 from voxmetric.methods import Runtime, get_method, normalised_entropy  # noqa: E402
@@ -45,7 +47,6 @@ from voxmetric.metrics import evaluate_masks  # noqa: E402
 from voxmetric.postprocess import clean, labels_from_probs  # noqa: E402
 from voxmetric.training import TrainConfig, _finite, _validation_region, train  # noqa: E402
 
-SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 METHOD = "CRII-small"
 
 
@@ -69,15 +70,12 @@ def ct_phantom(seed: int, labelled: bool, spacing: float) -> PreparedCase:
 
 
 def promise12(i: int, spacing: float) -> PreparedCase:
-    d = SHARED / "promise12_demo"
-    image = io.read_volume(d / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz")
-    label = io.read_volume(d / f"case{i}_prostate_label_UNKNOWN_SPACING.nii.gz")
+    image, label = (io.read_volume(f) for f in real_data.promise12(i))
     return prepared(image, label.with_array((label.array > 0).astype(np.uint8)), "mr", f"promise12-{i}", spacing)
 
 
 def nci_unlabeled(spacing: float) -> list[PreparedCase]:
-    files = sorted((SHARED / "ncisbi_mr_unlabeled").glob("Prostate3T-03-000*_t2w.nii.gz"))
-    return [prepared(io.read_volume(f), None, "mr", f.name.split("_")[0], spacing) for f in files]
+    return [prepared(io.read_volume(f), None, "mr", name, spacing) for name, f in real_data.ncisbi()]
 
 
 # ---- runs ---------------------------------------------------------------------------------------

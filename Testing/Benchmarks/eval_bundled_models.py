@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "Testing" / "Benchmarks"))
-SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from real_data import PELVIS_CT, SHARED, ncisbi, promise12, promise12_cases  # noqa: E402
 
 
 def emit(d: dict) -> None:
@@ -60,17 +59,12 @@ def labelled_sets(args) -> dict[str, list[tuple[str, object, object, str]]]:
                 c = phantoms_b.make_case_b(seed, modality)
                 rows.append((f"b-{modality}-{seed}", c.image, c.labels.array == LABELS["Prostate"], modality))
         sets["b"] = rows
-    if "promise12" in args.sets and (SHARED / "promise12_demo").is_dir():
-        src = SHARED / "promise12_demo"
-        sets["promise12"] = [
-            (f"promise12-case{i}", io.read_volume(src / f"case{i}_t2w_UNKNOWN_SPACING.nii.gz"),
-             io.read_segment_mask(src / f"case{i}_prostate_label_UNKNOWN_SPACING.nii.gz").array > 0, "mr")
-            for i in (0, 1)]
+    if "promise12" in args.sets and promise12_cases():
+        sets["promise12"] = [(f"promise12-case{i}", io.read_volume(promise12(i)[0]),
+                              io.read_segment_mask(promise12(i)[1]).array > 0, "mr") for i in promise12_cases()]
     if "real" in args.sets and SHARED.is_dir():
-        rows = [("pelvis-ct", io.read_volume(SHARED / "pelvis_ct" / "example_ct.nii.gz"), None, "ct")]
-        for f in sorted((SHARED / "ncisbi_mr_unlabeled").glob("*.nii.gz")):
-            rows.append((f.name.split("_")[0], io.read_volume(f), None, "mr"))
-        sets["real"] = rows
+        rows = [("pelvis-ct", io.read_volume(PELVIS_CT), None, "ct")]
+        sets["real"] = rows + [(name, io.read_volume(f), None, "mr") for name, f in ncisbi()]
     return sets
 
 

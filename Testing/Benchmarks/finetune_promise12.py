@@ -28,7 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT / "Testing" / "Benchmarks"))
+from real_data import PROMISE12, promise12, promise12_cases  # noqa: E402
 REFINER = "synth-metricunet-hcp"
 
 
@@ -40,12 +41,9 @@ def train(work: Path, case: int, iterations: int, init: bool) -> Path:
     from voxmetric.cases import CaseRecord, write_manifest
     from voxmetric.cli import main
 
-    src = SHARED / "promise12_demo"
     folder = work / f"case{case}"
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest([CaseRecord(f"case{case}", src / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz",
-                                          src / f"case{case}_prostate_label_UNKNOWN_SPACING.nii.gz", None, "mr")],
-                              folder / "manifest.json")
+    manifest = write_manifest([CaseRecord(f"case{case}", *promise12(case), None, "mr")], folder / "manifest.json")
     out = work / f"{'finetuned' if init else 'scratch'}-case{case}"
     if out.exists():
         return out
@@ -63,9 +61,9 @@ def score(refiner: str | Path, case: int) -> dict:
     from voxmetric.metrics import evaluate_masks
     from voxmetric.volume import Box
 
-    src = SHARED / "promise12_demo"
-    vol = io.read_volume(src / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz")
-    truth = io.read_segment_mask(src / f"case{case}_prostate_label_UNKNOWN_SPACING.nii.gz").array > 0
+    image, label = promise12(case)
+    vol = io.read_volume(image)
+    truth = io.read_segment_mask(label).array > 0
     pipe = models.load_pipeline(str(refiner), "mr", "cpu")
     whole = pipe.segment(vol)
     idx = np.argwhere(truth)
@@ -88,8 +86,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    if not (SHARED / "promise12_demo").is_dir():
-        raise SystemExit(f"needs {SHARED / 'promise12_demo'}")
+    if promise12_cases() != [0, 1]:
+        raise SystemExit(f"needs both cases in {PROMISE12}")
     for train_case, test_case in ((0, 1), (1, 0)):
         for kind in ("bundled", "scratch", "fine-tuned"):
             refiner: str | Path = REFINER if kind == "bundled" else train(args.work, train_case, args.iterations,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,20 +20,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("VOXMETRIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT / "Testing" / "Benchmarks"))
+from real_data import SHARED, ncisbi, promise12, promise12_cases  # noqa: E402
 
 
 def scans() -> list[tuple[str, Path, Path | None]]:
     """(name, image, truth or None) of the real MR scans present."""
-    out: list[tuple[str, Path, Path | None]] = []
-    for f in sorted((SHARED / "ncisbi_mr_unlabeled").glob("*_t2w.nii.gz")):
-        out.append((f.name.split("_")[0], f, None))
-    for case in (0, 1):
-        src = SHARED / "promise12_demo"
-        image = src / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz"
-        if image.exists():
-            out.append((f"PROMISE12 case {case}", image, src / f"case{case}_prostate_label_UNKNOWN_SPACING.nii.gz"))
-    return out
+    out: list[tuple[str, Path, Path | None]] = [(name, f, None) for name, f in ncisbi()]
+    return out + [(f"PROMISE12 case {case}", *promise12(case)) for case in promise12_cases()]
 
 
 def main() -> int:
