@@ -44,6 +44,8 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--fov", choices=list(FOVS), default="pelvis",
                    help="synth only: " + "; ".join(f"{k}: {v}" for k, v in FOV_HELP.items()))
+    p.add_argument("--clutter", action="store_true",
+                   help="synth only: sub-regions and thin sheets in fat and muscle, as real anatomy has")
     p.add_argument("--overwrite", action="store_true", help="replace existing caseNNN files and manifest.json in --out")
     p.set_defaults(func=_run_phantom)
 
@@ -53,13 +55,13 @@ def _run_phantom(a: argparse.Namespace) -> int:
         from .synth import write_synth_cases
 
         write_synth_cases(a.out, a.cases, contrast=a.contrast or a.modality or "mix", seed=a.seed, fov=a.fov,
-                          progress=_progress_printer(), overwrite=a.overwrite)
+                          progress=_progress_printer(), overwrite=a.overwrite, clutter=a.clutter)
         return 0
     from .errors import ConfigError
     from .phantom import write_cases
 
-    if a.contrast is not None or a.fov != "pelvis":
-        raise ConfigError("--contrast and --fov choose what the synth generator draws; add --generator synth, "
+    if a.contrast is not None or a.fov != "pelvis" or a.clutter:
+        raise ConfigError("--contrast, --fov and --clutter choose what the synth generator draws; add --generator synth, "
                           "or use --modality ct|mr with the realistic phantom.")
     write_cases(a.out, a.cases, modality=a.modality or "ct", seed=a.seed, progress=_progress_printer(),
                 overwrite=a.overwrite)

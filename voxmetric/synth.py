@@ -384,14 +384,49 @@ def _streaks(img: np.ndarray, rng: np.random.Generator, spacing_zyx: np.ndarray)
     img += win[:, None, None] * pat[None]
 
 
+_CLUTTER = np.isin(np.arange(N_CLASSES), (FAT, PFAT, RFAT, MUSCLE, PMUSCLE, PSOAS, SOFT))
+_FATS = np.isin(np.arange(N_CLASSES), (FAT, PFAT, RFAT))
+
+
+def _clutter(img: np.ndarray, tissue: np.ndarray, contrast: str, mean: np.ndarray, rng: np.random.Generator,
+             spacing_zyx: np.ndarray) -> None:
+    """Structure in the background tissues (in place), as SynthSeg's many labels give: fat, muscle
+    and periprostatic tissue split into up to four parts by the signs of two smooth random fields
+    (cells 10–35 mm), each part of each class shifted by its own offset; then thin curved sheets
+    (fascia, small vessels, fat planes: where a third field, cells 5–15 mm, is near zero) that
+    look like soft tissue in the fat and like fat in the muscle. The labels do not change."""
+    sel = _CLUTTER[tissue]
+    if not sel.any():
+        return
+    shape = tissue.shape
+
+    def field(mm: float) -> np.ndarray:
+        return _smooth(rng, shape, tuple(np.ceil(np.array(shape) * spacing_zyx / mm / 4) + 1))
+
+    ref = 1.0 if contrast == "ct" else float(np.ptp(mean[:N_PELVIS_CLASSES]))
+    span = {"ct": 25.0, "mr": 0.15, "random": 0.3}[contrast] * ref
+    part = (field(rng.uniform(10, 35)) > 0).astype(np.uint8) + 2 * (field(rng.uniform(10, 35)) > 0).astype(np.uint8)
+    offset = (rng.uniform(-span, span, (N_CLASSES, 4)) * _CLUTTER[:, None]).astype(np.float32)
+    img += offset[tissue, part]
+    del part
+    sheet = np.abs(field(rng.uniform(5, 15))) < np.float32(rng.uniform(0.04, 0.1))
+    sheet &= sel
+    fat = _FATS[tissue[sheet]]
+    soft = mean[PMUSCLE] + rng.normal(0, 0.5) * abs(float(mean[SOFT] - mean[PMUSCLE]) + 1e-3)
+    img[sheet] = np.where(fat, np.float32(soft), np.float32(mean[PFAT]))
+
+
 def _render(tissue: np.ndarray, labels: np.ndarray, plan: SynthGrid, contrast: str, rng: np.random.Generator,
-            rx: np.random.Generator | None = None) -> np.ndarray:
+            rx: np.random.Generator | None = None, rc: np.random.Generator | None = None) -> np.ndarray:
     """The image on the output grid (float32): class intensities with texture on the painting
     grid, fuzzy prostate edge, CT streaks, slice profile and in-plane blur, acquisition
-    resampling, bias field, noise, gamma. ``rx``: the abdominal classes' stream (abdomen)."""
+    resampling, bias field, noise, gamma. ``rx``: the abdominal classes' stream (abdomen);
+    ``rc``: the stream of :func:`_clutter` (None: no clutter)."""
     mean, std = _intensities(contrast, rng, rx)
     sp_zyx = plan.paint_spacing[::-1]
     img = mean[tissue]
+    if rc is not None:
+        _clutter(img, tissue, contrast, mean, rc, sp_zyx)
     w = np.float32(rng.uniform(0.2, 1.0))
     tex = _white(rng, tissue.shape)
     tex *= w
@@ -520,7 +555,8 @@ def make_synth_labels(seed: int, fov: str = "roi", *, shape=None, spacing=None) 
     return SynthLabels(Volume(labels, *geo), Volume(np.ascontiguousarray(tissue), *geo), anat.prostate_ml, int(seed))
 
 
-def make_synth_case(seed: int, contrast: str = "mix", fov: str = "pelvis", *, shape=None, spacing=None) -> SynthCase:
+def make_synth_case(seed: int, contrast: str = "mix", fov: str = "pelvis", *, shape=None, spacing=None,
+                    clutter: bool = False) -> SynthCase:
     """A domain-randomised synthetic pelvic case, deterministic per ``seed``.
 
     ``contrast``: "ct" (HU, int16), "mr" (T2-like), "random" (every class independent) or
@@ -528,7 +564,8 @@ def make_synth_case(seed: int, contrast: str = "mix", fov: str = "pelvis", *, sh
     acquisition grid (0.3–1.5 mm in-plane, 1–6 mm slices, ≤ 512² in-plane, 60–260 mm through
     plane); "roi" = a 120–160 mm region around the prostate on a 1 mm grid with the acquisition
     simulated. ``shape`` (z, y, x) / ``spacing`` (x, y, z) mm override the output grid (tests).
-    Modality is "ct" for CT-like cases and "mr" otherwise.
+    ``clutter``: structure in fat and muscle (:func:`_clutter`, its own stream: the same case
+    otherwise). Modality is "ct" for CT-like cases and "mr" otherwise.
     """
     c, f = _check(contrast, fov, seed)
     _check_geometry(shape, spacing)
@@ -537,7 +574,8 @@ def make_synth_case(seed: int, contrast: str = "mix", fov: str = "pelvis", *, sh
     anat = _anatomy(seed, f, ra)
     plan = _sample_grid(rg, anat, f, shape, spacing)
     tissue, labels = paint(plan.grid, anat.ops)
-    img = _render(tissue, labels, plan, c, ri, _abdomen_streams(seed)[1] if f == "abdomen" else None)
+    rc = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(7)[6]) if clutter else None
+    img = _render(tissue, labels, plan, c, ri, _abdomen_streams(seed)[1] if f == "abdomen" else None, rc)
     del tissue
     labels = np.ascontiguousarray(labels[plan.k // 2 :: plan.k])
     if c == "ct":
@@ -560,10 +598,11 @@ def write_synth_cases(
     shape=None,
     spacing=None,
     overwrite: bool = False,
+    clutter: bool = False,
 ) -> Path:
     """Write ``n`` cases (seeds ``seed``…``seed+n-1``) as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd``
     (SNOMED-coded segments) and a ``manifest.json`` (``voxmetric-cases/1``; per case its
-    modality, and the generator's ``contrast`` and ``fov``) into ``out``; returns the manifest.
+    modality, and the generator's ``contrast``, ``fov`` and ``clutter``) into ``out``; returns the manifest.
     Existing files of those names are an OutputError (before any case is made) unless ``overwrite``."""
     from .phantom import write_case_folder
 
@@ -573,8 +612,9 @@ def write_synth_cases(
         raise InputError(f"Number of synthetic cases must be at least 1, got {n}.")
 
     def make(i: int) -> tuple[SynthCase, dict]:
-        case = make_synth_case(int(seed) + i, c, f, shape=shape, spacing=spacing)
-        return case, {"generator": "synth", "contrast": case.contrast, "fov": f, "seed": int(seed) + i}
+        case = make_synth_case(int(seed) + i, c, f, shape=shape, spacing=spacing, clutter=clutter)
+        return case, {"generator": "synth", "contrast": case.contrast, "fov": f, "seed": int(seed) + i,
+                      **({"clutter": True} if clutter else {})}
 
     return write_case_folder(out, int(n), make, lambda i: f"({contrast_of(int(seed) + i, c)}, {f})", progress,
                              overwrite)

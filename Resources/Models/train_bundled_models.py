@@ -85,13 +85,13 @@ def training_hours(events: Path) -> float:
     return total / 3600
 
 
-def synthetic(work: Path, name: str, n: int, seed: int, fov: str) -> list:
+def synthetic(work: Path, name: str, n: int, seed: int, fov: str, clutter: bool = False) -> list:
     from voxmetric.cases import load_cases
     from voxmetric.synth import write_synth_cases
 
-    folder = work / name
+    folder = work / (f"{name}-clutter" if clutter else name)
     if not (folder / "manifest.json").exists():
-        write_synth_cases(folder, n, "mix", seed, fov)
+        write_synth_cases(folder, n, "mix", seed, fov, clutter=clutter)
     return load_cases(folder / "manifest.json", "Prostate")
 
 
@@ -108,10 +108,11 @@ def realistic(work: Path) -> list:
     return out
 
 
-def data(work: Path) -> dict[str, list]:
-    pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis")
-    roi = synthetic(work, "synth-roi", 320, 30000, "roi")
-    abdomen = synthetic(work, "synth-abdomen", 160, 50000, "abdomen")
+def data(work: Path, clutter: bool = False) -> dict[str, list]:
+    """Training sets (``clutter``: the same seeds drawn with clutter) and validation sets (never cluttered)."""
+    pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis", clutter)
+    roi = synthetic(work, "synth-roi", 320, 30000, "roi", clutter)
+    abdomen = synthetic(work, "synth-abdomen", 160, 50000, "abdomen", clutter)
     val = synthetic(work, "synth-val-pelvis", 6, 40000, "pelvis") + synthetic(work, "synth-val-roi", 6, 41000, "roi")
     val_abdomen = synthetic(work, "synth-val-abdomen", 4, 51000, "abdomen")
     return {"localizer": pelvis + abdomen + roi[:160], "refiner": pelvis + roi,
@@ -155,7 +156,7 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     runs = schedule(out / "events.jsonl", iterations)
     recipe_line = recipe_of(kind, args, runs, before.get("recipe"))
     card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
-                        hours, v16["dsc"], init.source if init else None)
+                        hours, v16["dsc"], init.source if init else None, args.clutter)
     models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
     log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
@@ -167,17 +168,19 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
     extra = "".join(f" --{flag} {value:g}" for flag, value, default in
                     (("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0)) if value != default)
+    extra += " --clutter" if args.clutter else ""
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
     return head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
 
 
 def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
-                 dsc_float16: float, init_from: dict | None = None) -> dict:
+                 dsc_float16: float, init_from: dict | None = None, clutter: bool = False) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
     use, description, generator, data, recipe, wall time over every resumed part, machine, float16
-    validation Dice and, for a further run, the package it started from). ``n_val`` counts the
+    validation Dice and, for a further run, the package it started from; ``clutter``: its training
+    cases were drawn with clutter). ``n_val`` counts the
     validation cases, 4 of them realistic phantoms. Nothing else: ``Testing/Python/test_demo_cards.py``
     checks that no field of a bundled card is written by hand."""
     import torch
@@ -189,8 +192,9 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
                      "T2-MR-like and random contrasts), for CT and MR. Research model, not for clinical use."),
     )
     training: dict = dict(
-        card.get("training", {}), generator="voxmetric.synth (contrast mix)",
-        data=f"{n_train} synthetic cases; validation: {n_val - 4} synthetic + 2 CT and 2 MR phantoms",
+        card.get("training", {}), generator=f"voxmetric.synth (contrast mix{', clutter' if clutter else ''})",
+        data=f"{n_train} synthetic cases{' with clutter' if clutter else ''}; validation: {n_val - 4} synthetic + 2 CT "
+             "and 2 MR phantoms",
         recipe=recipe,
         wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)")
@@ -213,12 +217,13 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--fov-cut", type=float, default=0.0, help="share of patches with a cut field of view")
     p.add_argument("--gamma", type=float, default=0.0, help="per-patch gamma curve, ln γ uniform in ±GAMMA")
+    p.add_argument("--clutter", action="store_true", help="train on the cases drawn with clutter (synth-*-clutter)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    sets = data(args.work)
+    sets = data(args.work, args.clutter)
     for kind in args.which.split(","):
         train_one(kind.strip(), args, sets)
     if all((HERE / n / "model.json").exists() for n in NAMES.values()):

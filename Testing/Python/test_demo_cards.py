@@ -78,7 +78,8 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     threads = int(t["machine"].rsplit(", ", 1)[1].split()[0])
     assert f"--threads {threads}" in t["recipe"], (t["recipe"], t["machine"])
     again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
-                             t["recipe"], threads, t["wall_hours"], v["dsc_float16"], t.get("init_from"))
+                             t["recipe"], threads, t["wall_hours"], v["dsc_float16"], t.get("init_from"),
+                             "--clutter" in t["recipe"].split("--init-from")[-1])
     for key in ("name", "description", "intended_use", "demo"):
         assert bundled[key] == again[key], key
     for key in ("generator", "data", "recipe", "wall_hours"):
@@ -100,19 +101,20 @@ def test_the_recipe_lists_every_resumed_total(tmp_path: Path) -> None:
 
 def test_a_run_from_a_package_continues_its_recipe() -> None:
     """A further run ``--init-from`` a package: that package's recipe, then this run's command and
-    its settings (learning rate, field-of-view cut and gamma when they are not the defaults)."""
+    its settings (learning rate, field-of-view cut, gamma and clutter when they are not the defaults)."""
     import argparse
 
     gen = _generator()
-    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, init_from=None)
+    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, init_from=None)
     first = gen.recipe_of("refiner", args, [4000, 10000])
     assert first == ("python Resources/Models/train_bundled_models.py --which refiner --ref-iterations 4000 "
                      "--threads 1, then --resume --ref-iterations 10000")
-    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, init_from="synth-metricunet-hcp")
+    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, clutter=False, init_from="synth-metricunet-hcp")
     assert gen.recipe_of("refiner", args, [8000], first) == (
         f"{first}, then --init-from synth-metricunet-hcp --ref-iterations 8000 --lr 0.0005 --fov-cut 0.35")
-    args.gamma = 0.7
-    assert gen.recipe_of("refiner", args, [6000], "R").endswith("--ref-iterations 6000 --lr 0.0005 --fov-cut 0.35 --gamma 0.7")
+    args.gamma, args.clutter = 0.7, True
+    assert gen.recipe_of("refiner", args, [6000], "R").endswith(
+        "--ref-iterations 6000 --lr 0.0005 --fov-cut 0.35 --gamma 0.7 --clutter")
 
 
 def test_the_wall_time_counts_every_run_once(tmp_path: Path) -> None:

@@ -150,6 +150,31 @@ def test_mr_contrast_is_t2_like():
         assert np.median(img[t == URINE]) > 2 * np.median(img[t == MUSCLE])
 
 
+def test_clutter_structures_fat_and_muscle_and_keeps_the_case():
+    """``clutter``: same labels, grid and contrast; more edges inside fat and muscle (sub-regions and
+    thin sheets: the mean gradient there rises) while the organs' medians barely move; seeded."""
+    kw = dict(shape=(24, 96, 96), spacing=(1.5, 1.5, 3.0))
+    gains = []
+    for seed, contrast in ((1, "mr"), (2, "ct"), (3, "random")):
+        plain, busy = (make_synth_case(seed, contrast, "roi", clutter=c, **kw) for c in (False, True))
+        assert np.array_equal(plain.labels.array, busy.labels.array) and plain.image.same_grid(busy.image)
+        assert busy.contrast == plain.contrast == contrast
+        t = make_synth_labels(seed, "roi", **kw).tissue.array
+        back = np.isin(t, (FAT, PFAT, MUSCLE, synth.PMUSCLE)) & ndimage.binary_erosion(t != synth.AIR, iterations=2)
+
+        def edges(case) -> float:
+            g = np.hypot(*np.gradient(case.image.array.astype(float), axis=(1, 2)))
+            return float(g[back].mean())
+
+        gains.append(edges(busy) / edges(plain))
+        pro = busy.labels.array == LABELS["Prostate"]
+        ref = np.percentile(plain.image.array, 99) - np.percentile(plain.image.array, 1)
+        assert abs(np.median(busy.image.array[pro]) - np.median(plain.image.array[pro])) < 0.1 * ref
+    assert min(gains) > 1.1, gains  # measured 1.66 (MR), 1.14 (CT: its noise has edges too), 1.51
+    assert np.array_equal(make_synth_case(1, "mr", "roi", clutter=True, **kw).image.array,
+                          make_synth_case(1, "mr", "roi", clutter=True, **kw).image.array)
+
+
 def test_render_is_finite_for_every_contrast():
     rng = np.random.default_rng(0)
     g = sample_grid(3, "roi", **ROI3)
@@ -191,6 +216,15 @@ def test_cli_writes_cases_that_load_and_validate(tmp_path, capsys):
     # the realistic phantom refuses synth-only flags
     assert cli_main(["phantom", "--contrast", "random", "--out", str(tmp_path / "p")]) == 2
     assert "--generator synth" in capsys.readouterr().err
+    assert cli_main(["phantom", "--clutter", "--out", str(tmp_path / "p")]) == 2
+    # --clutter: recorded in the manifest, the same case with structure in fat and muscle
+    busy = tmp_path / "busy"
+    assert cli_main(["phantom", "--generator", "synth", "--fov", "roi", "--clutter", "--out", str(busy), "--cases", "1",
+                     "--seed", "4"]) == 0
+    assert json.loads((busy / "manifest.json").read_text())["cases"][0]["clutter"] is True
+    cluttered = io.read_volume(load_cases(busy, "Prostate")[0].image).array
+    assert np.array_equal(cluttered, make_synth_case(4, "mix", "roi", clutter=True).image.array)
+    assert not np.array_equal(cluttered, again.image.array)
 
 
 # ---- the abdomen field of view ------------------------------------------------------------------
