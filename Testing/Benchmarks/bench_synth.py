@@ -3,7 +3,7 @@ seconds (wall and CPU) to draw a case, its size in memory, the seconds to write 
 NRRD + .seg.nrrd and the MB on disk. Prints one JSON object per case and one summary (medians)
 per field of view.
 
-    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov roi pelvis abdomen]
+    python Testing/Benchmarks/bench_synth.py [--cases 6] [--first 1000] [--fov roi pelvis abdomen] [--clutter]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=1000, help="first seed")
     ap.add_argument("--fov", nargs="+", default=["roi", "pelvis"], choices=list(FOVS),
                     help="fields of view in order (the peak RSS reported is the process's so far: roi first)")
+    ap.add_argument("--clutter", action="store_true", help="draw the cases with clutter (the same seeds)")
     a = ap.parse_args()
     segments = [io.segment_info(n, v) for n, v in LABELS.items()]
     for fov in a.fov:
@@ -37,7 +38,7 @@ def main() -> int:
             for i in range(a.cases):
                 seed, contrast = a.first + i, CONTRASTS[i % 3]
                 t0, c0 = time.perf_counter(), time.process_time()
-                case = make_synth_case(seed, contrast, fov)
+                case = make_synth_case(seed, contrast, fov, clutter=a.clutter)
                 gen_s, gen_cpu = time.perf_counter() - t0, time.process_time() - c0
                 t1 = time.perf_counter()
                 img = io.write_volume(case.image, Path(tmp) / f"c{i}.nrrd")
@@ -54,7 +55,8 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
         med = {k: round(statistics.median(r[k] for r in rows), 3)
                for k in ("seconds", "cpu_seconds", "memory_mb", "write_seconds", "disk_mb")}
-        print(json.dumps({"event": "done", "benchmark": "synth.make_synth_case", "fov": fov, "cases": len(rows),
+        print(json.dumps({"event": "done", "benchmark": "synth.make_synth_case", "fov": fov, "clutter": a.clutter,
+                          "cases": len(rows),
                           **{f"median_{k}": v for k, v in med.items()},
                           "max_memory_mb": round(max(r["memory_mb"] for r in rows), 2),
                           "peak_rss_mb_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

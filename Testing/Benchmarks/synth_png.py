@@ -5,7 +5,9 @@ contrasts); per case an axial and a sagittal slice through the prostate centroid
 coronal slice through the kidneys and a sagittal one), resampled onto patient axes
 (radiological view: patient left on the right, anterior up / left), with the label contours.
 
-    python Testing/Benchmarks/synth_png.py --out Resources/synth_samples.png [--seeds 4] [--first 0]
+    python Testing/Benchmarks/synth_png.py --out Resources/synth_samples.png [--seeds 4] [--first 0] [--clutter]
+
+``--clutter``: the same cases drawn with clutter in fat and muscle (``make_synth_case(clutter=True)``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=0, help="first seed")
     ap.add_argument("--px", type=int, default=150, help="pixels per panel side")
     ap.add_argument("--colors", type=int, default=40, help="grey levels of the saved PNG's palette (keeps it small)")
+    ap.add_argument("--clutter", action="store_true", help="draw the cases with clutter")
     a = ap.parse_args()
     rows = [("ct", "pelvis"), ("mr", "pelvis"), ("random", "pelvis"), ("mix", "roi"), ("mix", "abdomen")]
     fig, axs = plt.subplots(len(rows), 2 * a.seeds, figsize=(2 * a.seeds * 1.8, len(rows) * 2.05), facecolor="black")
@@ -76,7 +79,7 @@ def main() -> int:
     for r, (contrast, fov) in enumerate(rows):
         for j in range(a.seeds):
             seed = a.first + 100 * r + j
-            case = make_synth_case(seed, contrast, fov)
+            case = make_synth_case(seed, contrast, fov, clutter=a.clutter)
             pro = np.argwhere(case.labels.array == LABELS["Prostate"]).mean(axis=0)
             centre = case.labels.index_to_physical(pro[::-1])
             ext = np.sort(np.array(case.image.shape[::-1]) * case.image.spacing)
@@ -111,7 +114,7 @@ def main() -> int:
                          "prostate_ml": round(case.prostate_ml, 1)})
     names = ", ".join(f"{n}={COLOURS[v]}" for n, v in LABELS.items())
     fig.suptitle(f"voxmetric.synth samples (axial | sagittal per case, abdomen: coronal | sagittal; CT window "
-                 f"−200…250 HU)\n{names}",
+                 f"−200…250 HU{', with clutter' if a.clutter else ''})\n{names}",
                  color="white", fontsize=8)
     fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=0.92, wspace=0.03, hspace=0.3)
     buf = pyio.BytesIO()
