@@ -136,7 +136,7 @@ def _run_models(a: argparse.Namespace) -> int:
 _TRAIN_ARGS = ("method", "cases", "segment", "out", "work_dir", "name", "overwrite", "device", "iterations",
                "batch_size", "lr", "optimizer", "momentum", "weight_decay", "val_cases", "val_fraction",
                "val_every", "checkpoint_every", "seed", "workers", "no_amp", "resume", "events_jsonl", "init_from",
-               "freeze_encoder", "unlabeled")
+               "freeze_encoder", "unlabeled", "average_from")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -177,6 +177,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="MODEL", help="fine-tune: start from this model's weights (a name from "
                    "`voxmetric models list` or a package path); its method settings are the defaults")
     p.add_argument("--freeze-encoder", action="store_true", help="with --init-from: train the decoder and heads only")
+    p.add_argument("--average-from", type=float, default=0.0, metavar="F",
+                   help="keep the mean of the weights over the last (1 - F) of the run instead of the best validated "
+                        "ones (stochastic weight averaging; e.g. 0.5: the second half; default 0: off)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --work-dir")
     p.add_argument("--events-jsonl", action="store_true", help="print JSON-line events on stdout, no progress bar")
     g = p.add_argument_group("method settings (fields of the method's config; default: the method's preset)")
@@ -239,7 +242,7 @@ def train_config(method: Any, a: argparse.Namespace) -> Any:
                           "(--init-from MODEL).")
     return TrainConfig(iterations=a.iterations, amp=not a.no_amp, val_every=a.val_every,
                        checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, workers=a.workers,
-                       freeze_encoder=a.freeze_encoder, **given)
+                       freeze_encoder=a.freeze_encoder, average_from=a.average_from, **given)
 
 
 def _run_train(a: argparse.Namespace) -> int:

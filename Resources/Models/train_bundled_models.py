@@ -129,7 +129,7 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     iterations = args.loc_iterations if kind == "localizer" else args.ref_iterations
     tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=args.lr, weight_decay=1e-5,
                                 amp=False, val_every=max(1, iterations // 6), checkpoint_every=50, log_every=10,
-                                seed=0, device="cpu", val_batch=8)
+                                seed=0, device="cpu", val_batch=8, average_from=args.average_from)
     before, init = {}, None
     if args.init_from:
         init = models.initial_weights(args.init_from, method)
@@ -167,7 +167,8 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     for a run started ``--init-from`` a package, that package's recipe (``before``) first."""
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
     extra = "".join(f" --{flag} {value:g}" for flag, value, default in
-                    (("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0)) if value != default)
+                    (("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0),
+                     ("average-from", args.average_from, 0.0)) if value != default)
     extra += " --clutter" if args.clutter else ""
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
@@ -218,6 +219,7 @@ def main() -> int:
     p.add_argument("--fov-cut", type=float, default=0.0, help="share of patches with a cut field of view")
     p.add_argument("--gamma", type=float, default=0.0, help="per-patch gamma curve, ln γ uniform in ±GAMMA")
     p.add_argument("--clutter", action="store_true", help="train on the cases drawn with clutter (synth-*-clutter)")
+    p.add_argument("--average-from", type=float, default=0.0, help="keep the mean weights from this fraction on (SWA)")
     args = p.parse_args()
     import torch
 

@@ -105,16 +105,16 @@ def test_a_run_from_a_package_continues_its_recipe() -> None:
     import argparse
 
     gen = _generator()
-    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, init_from=None)
+    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0, init_from=None)
     first = gen.recipe_of("refiner", args, [4000, 10000])
     assert first == ("python Resources/Models/train_bundled_models.py --which refiner --ref-iterations 4000 "
                      "--threads 1, then --resume --ref-iterations 10000")
-    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, clutter=False, init_from="synth-metricunet-hcp")
+    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, clutter=False, average_from=0.0, init_from="synth-metricunet-hcp")
     assert gen.recipe_of("refiner", args, [8000], first) == (
         f"{first}, then --init-from synth-metricunet-hcp --ref-iterations 8000 --lr 0.0005 --fov-cut 0.35")
-    args.gamma, args.clutter = 0.7, True
+    args.gamma, args.clutter, args.average_from = 0.7, True, 0.5
     assert gen.recipe_of("refiner", args, [6000], "R").endswith(
-        "--ref-iterations 6000 --lr 0.0005 --fov-cut 0.35 --gamma 0.7 --clutter")
+        "--ref-iterations 6000 --lr 0.0005 --fov-cut 0.35 --gamma 0.7 --average-from 0.5 --clutter")
 
 
 def test_the_wall_time_counts_every_run_once(tmp_path: Path) -> None:

@@ -202,6 +202,44 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
               emit=lambda e: None, resume=True)
 
 
+def test_weight_averaging_keeps_the_mean_weights_and_resumes_exactly(tmp_path: Path) -> None:
+    """``average_from`` 0.5 of 8 iterations: the result is the running mean of the weights after
+    iterations 5…8 (held in the checkpoint, so a killed run resumes to the same mean), validated
+    once at the end; it differs from the last weights; the card names the setting."""
+    from safetensors.torch import load_file
+
+    from voxmetric.training import TrainConfig, train
+
+    method, cfg = small("MetricUNet-HC", k=5)
+    cases, val = [synthetic_case(3), synthetic_case(4)], [synthetic_case(5)]
+    tcfg = TrainConfig(iterations=8, batch_size=3, val_every=4, checkpoint_every=2, log_every=2, average_from=0.5)
+    events: list[dict] = []
+    full = train(method, cfg, tcfg, cases, val, tmp_path / "a", emit=events.append)
+    last = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
+    assert int(last["average.n_averaged"]) == 4
+    mean = {k[len("average.module."):]: v for k, v in last.items() if k.startswith("average.module.")}
+    assert state_equal(full.state_dict, mean)
+    weights = {k[6:]: v for k, v in last.items() if k.startswith("model.")}
+    assert not state_equal(full.state_dict, weights)
+    final = [e for e in events if e["event"] == "validation"][-1]
+    assert final["average_of"] == [5, 8] and full.metrics["dsc"] == final["dsc"]
+    assert full.card_fields["training"]["average_from"] == 0.5 and full.card_fields["validation"]["iteration"] == 8
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_6(e: dict) -> None:
+        if e["event"] == "checkpoint" and e["kind"] == "last" and e["iteration"] == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=kill_at_6)
+    resumed = train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=lambda e: None, resume=True)
+    assert state_equal(full.state_dict, resumed.state_dict)
+    with pytest.raises(ConfigError, match="average_from"):
+        TrainConfig(average_from=1.0)
+
+
 def test_trainer_errors_before_training(tmp_path: Path) -> None:
     from voxmetric.training import TrainConfig, resolve_device, split_cases, train
 
@@ -269,7 +307,7 @@ def test_cli_train_writes_a_model_package(case_dir: Path, tmp_path: Path, capsys
                                "--out", str(out), "--device", "cpu", "--iterations", "4", "--batch-size", "2",
                                "--val-cases", "1", "--val-every", "4", "--events-jsonl", "--base", "8",
                                "--embed-channels", "16", "--patch", "32", "--per-case", "20", "--k", "5",
-                               "--spacing-mm", "2", "--pair-term", "--sigma", "1.0"], capsys)
+                               "--spacing-mm", "2", "--pair-term", "--sigma", "1.0", "--average-from", "0.5"], capsys)
     assert rc == 0, err
     events = [json.loads(line) for line in stdout.splitlines()]
     assert events[-1]["event"] == "done" and events[-1]["package"] == str(out)
@@ -279,6 +317,7 @@ def test_cli_train_writes_a_model_package(case_dir: Path, tmp_path: Path, capsys
     assert card["method"] == "MetricUNet-HP" and card["role"] == "refiner" and card["modality"] == "ct"
     assert card["config"]["sigma"] == 1.0 and card["config"]["k"] == 5 and card["config"]["strategies"] == ["H"]
     assert card["data"]["spacing_mm"] == 2.0 and card["training"]["cases"] == 2 and "dsc" in card["validation"]
+    assert card["training"]["average_from"] == 0.5  # the mean weights of iterations 3 and 4
     method, cfg, model = models.build_model(pkg)
     assert method.name == "MetricUNet-HP" and cfg.base == 8 and not model.training
     assert (tmp_path / "pkg.work" / "checkpoints" / "last.safetensors").is_file()
