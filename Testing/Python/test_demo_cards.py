@@ -56,7 +56,8 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     # the code path of the script on a tiny run: trainer card fields -> bundled_card -> save_package
     method = get_method(gen.METHODS[kind])
     cfg = method.make_config(TINY[kind])
-    result = train(method, cfg, TrainConfig(iterations=2, batch_size=2, val_every=2, checkpoint_every=2),
+    result = train(method, cfg, TrainConfig(iterations=2, batch_size=2, val_every=2, checkpoint_every=2,
+                                            average_from=bundled["training"].get("average_from", 0.0)),
                    [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
                    emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
     card = gen.bundled_card(kind, result.card_fields, 2, 5, "python … --ref-iterations 3", 1, 0.01, 0.5,
