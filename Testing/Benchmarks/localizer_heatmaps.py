@@ -3,10 +3,14 @@
 reports a prostate.
 
     python Testing/Benchmarks/localizer_heatmaps.py [--pipeline synth] [--localizer PKG] [--png OUT.png]
+        [--weights CHECKPOINT] [--gamma 0.5 1 2]
 
 Prints one JSON line per scan (peak probability, the voxels above 0.5 in mL, stage 1's verdict) and
 writes a picture: per scan, the axial slice of the peak with the probability over the localizer's
-4 mm input (yellow = 1), and the PROMISE12 truth (green) where there is one.
+4 mm input (yellow = 1), and the PROMISE12 truth (green) where there is one. ``--weights``: a
+trainer checkpoint (``<run>/checkpoints/*.safetensors``) of that localizer's network instead of the
+package's weights; ``--gamma``: also run stage 1 on each scan bent by these gamma curves
+(``(v / p99.5)^γ``; the JSON line gets ``peak_by_gamma`` and ``found_by_gamma``; the picture stays γ 1).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def main() -> int:
     p.add_argument("--localizer", help="a localizer package folder instead of the pipeline's")
     p.add_argument("--png", type=Path, default=Path("localizer_heatmaps.png"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights", type=Path, help="a trainer checkpoint of the localizer's network")
+    p.add_argument("--gamma", type=float, nargs="+", default=[], help="also run on the scans bent by these gammas")
     args = p.parse_args()
     import matplotlib
 
@@ -51,12 +57,18 @@ def main() -> int:
     rows = scans()
     if not rows:
         raise SystemExit(f"no real MR scans under {SHARED}")
-    pipe = models.load_pipeline(args.pipeline, "mr", "cpu")
+    pipe = models.load_pipeline(args.pipeline, "mr", "cpu", runtime="torch" if args.weights else "auto")
     if args.localizer:
         pipe = Pipeline(models.load_stage(args.localizer), pipe.refiner, "mr", device="cpu")
     loc = pipe.localizer
     if loc is None:
         raise SystemExit(f"pipeline {args.pipeline!r} has no localizer")
+    if args.weights:
+        from voxmetric.training import load_checkpoint
+
+        assert loc.model is not None
+        tensors, _ = load_checkpoint(args.weights)
+        loc.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.0), squeeze=False)
     for ax, (name, image, truth_path) in zip(axes[0], rows):
         vol = io.read_volume(image)
@@ -67,6 +79,14 @@ def main() -> int:
         row = {"scan": name, "peak": round(float(prob.max()), 3),
                "above_half_ml": round(float((prob > 0.5).sum() * np.prod(grid.spacing) / 1000), 2),
                "found": stage1.found, "confidence": round(stage1.confidence, 3)}
+        if args.gamma:
+            a = vol.array.astype(np.float32)
+            top = float(np.percentile(a, 99.5)) or 1.0
+            bent = [pipe.localize(vol.with_array(np.clip(a / top, 0, None) ** g * 1000)) for g in args.gamma]
+            assert all(b.probability is not None for b in bent)
+            row["peak_by_gamma"] = {str(g): round(float(b.probability.array.max()), 3)  # type: ignore[union-attr]
+                                    for g, b in zip(args.gamma, bent)}
+            row["found_by_gamma"] = {str(g): b.found for g, b in zip(args.gamma, bent)}
         print(json.dumps(row), flush=True)
         shown = resample_to(vol.with_array(vol.array.astype(np.float32)), grid, is_label=False).array[z]
         ax.imshow(shown, cmap="gray", vmin=float(np.percentile(shown, 0.5)), vmax=float(np.percentile(shown, 99.5)))
