@@ -152,7 +152,7 @@ def test_review_segments_scene_and_folder_cases_next_to_their_references(standin
     assert scene_case.result_node.GetName() == "case000 ReviewModel"
     result = mrml.mask_from_segment(scene_case.result_node, "Prostate", pair.volume_node).array > 0
     truth = mrml.mask_from_segment(pair.segmentation_node, "Prostate", pair.volume_node).array > 0
-    assert _dice(result, truth) > 0.35, _dice(result, truth)  # measured 0.464 with the bundled synth refiner
+    assert _dice(result, truth) > 0.35, _dice(result, truth)  # measured 0.417 with the bundled synth refiner
 
     folder_case = done["case001"]  # loaded from its files as nodes, the reference drawn as outlines
     assert folder_case.volume_node.GetName() == "case001"
