@@ -163,15 +163,10 @@ def test_joint_model_two_optimisers_alternating_and_exact_resume(tmp_path: Path)
     assert set(meta["optimizer"]) == {"loc", "seg"} and set(meta["scheduler"]) == {"loc", "seg"}
     assert any(k.startswith("optim.seg.") for k in tensors) and any(k.startswith("optim.loc.") for k in tensors)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(e: dict) -> None:
-        if e["event"] == "checkpoint" and e["kind"] == "last" and e["iteration"] == 3:
-            raise Killed
+    from test_training import Killed, kill_at
 
     with pytest.raises(Killed):
-        _joint_run(tmp_path / "b", emit=kill_at_3)
+        _joint_run(tmp_path / "b", emit=kill_at(3))
     resumed = _joint_run(tmp_path / "b", emit=lambda e: None, resume=True)
     assert all(torch.equal(full.state_dict[k], resumed.state_dict[k]) for k in full.state_dict)
 

@@ -56,6 +56,20 @@ def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class Killed(Exception):
+    """Raised by :func:`kill_at`'s callback: the run stops as a killed process would."""
+
+
+def kill_at(iteration: int):
+    """An ``emit`` callback that stops training once the last checkpoint of ``iteration`` is written."""
+
+    def emit(e: dict) -> None:
+        if e["event"] == "checkpoint" and e["kind"] == "last" and e["iteration"] == iteration:
+            raise Killed
+
+    return emit
+
+
 # ---- registry and presets -----------------------------------------------------------------------
 def test_every_table_ii_name_resolves_to_its_preset() -> None:
     names = available_methods()
@@ -176,15 +190,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
     tcfg = TrainConfig(iterations=8, batch_size=3, val_every=4, checkpoint_every=4, log_every=2)
     full = train(method, cfg, tcfg, cases, val, tmp_path / "a", emit=lambda e: None)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(e: dict) -> None:
-        if e["event"] == "checkpoint" and e["kind"] == "last" and e["iteration"] == 4:
-            raise Killed
-
     with pytest.raises(Killed):
-        train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=kill_at_4)
+        train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=kill_at(4))
     events: list[dict] = []
     resumed = train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=events.append, resume=True)
     assert any("resumed" in e.get("message", "") for e in events)
@@ -225,15 +232,8 @@ def test_weight_averaging_keeps_the_mean_weights_and_resumes_exactly(tmp_path: P
     assert final["average_of"] == [5, 8] and full.metrics["dsc"] == final["dsc"]
     assert full.card_fields["training"]["average_from"] == 0.5 and full.card_fields["validation"]["iteration"] == 8
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_6(e: dict) -> None:
-        if e["event"] == "checkpoint" and e["kind"] == "last" and e["iteration"] == 6:
-            raise Killed
-
     with pytest.raises(Killed):
-        train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=kill_at_6)
+        train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=kill_at(6))
     resumed = train(method, cfg, tcfg, cases, val, tmp_path / "b", emit=lambda e: None, resume=True)
     assert state_equal(full.state_dict, resumed.state_dict)
     with pytest.raises(ConfigError, match="average_from"):
