@@ -283,6 +283,13 @@ def _save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any
     return path
 
 
+def stored_state(tensors: Mapping[str, Tensor], part: str = "model") -> dict[str, Tensor]:
+    """The state dict a checkpoint's ``tensors`` hold under ``part.`` ("model": the training
+    network, "average": the weight average's ``AveragedModel``)."""
+    n = len(part) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(part + ".")}
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``(tensors, metadata)`` of a checkpoint written by the trainer. InputError if unreadable."""
     path = Path(path)
@@ -661,9 +668,9 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         if meta["train_config"]["iterations"] != cfg.iterations:
             say({"event": "log", "message": f"iterations changed from {meta['train_config']['iterations']} "
                  f"to {cfg.iterations}: the learning-rate schedule follows the new total"})
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(stored_state(tensors))
         if averaged is not None and any(k.startswith("average.") for k in tensors):
-            averaged.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
+            averaged.load_state_dict(stored_state(tensors, "average"))
         for name, opt in optimizers.items():
             opt.load_state_dict(_optimizer_join(name, tensors, meta["optimizer"][name]))
             scheds[name].load_state_dict(meta["scheduler"][name])
@@ -778,7 +785,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
             say({"event": "validation", "iteration": total, **best_val, "average_of": [avg_start + 1, total]})
     elif dist.main and best_it is not None and best_path.exists():
         tensors, _ = load_checkpoint(best_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(stored_state(tensors))
     state = {k: v.detach().cpu().clone() for k, v in method.inference_net(model).state_dict().items()}
     seconds = seconds_before + time.monotonic() - t0  # over every resumed part of the run
     fields = _card_fields(method, mcfg, cfg, classes, train_prep, val_prep, unlabeled_prep, dist, device, seconds,

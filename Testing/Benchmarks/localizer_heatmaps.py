@@ -64,11 +64,10 @@ def main() -> int:
     if loc is None:
         raise SystemExit(f"pipeline {args.pipeline!r} has no localizer")
     if args.weights:
-        from voxmetric.training import load_checkpoint
+        from voxmetric.training import load_checkpoint, stored_state
 
         assert loc.model is not None
-        tensors, _ = load_checkpoint(args.weights)
-        loc.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        loc.model.load_state_dict(stored_state(load_checkpoint(args.weights)[0]))
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.0), squeeze=False)
     for ax, (name, image, truth_path) in zip(axes[0], rows):
         vol = io.read_volume(image)
