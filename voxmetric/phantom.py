@@ -716,30 +716,50 @@ def write_cases(
 
 def write_case_folder(out: str | Path, n: int, make: Callable[[int], tuple[PhantomCase, dict[str, Any]]],
                       describe: Callable[[int], str], progress: Callable[[int, int, str], None] | None,
-                      overwrite: bool) -> Path:
+                      overwrite: bool, jobs: int = 1) -> Path:
     """Write cases ``make(0)``, …, ``make(n - 1)`` (each a case and extra manifest fields) as
     ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd`` (SNOMED-coded segments) and a ``manifest.json``
     (``voxmetric-cases/1``) into ``out``; every target is checked first (OutputError for an existing
-    one unless ``overwrite``). ``describe(i)``: the progress text after the case id."""
-    from . import io
+    one unless ``overwrite``). ``describe(i)``: the progress text after the case id. ``jobs`` > 1:
+    that many processes make and write the cases (``make`` must then pickle, e.g. a
+    ``functools.partial`` of a module function); the files are the same."""
     from .files import check_free, write_json
 
     folder = Path(out)
     ids = [f"case{i:03d}" for i in range(n)]
     for name in ["manifest.json", *(f"{c}{ext}" for c in ids for ext in (".nrrd", ".seg.nrrd"))]:
         check_free(folder / name, overwrite)
-    segments = [io.segment_info(name, value) for name, value in LABELS.items()]
-    cases = []
-    for i, cid in enumerate(ids):
-        if progress is not None:
-            progress(i, n, f"{cid} {describe(i)}")
-        case, extra = make(i)
-        io.write_volume(case.image, folder / f"{cid}.nrrd", overwrite=overwrite)
-        io.write_segmentation(folder / f"{cid}.seg.nrrd", case.labels, segments, overwrite=overwrite)
-        cases.append({"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": case.modality,
-                      "segment": "Prostate", **extra})
+    say = progress or (lambda i, total, text: None)
+    if jobs <= 1 or n == 1:
+        cases = []
+        for i, cid in enumerate(ids):
+            say(i, n, f"{cid} {describe(i)}")
+            cases.append(_write_one(make, folder, cid, i, overwrite))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, n), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_write_one, make, folder, cid, i, overwrite) for i, cid in enumerate(ids)]
+            for i, (cid, fut) in enumerate(zip(ids, futures)):
+                fut.result()
+                say(i, n, f"{cid} {describe(i)}")
+            cases = [f.result() for f in futures]
     manifest = write_json(folder / "manifest.json", {"format": "voxmetric-cases/1", "cases": cases},
                           overwrite=overwrite)
     if progress is not None:
         progress(n, n, "done")
     return manifest
+
+
+def _write_one(make: Callable[[int], tuple[PhantomCase, dict[str, Any]]], folder: Path, cid: str, i: int,
+               overwrite: bool) -> dict[str, Any]:
+    """Make case ``i``, write it as ``cid`` into ``folder``; its manifest entry."""
+    from . import io
+
+    case, extra = make(i)
+    segments = [io.segment_info(name, value) for name, value in LABELS.items()]
+    io.write_volume(case.image, folder / f"{cid}.nrrd", overwrite=overwrite)
+    io.write_segmentation(folder / f"{cid}.seg.nrrd", case.labels, segments, overwrite=overwrite)
+    return {"id": cid, "image": f"{cid}.nrrd", "label": f"{cid}.seg.nrrd", "modality": case.modality,
+            "segment": "Prostate", **extra}

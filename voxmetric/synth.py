@@ -30,7 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -599,22 +601,27 @@ def write_synth_cases(
     spacing=None,
     overwrite: bool = False,
     clutter: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Write ``n`` cases (seeds ``seed``…``seed+n-1``) as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd``
     (SNOMED-coded segments) and a ``manifest.json`` (``voxmetric-cases/1``; per case its
     modality, and the generator's ``contrast``, ``fov`` and ``clutter``) into ``out``; returns the manifest.
-    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``."""
+    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``.
+    ``jobs``: processes that make the cases (the same files for any number)."""
     from .phantom import write_case_folder
 
     c, f = _check(contrast, fov, seed)
     _check_geometry(shape, spacing)
     if int(n) < 1:
         raise InputError(f"Number of synthetic cases must be at least 1, got {n}.")
-
-    def make(i: int) -> tuple[SynthCase, dict]:
-        case = make_synth_case(int(seed) + i, c, f, shape=shape, spacing=spacing, clutter=clutter)
-        return case, {"generator": "synth", "contrast": case.contrast, "fov": f, "seed": int(seed) + i,
-                      **({"clutter": True} if clutter else {})}
-
+    make = partial(_manifest_case, seed=int(seed), contrast=c, fov=f, shape=shape, spacing=spacing, clutter=clutter)
     return write_case_folder(out, int(n), make, lambda i: f"({contrast_of(int(seed) + i, c)}, {f})", progress,
-                             overwrite)
+                             overwrite, jobs)
+
+
+def _manifest_case(i: int, *, seed: int, contrast: str, fov: str, shape: Any, spacing: Any,
+                   clutter: bool) -> tuple[SynthCase, dict]:
+    """Case ``seed + i`` and its manifest fields (a module function, so that worker processes can run it)."""
+    case = make_synth_case(seed + i, contrast, fov, shape=shape, spacing=spacing, clutter=clutter)
+    return case, {"generator": "synth", "contrast": case.contrast, "fov": fov, "seed": seed + i,
+                  **({"clutter": True} if clutter else {})}

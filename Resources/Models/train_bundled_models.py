@@ -4,7 +4,9 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
 
     python Resources/Models/train_bundled_models.py [--work DIR] [--which localizer,refiner]
         [--loc-iterations 4000] [--ref-iterations 10000] [--threads 1] [--resume]
-        [--init-from MODEL] [--lr 1e-3] [--fov-cut 0.0]
+        [--init-from MODEL] [--lr 1e-3] [--fov-cut 0.0] [--gamma 0] [--clutter] [--average-from 0]
+        [--batch 8] [--ref-base 16] [--ref-embed 64] [--device cpu] [--workers 0] [--jobs 1] [--models DIR]
+        [--prepare-only]
 
 1. writes synthetic cases (``synth.write_synth_cases``, contrast ``mix``: CT-like in Hounsfield
    units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…),
@@ -22,7 +24,11 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
    middle (``sampling._cut_fov``: tight MR slabs, cropped scans, a scan ending at the gland);
 3. keeps the checkpoint with the best validation Dice, stores float16 weights when that changes
    the validation Dice by at most 0.002 (else float32), and writes ``Resources/Models/<name>/``
-   and the pipeline file ``synth.pipeline.json``. The cards record the recipe, the data, the
+   and the pipeline file ``synth.pipeline.json`` (``--models DIR``: there instead).
+
+On a GPU: ``--device cuda --workers 6 --jobs 14`` (loader processes and processes that write and
+prepare the cases; neither changes the patches drawn) with ``--batch`` and the refiner's width
+(``--ref-base``, ``--ref-embed``) as the machine allows; the card names the GPU. The cards record the recipe, the data, the
    budget and the wall time; every figure in them is written by this script.
 """
 
@@ -85,13 +91,13 @@ def training_hours(events: Path) -> float:
     return total / 3600
 
 
-def synthetic(work: Path, name: str, n: int, seed: int, fov: str, clutter: bool = False) -> list:
+def synthetic(work: Path, name: str, n: int, seed: int, fov: str, clutter: bool = False, jobs: int = 1) -> list:
     from voxmetric.cases import load_cases
     from voxmetric.synth import write_synth_cases
 
     folder = work / (f"{name}-clutter" if clutter else name)
     if not (folder / "manifest.json").exists():
-        write_synth_cases(folder, n, "mix", seed, fov, clutter=clutter)
+        write_synth_cases(folder, n, "mix", seed, fov, clutter=clutter, jobs=jobs, overwrite=True)
     return load_cases(folder / "manifest.json", "Prostate")
 
 
@@ -108,28 +114,36 @@ def realistic(work: Path) -> list:
     return out
 
 
-def data(work: Path, clutter: bool = False) -> dict[str, list]:
-    """Training sets (``clutter``: the same seeds drawn with clutter) and validation sets (never cluttered)."""
-    pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis", clutter)
-    roi = synthetic(work, "synth-roi", 320, 30000, "roi", clutter)
-    abdomen = synthetic(work, "synth-abdomen", 160, 50000, "abdomen", clutter)
-    val = synthetic(work, "synth-val-pelvis", 6, 40000, "pelvis") + synthetic(work, "synth-val-roi", 6, 41000, "roi")
-    val_abdomen = synthetic(work, "synth-val-abdomen", 4, 51000, "abdomen")
-    return {"localizer": pelvis + abdomen + roi[:160], "refiner": pelvis + roi,
-            "localizer-val": val + val_abdomen + realistic(work), "refiner-val": val + realistic(work)}
+def data(work: Path, clutter: bool = False, which: tuple[str, ...] = ("localizer", "refiner"),
+         jobs: int = 1) -> dict[str, list]:
+    """Training sets (``clutter``: the same seeds drawn with clutter) and validation sets (never
+    cluttered) of the models in ``which`` (the abdomen scans only for the localizer); ``jobs``
+    processes write them."""
+    pelvis = synthetic(work, "synth-pelvis", 160, 20000, "pelvis", clutter, jobs)
+    roi = synthetic(work, "synth-roi", 320, 30000, "roi", clutter, jobs)
+    val = (synthetic(work, "synth-val-pelvis", 6, 40000, "pelvis", jobs=jobs)
+           + synthetic(work, "synth-val-roi", 6, 41000, "roi", jobs=jobs))
+    sets = {"refiner": pelvis + roi, "refiner-val": val + realistic(work)}
+    if "localizer" in which:
+        abdomen = synthetic(work, "synth-abdomen", 160, 50000, "abdomen", clutter, jobs)
+        val_abdomen = synthetic(work, "synth-val-abdomen", 4, 51000, "abdomen", jobs=jobs)
+        sets |= {"localizer": pelvis + abdomen + roi[:160], "localizer-val": val + val_abdomen + realistic(work)}
+    return sets
 
 
 def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> None:
     from voxmetric import models, training
-    from voxmetric.data import prepare_case
+    from voxmetric.data import prepare_cases
     from voxmetric.methods import get_method
 
     method = get_method(METHODS[kind])
-    cfg = method.make_config(dict(CONFIGS[kind], fov_cut=args.fov_cut, gamma=args.gamma))
+    width = {"base": args.ref_base, "embed_channels": args.ref_embed} if kind == "refiner" else {}
+    cfg = method.make_config(dict(CONFIGS[kind], fov_cut=args.fov_cut, gamma=args.gamma, **width))
     iterations = args.loc_iterations if kind == "localizer" else args.ref_iterations
-    tcfg = training.TrainConfig(iterations=iterations, batch_size=8, optimizer="adam", lr=args.lr, weight_decay=1e-5,
-                                amp=False, val_every=max(1, iterations // 6), checkpoint_every=50, log_every=10,
-                                seed=0, device="cpu", val_batch=8, average_from=args.average_from)
+    tcfg = training.TrainConfig(iterations=iterations, batch_size=args.batch, optimizer="adam", lr=args.lr,
+                                weight_decay=1e-5, amp=False, val_every=max(1, iterations // 6), checkpoint_every=50,
+                                log_every=10, seed=0, device=args.device, workers=args.workers, val_batch=8,
+                                average_from=args.average_from)
     before, init = {}, None
     if args.init_from:
         init = models.initial_weights(args.init_from, method)
@@ -138,6 +152,11 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     resume = args.resume and (out / "checkpoints" / "last.safetensors").exists()
     out.mkdir(parents=True, exist_ok=True)
     EVENTS[:] = [out / "events.jsonl"]
+    recipe = method.data_recipe(cfg)
+    for what in (kind, f"{kind}-val"):  # fill the trainer's preparation cache with --jobs processes
+        prepare_cases(sets[what], recipe, out / "cache", jobs=args.jobs)
+    if args.prepare_only:
+        return
     result = training.train(method, cfg, tcfg, sets[kind], sets[f"{kind}-val"], out, emit=log, resume=resume,
                             init_state=init.state_dict if init else None)
     hours = training_hours(out / "events.jsonl") + float(before.get("wall_hours", 0.0))
@@ -146,19 +165,17 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     state16 = {k: (v.half().float() if v.is_floating_point() else v) for k, v in result.state_dict.items()}
     net = method.build(cfg, 2)
     net.load_state_dict(state16)
-    recipe = method.data_recipe(cfg)
-    val_prep = [prepare_case(r, recipe, cache_dir=out / "cache") for r in sets[f"{kind}-val"]]
-    import torch
-
-    v16 = training.validate(method, net, cfg, val_prep, recipe, torch.device("cpu"), tcfg, ("Prostate",))
+    val_prep = prepare_cases(sets[f"{kind}-val"], recipe, out / "cache")
+    device = training.resolve_device(args.device)
+    v16 = training.validate(method, net.to(device), cfg, val_prep, recipe, device, tcfg, ("Prostate",))
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
     runs = schedule(out / "events.jsonl", iterations)
     recipe_line = recipe_of(kind, args, runs, before.get("recipe"))
     card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
-                        hours, v16["dsc"], init.source if init else None, args.clutter)
-    models.save_package(HERE / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
-    log({"event": "log", "message": f"saved {HERE / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
+                        hours, v16["dsc"], init.source if init else None, args.clutter, device)
+    models.save_package(args.models / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
+    log({"event": "log", "message": f"saved {args.models / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
 
 
@@ -166,22 +183,26 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     """The command line(s) that made a package: the first run, its resumed totals (``runs``) and,
     for a run started ``--init-from`` a package, that package's recipe (``before``) first."""
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
-    extra = "".join(f" --{flag} {value:g}" for flag, value, default in
-                    (("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0),
-                     ("average-from", args.average_from, 0.0)) if value != default)
+    settings = [("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0),
+                ("average-from", args.average_from, 0.0), ("batch", getattr(args, "batch", 8), 8)]
+    if kind == "refiner":
+        settings += [("ref-base", getattr(args, "ref_base", 16), 16), ("ref-embed", getattr(args, "ref_embed", 64), 64)]
+    extra = "".join(f" --{flag} {value:g}" for flag, value, default in settings if value != default)
     extra += " --clutter" if args.clutter else ""
+    extra += f" --device {args.device}" if getattr(args, "device", "cpu") != "cpu" else ""
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
     return head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
 
 
 def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
-                 dsc_float16: float, init_from: dict | None = None, clutter: bool = False) -> dict:
+                 dsc_float16: float, init_from: dict | None = None, clutter: bool = False, device=None) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
     use, description, generator, data, recipe, wall time over every resumed part, machine, float16
     validation Dice and, for a further run, the package it started from; ``clutter``: its training
-    cases were drawn with clutter). ``n_val`` counts the
+    cases were drawn with clutter; ``device``: the torch device it trained on, named in ``machine`` when a
+    GPU). ``n_val`` counts the
     validation cases, 4 of them realistic phantoms. Nothing else: ``Testing/Python/test_demo_cards.py``
     checks that no field of a bundled card is written by hand."""
     import torch
@@ -198,7 +219,8 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
              "and 2 MR phantoms",
         recipe=recipe,
         wall_hours=round(hours, 2),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)")
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)"
+                + (f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""))
     if init_from:  # the package a further run started from (models.initial_weights' source)
         training["init_from"] = init_from
     card["training"] = training
@@ -220,18 +242,28 @@ def main() -> int:
     p.add_argument("--gamma", type=float, default=0.0, help="per-patch gamma curve, ln γ uniform in ±GAMMA")
     p.add_argument("--clutter", action="store_true", help="train on the cases drawn with clutter (synth-*-clutter)")
     p.add_argument("--average-from", type=float, default=0.0, help="keep the mean weights from this fraction on (SWA)")
+    p.add_argument("--batch", type=int, default=8, help="training patches per iteration")
+    p.add_argument("--ref-base", type=int, default=16, help="refiner encoder base width (the paper: 32)")
+    p.add_argument("--ref-embed", type=int, default=64, help="refiner embedding width (the paper: 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="loader processes (the patches drawn do not change)")
+    p.add_argument("--jobs", type=int, default=1, help="processes that write and prepare the synthetic cases")
+    p.add_argument("--models", type=Path, default=HERE, help="where the packages go (default: beside this script)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write and prepare the cases of --which, train nothing (several runs on one data set)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    sets = data(args.work, args.clutter)
-    for kind in args.which.split(","):
-        train_one(kind.strip(), args, sets)
-    if all((HERE / n / "model.json").exists() for n in NAMES.values()):
+    which = tuple(k.strip() for k in args.which.split(","))
+    sets = data(args.work, args.clutter, which, args.jobs)
+    for kind in which:
+        train_one(kind, args, sets)
+    if all((args.models / n / "model.json").exists() for n in NAMES.values()):
         from voxmetric.files import write_json
 
-        write_json(HERE / "synth.pipeline.json",
+        write_json(args.models / "synth.pipeline.json",
                    {"name": "synth", "localizer": NAMES["localizer"], "refiner": NAMES["refiner"]})
     return 0
 

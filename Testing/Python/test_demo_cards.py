@@ -76,7 +76,7 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
         assert totals and totals == sorted(totals), t["recipe"]
     assert totals[-1] == t["iterations"], (t["recipe"], t["iterations"])
     assert ("--init-from" in t["recipe"]) == ("init_from" in t), t["recipe"]
-    threads = int(t["machine"].rsplit(", ", 1)[1].split()[0])
+    threads = int(re.findall(r"(\d+) thread\(s\)", t["machine"])[0])
     assert f"--threads {threads}" in t["recipe"], (t["recipe"], t["machine"])
     again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
                              t["recipe"], threads, t["wall_hours"], v["dsc_float16"], t.get("init_from"),
@@ -85,7 +85,7 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
         assert bundled[key] == again[key], key
     for key in ("generator", "data", "recipe", "wall_hours"):
         assert t[key] == again["training"][key], key
-    assert re.fullmatch(r"\S+, \d+ CPU cores, torch \S+, \d+ thread\(s\)", t["machine"]), t["machine"]
+    assert re.fullmatch(r"\S+, \d+ CPU cores, torch \S+, \d+ thread\(s\)(, .*GPU.*|, NVIDIA .+)?", t["machine"]), t["machine"]
     assert t["wall_hours"] * 3600 >= t["seconds"] > 0  # the wall time sums every resumed part of the run
     assert abs(v["dsc_float16"] - v["dsc"]) <= 0.002 or bundled["weights_dtype"] == "float32"
 

@@ -242,6 +242,31 @@ BEFORE_ABDOMEN = {
 }
 
 
+def test_processes_write_and_prepare_the_same_cases(tmp_path):
+    """``jobs`` (the bundled-model script's ``--jobs``): the same files, manifest and prepared arrays."""
+    from voxmetric.data import DataRecipe, prepare_cases
+
+    for jobs in (1, 2):
+        synth.write_synth_cases(tmp_path / f"j{jobs}", 3, "mix", 11, "roi", clutter=True, jobs=jobs, **ROI3)
+    names = sorted(p.name for p in (tmp_path / "j1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "j2").iterdir()) and len(names) == 7
+    from voxmetric import io
+
+    for name in names:  # a .seg.nrrd header holds the time it was written
+        same = (np.array_equal(io.read_segmentation(tmp_path / "j1" / name).labelmap.array,
+                               io.read_segmentation(tmp_path / "j2" / name).labelmap.array) if name.endswith(".seg.nrrd") else
+                (tmp_path / "j1" / name).read_bytes() == (tmp_path / "j2" / name).read_bytes())
+        assert same, name
+    records = load_cases(tmp_path / "j1", "Prostate")
+    recipe = DataRecipe(spacing_mm=4.0)
+    done: list[int] = []
+    one, two = (prepare_cases(records, recipe, tmp_path / f"cache{j}", lambda n, total, cid: done.append(n), jobs=j)
+                for j in (1, 2))
+    assert done == [1, 2, 3, 1, 2, 3] and len(list((tmp_path / "cache2").glob("*.npz"))) == 3
+    for a, b in zip(one, two):
+        assert np.array_equal(a.image.array, b.image.array) and np.array_equal(a.mask.array, b.mask.array)
+
+
 @pytest.mark.parametrize("key", list(BEFORE_ABDOMEN))
 def test_pelvis_and_roi_cases_are_unchanged_by_the_abdomen(key):
     seed, contrast, fov = key
