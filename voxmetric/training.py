@@ -273,6 +273,19 @@ def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: to
                            seed=cfg.seed, rank=dist.rank, world_size=dist.world)
 
 
+def _running_mean(averaged: Sequence[Tensor], current: Sequence[Tensor], n: Tensor | int) -> None:
+    """``AveragedModel`` update of one group of tensors (one device and dtype): the running mean of
+    float tensors after ``n`` earlier ones; integer buffers (BatchNorm's step counters) take the
+    current value (torch's own update of a CUDA model divides them with ``addcdiv``, which torch refuses
+    for integers: "Integer division with addcdiv is no longer supported")."""
+    weight = 1.0 / (float(n) + 1.0)
+    for a, c in zip(averaged, current):
+        if a.is_floating_point():
+            a.lerp_(c, weight)
+        else:
+            a.copy_(c)
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------
 def _save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write tensors + JSON metadata into one safetensors file (:func:`voxmetric.files.atomic_path`:
@@ -651,7 +664,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
            "val_cases": [c.id for c in val_prep] if dist.main else None,
            "unlabeled_cases": [c.id for c in unlabeled_prep], "world_size": dist.world}
 
-    averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if cfg.average_from else None
+    averaged = (torch.optim.swa_utils.AveragedModel(model, use_buffers=True, multi_avg_fn=_running_mean)
+                if cfg.average_from else None)
     avg_start = int(math.floor(cfg.average_from * total))
     start, best_score, best_it, best_val = 0, -math.inf, None, None
     seconds_before, loss_before = 0.0, None  # a resumed run's earlier parts (training time, last loss)

@@ -228,6 +228,8 @@ def test_weight_averaging_keeps_the_mean_weights_and_resumes_exactly(tmp_path: P
     assert state_equal(full.state_dict, mean)
     weights = {k[6:]: v for k, v in last.items() if k.startswith("model.")}
     assert not state_equal(full.state_dict, weights)
+    counters = [k for k, v in weights.items() if not v.is_floating_point()]  # BatchNorm's num_batches_tracked
+    assert counters and all(torch.equal(mean[k], weights[k]) for k in counters)
     final = [e for e in events if e["event"] == "validation"][-1]
     assert final["average_of"] == [5, 8] and full.metrics["dsc"] == final["dsc"]
     assert full.card_fields["training"]["average_from"] == 0.5 and full.card_fields["validation"]["iteration"] == 8
@@ -238,6 +240,31 @@ def test_weight_averaging_keeps_the_mean_weights_and_resumes_exactly(tmp_path: P
     assert state_equal(full.state_dict, resumed.state_dict)
     with pytest.raises(ConfigError, match="average_from"):
         TrainConfig(average_from=1.0)
+
+
+def test_the_running_mean_of_weights_keeps_integer_counters() -> None:
+    """The weight average's update: floats averaged, integer buffers (BatchNorm's counters) copied —
+    torch's own update of a CUDA model stopped a GPU run at the first averaged iteration."""
+    from voxmetric.training import _running_mean
+
+    floats, counter = [torch.tensor([1.0, 3.0])], [torch.tensor(3)]
+    _running_mean(floats, [torch.tensor([4.0, 6.0])], torch.tensor(2))  # the mean of 3 values: two before, one new
+    _running_mean(counter, [torch.tensor(7)], torch.tensor(2))
+    assert torch.equal(floats[0], torch.tensor([2.0, 4.0])) and int(counter[0]) == 7
+
+
+@pytest.mark.gpu
+def test_weight_averaging_on_cuda(tmp_path: Path) -> None:
+    """The mean weights on a GPU (the run that found the integer-counter failure)."""
+    from voxmetric.training import TrainConfig, train
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    method, cfg = small("MetricUNet-HC", k=5)
+    tcfg = TrainConfig(iterations=4, batch_size=3, val_every=4, checkpoint_every=2, average_from=0.5, device="cuda")
+    result = train(method, cfg, tcfg, [synthetic_case(3), synthetic_case(4)], [synthetic_case(5)], tmp_path,
+                   emit=lambda e: None)
+    assert result.iteration == 4 and all(torch.isfinite(v).all() for v in result.state_dict.values())
 
 
 def test_trainer_errors_before_training(tmp_path: Path) -> None:
