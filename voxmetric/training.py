@@ -750,7 +750,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
 
     say({"event": "log", "message": f"training {method.name} ({', '.join(classes)}) on {len(train_prep)} case(s)"
          + (f" + {len(unlabeled_prep)} unlabeled" if unlabeled_prep else "")
-         + f", {len(dataset)} items per epoch, validating on {len(val_prep)}; device {device}, "
+         + f", {len(dataset)} items per epoch, validating on {len(val_prep)}; device {device}"
+         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "") + ", "
          f"{dist.world} process(es)"})
     window: list[dict[str, Tensor]] = []
     tick = time.monotonic()

@@ -73,6 +73,22 @@ def schedule(events: Path, iterations: int) -> list[int]:
     return totals + [iterations]
 
 
+def devices(events: Path, iterations: int) -> list[tuple[str, int, int]]:
+    """(device, first, last iteration) of each part of the run in this output folder, from the
+    trainer's start messages ("device cuda (NVIDIA H200)") and resumes ("at iteration N"); parts on
+    the same device as the one before are merged."""
+    parts: list[tuple[str, int]] = []
+    start = 0
+    for line in events.read_text().splitlines() if events.exists() else []:
+        if m := re.search(r"resumed from .* at iteration (\d+)", line):
+            start = int(m.group(1))
+        elif m := re.search(r'"training .*; device (.+?), \d+ process', line):
+            parts.append((m.group(1), start))
+            start = 0
+    merged = [p for i, p in enumerate(parts) if i == 0 or p[0] != parts[i - 1][0]]
+    return [(d, a + 1, b) for (d, a), b in zip(merged, [a for _, a in merged[1:]] + [iterations])]
+
+
 def training_hours(events: Path) -> float:
     """Training wall time over every run of this output folder, from the trainer's ``done`` events:
     the last one's ``seconds`` (which include the ``carried`` time of the checkpoint it resumed
@@ -171,17 +187,23 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     dsc32 = float(result.metrics.get("dsc", float("nan")))
     half = abs(v16["dsc"] - dsc32) <= 0.002
     runs = schedule(out / "events.jsonl", iterations)
-    recipe_line = recipe_of(kind, args, runs, before.get("recipe"))
+    parts = devices(out / "events.jsonl", iterations)
+    recipe_line = recipe_of(kind, args, runs, before.get("recipe"), [d for d, _, _ in parts])
     card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
-                        hours, v16["dsc"], init.source if init else None, args.clutter, device)
+                        hours, v16["dsc"], init.source if init else None, args.clutter, device,
+                        "; ".join(f"{d}: iterations {a}–{b}" for d, a, b in parts))
     models.save_package(args.models / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
     log({"event": "log", "message": f"saved {args.models / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
 
 
-def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str | None = None) -> str:
+def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str | None = None,
+              parts: list[str] | None = None) -> str:
     """The command line(s) that made a package: the first run, its resumed totals (``runs``) and,
-    for a run started ``--init-from`` a package, that package's recipe (``before``) first."""
+    for a run started ``--init-from`` a package, that package's recipe (``before``) first;
+    ``parts``: the device of each part (:func:`devices`; default ``--device``) — the first one's
+    command names it, a resume on another device says so."""
+    first, *later = [d.split(" ")[0] for d in parts or [getattr(args, "device", "cpu")]]
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
     settings = [("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0),
                 ("average-from", args.average_from, 0.0), ("batch", getattr(args, "batch", 8), 8)]
@@ -189,20 +211,22 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
         settings += [("ref-base", getattr(args, "ref_base", 16), 16), ("ref-embed", getattr(args, "ref_embed", 64), 64)]
     extra = "".join(f" --{flag} {value:g}" for flag, value, default in settings if value != default)
     extra += " --clutter" if args.clutter else ""
-    extra += f" --device {args.device}" if getattr(args, "device", "cpu") != "cpu" else ""
+    extra += f" --device {first}" if first != "cpu" else ""
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
-    return head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
+    return (head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
+            + "".join(f", then --resume --device {d}" for d in later))
 
 
 def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
-                 dsc_float16: float, init_from: dict | None = None, clutter: bool = False, device=None) -> dict:
+                 dsc_float16: float, init_from: dict | None = None, clutter: bool = False, device=None,
+                 parts: str = "") -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
     use, description, generator, data, recipe, wall time over every resumed part, machine, float16
     validation Dice and, for a further run, the package it started from; ``clutter``: its training
     cases were drawn with clutter; ``device``: the torch device it trained on, named in ``machine`` when a
-    GPU). ``n_val`` counts the
+    GPU; ``parts``: the device of each part of a run that changed device, else the one device). ``n_val`` counts the
     validation cases, 4 of them realistic phantoms. Nothing else: ``Testing/Python/test_demo_cards.py``
     checks that no field of a bundled card is written by hand."""
     import torch
@@ -220,7 +244,8 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
         recipe=recipe,
         wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)"
-                + (f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""))
+                + (f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""),
+        devices=parts or (str(device) if device is not None else "cpu"))
     if init_from:  # the package a further run started from (models.initial_weights' source)
         training["init_from"] = init_from
     card["training"] = training

@@ -118,6 +118,26 @@ def test_a_run_from_a_package_continues_its_recipe() -> None:
         "--ref-iterations 6000 --lr 0.0005 --fov-cut 0.35 --gamma 0.7 --average-from 0.5 --clutter")
 
 
+def test_a_run_that_changed_device_says_which_part_ran_where(tmp_path: Path) -> None:
+    """A run started on a GPU and resumed on the CPU (the trainer's start and resume messages): the
+    card's ``devices`` and the recipe name both; the batch and the refiner's width when not the defaults."""
+    import argparse
+
+    gen = _generator()
+    events = tmp_path / "events.jsonl"
+    start = "training MetricUNet-HCP (Prostate) on 480 case(s), 48000 items per epoch, validating on 16; device {}, 1 process(es)"
+    lines = [start.format("cuda:0 (NVIDIA H200)"), "resumed from c/last.safetensors at iteration 4000", start.format("cpu")]
+    events.write_text("".join(json.dumps({"event": "log", "message": m}) + "\n" for m in lines))
+    parts = gen.devices(events, 8000)
+    assert parts == [("cuda:0 (NVIDIA H200)", 1, 4000), ("cpu", 4001, 8000)]
+    args = argparse.Namespace(threads=2, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0, init_from=None,
+                              batch=30, ref_base=32, ref_embed=256, device="cpu")
+    assert gen.recipe_of("refiner", args, [8000], None, [d for d, _, _ in parts]) == (
+        "python Resources/Models/train_bundled_models.py --which refiner --ref-iterations 8000 --threads 2 --batch 30 "
+        "--ref-base 32 --ref-embed 256 --device cuda:0, then --resume --device cpu")
+    assert gen.devices(tmp_path / "none.jsonl", 10) == []
+
+
 def test_the_wall_time_counts_every_run_once(tmp_path: Path) -> None:
     """Done events of runs that kept no time in their checkpoints are added; those the last run's
     carry holds are not counted twice."""
