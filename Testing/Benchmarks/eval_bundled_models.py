@@ -136,6 +136,7 @@ def main() -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    args.sets = args.sets.split(",")  # "real" must not select set "a"
     import torch
 
     from voxmetric.metrics import evaluate_masks
