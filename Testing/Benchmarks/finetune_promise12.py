@@ -1,6 +1,7 @@
 """Fine-tuning the bundled refiner on one real MR case against training it from scratch (issue 11).
 
-    python Testing/Benchmarks/finetune_promise12.py [--iterations 200] [--work DIR]
+    python Testing/Benchmarks/finetune_promise12.py [--iterations 200] [--work DIR] [--refiner PKG]
+        [--kinds bundled,scratch,fine-tuned]
 
 For each direction (train on PROMISE12 case 0, test on case 1; and the reverse) and the same
 budget (``--iterations`` × batch 8, Adam 1e-3, seed 0, no validation), three refiners of the
@@ -12,6 +13,8 @@ bundled refiner's architecture (MetricUNet-HCP, base 16, 64-d embedding, 1.5 mm)
 
 Each is scored on the other case through the whole pipeline with the bundled localizer
 (``segment``), and inside the true prostate box + 15 mm (the refiner alone, ``--stage refine``).
+``--refiner PKG``: another refiner package in place of the bundled one (scored as ``bundled``, and
+the start of ``fine-tuned``); ``--kinds``: which of the three to run (``bundled`` alone: no training).
 The true spacing of these files is unknown (they say 1 mm): HD95 is only relative.
 Prints one JSON object per line.
 """
@@ -37,7 +40,7 @@ def emit(d: dict) -> None:
     print(json.dumps(d), flush=True)
 
 
-def train(work: Path, case: int, iterations: int, init: bool) -> Path:
+def train(work: Path, case: int, iterations: int, init: bool, refiner: str = REFINER) -> Path:
     from voxmetric.cases import CaseRecord, write_manifest
     from voxmetric.cli import main
 
@@ -50,7 +53,7 @@ def train(work: Path, case: int, iterations: int, init: bool) -> Path:
     args = ["train", "--method", "MetricUNet-HCP", "--cases", str(manifest), "--out", str(out), "--iterations",
             str(iterations), "--batch-size", "8", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "1e-5",
             "--val-cases", "0", "--device", "cpu", "--events-jsonl", "--checkpoint-every", str(iterations)]
-    args += ["--init-from", REFINER] if init else ["--spacing-mm", "1.5", "--base", "16", "--embed-channels", "64"]
+    args += ["--init-from", refiner] if init else ["--spacing-mm", "1.5", "--base", "16", "--embed-channels", "64"]
     if main(args) != 0:
         raise SystemExit(f"training failed: {args}")
     return out
@@ -82,6 +85,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "voxmetric-finetune")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--refiner", default=REFINER, help="refiner package (name or folder) in place of the bundled one")
+    p.add_argument("--kinds", default="bundled,scratch,fine-tuned", help="which refiners to score")
     args = p.parse_args()
     import torch
 
@@ -89,9 +94,9 @@ def main() -> int:
     if promise12_cases() != [0, 1]:
         raise SystemExit(f"needs both cases in {PROMISE12}")
     for train_case, test_case in ((0, 1), (1, 0)):
-        for kind in ("bundled", "scratch", "fine-tuned"):
-            refiner: str | Path = REFINER if kind == "bundled" else train(args.work, train_case, args.iterations,
-                                                                          kind == "fine-tuned")
+        for kind in args.kinds.split(","):
+            refiner: str | Path = args.refiner if kind == "bundled" else train(args.work, train_case, args.iterations,
+                                                                               kind == "fine-tuned", args.refiner)
             emit({"train": f"case{train_case}", "test": f"case{test_case}", "refiner": kind,
                   "iterations": 0 if kind == "bundled" else args.iterations, **score(refiner, test_case)})
     return 0

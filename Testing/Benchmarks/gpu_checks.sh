@@ -4,7 +4,7 @@
 #     bash Testing/Benchmarks/gpu_checks.sh OUTDIR [MODELS]
 #
 # MODELS: a folder holding the synth pipeline (default: Resources/Models).
-# 1. the CUDA tests (pytest -m gpu);
+# 1. the CUDA tests (pytest -m gpu: the runtimes, weight averaging);
 # 2. the whole-process benchmark on the GPU: `voxmetric segment --device cuda` vs the MONAI peer
 #    on the GPU (bench_segment.py --device cuda: 512x512x200 CT, alternating, median of 3);
 # 3. training throughput of the default recipe (MetricUNet-HCP, paper settings: 1 mm, base 32,
@@ -26,7 +26,7 @@ PY=${PYTHON:-python3}
 } 2>&1 | tee "$OUT/gpu.txt"
 
 echo "== 1. CUDA tests"
-$PY -m pytest -q -p no:cacheprovider -m gpu Testing/Python/test_runtime.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.txt"
+$PY -m pytest -q -p no:cacheprovider -m gpu Testing/Python/test_runtime.py Testing/Python/test_training.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.txt"
 
 echo "== 2. whole process on the GPU, ours vs the MONAI peer"
 $PY Testing/Benchmarks/bench_segment.py --device cuda --repeats 3 --work "$W/bench" --models "$MODELS" 2>&1 \
