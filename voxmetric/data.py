@@ -271,22 +271,9 @@ def prepare_cases(records: Sequence[CaseRecord], recipe: DataRecipe | None = Non
                   progress: Callable[[int, int, str], None] | None = None, jobs: int = 1) -> list[PreparedCase]:
     """:func:`prepare_case` for each record, reporting ``progress(done, total, case id)``; ``jobs`` > 1:
     that many processes (the same results; with ``cache_dir`` they fill the cache)."""
-    out: list[PreparedCase] = []
-    if jobs <= 1 or len(records) < 2:
-        for n, r in enumerate(records):
-            out.append(prepare_case(r, recipe, cache_dir))
-            if progress is not None:
-                progress(n + 1, len(records), r.id)
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from .jobs import map_in_processes
 
-    with ProcessPoolExecutor(min(jobs, len(records)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(prepare_case, r, recipe, cache_dir) for r in records]
-        for n, (r, fut) in enumerate(zip(records, futures)):
-            out.append(fut.result())
-            if progress is not None:
-                progress(n + 1, len(records), r.id)
-    return out
+    say = None if progress is None else (lambda k: progress(k, len(records), records[k - 1].id))
+    return map_in_processes(prepare_case, [(r, recipe, cache_dir) for r in records], jobs, say)
 
 

@@ -8,7 +8,8 @@ in this process (writing the child's input, reading its result) runs in the job'
 thread through the ``prepare`` / ``collect`` hooks, never on the caller's (GUI) thread, and
 ``cleanup`` (e.g. deleting the temporary folder holding a copy of the patient's scan) runs
 when the job ends, whatever the outcome, and at interpreter exit. Nothing here imports Slicer
-or Qt.
+or Qt. :func:`map_in_processes` runs one function over many inputs in worker processes (writing
+and preparing cases).
 """
 
 from __future__ import annotations
@@ -268,3 +269,27 @@ def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ENGINE_ROOT, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int = 1,
+                     done: Callable[[int], None] | None = None) -> list[Any]:
+    """``[fn(*c) for c in calls]`` in order, in up to ``jobs`` spawned processes when ``jobs`` > 1
+    (``fn`` and its arguments must pickle); ``done(k)`` once the first ``k`` results are in."""
+    if jobs <= 1 or len(calls) < 2:
+        out = []
+        for c in calls:
+            out.append(fn(*c))
+            if done is not None:
+                done(len(out))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *c) for c in calls]
+        out = []
+        for f in futures:
+            out.append(f.result())
+            if done is not None:
+                done(len(out))
+        return out

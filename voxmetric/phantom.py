@@ -724,27 +724,14 @@ def write_case_folder(out: str | Path, n: int, make: Callable[[int], tuple[Phant
     that many processes make and write the cases (``make`` must then pickle, e.g. a
     ``functools.partial`` of a module function); the files are the same."""
     from .files import check_free, write_json
+    from .jobs import map_in_processes
 
     folder = Path(out)
     ids = [f"case{i:03d}" for i in range(n)]
     for name in ["manifest.json", *(f"{c}{ext}" for c in ids for ext in (".nrrd", ".seg.nrrd"))]:
         check_free(folder / name, overwrite)
-    say = progress or (lambda i, total, text: None)
-    if jobs <= 1 or n == 1:
-        cases = []
-        for i, cid in enumerate(ids):
-            say(i, n, f"{cid} {describe(i)}")
-            cases.append(_write_one(make, folder, cid, i, overwrite))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(min(jobs, n), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_write_one, make, folder, cid, i, overwrite) for i, cid in enumerate(ids)]
-            for i, (cid, fut) in enumerate(zip(ids, futures)):
-                fut.result()
-                say(i, n, f"{cid} {describe(i)}")
-            cases = [f.result() for f in futures]
+    say = None if progress is None else (lambda k: progress(k, n, f"{ids[k - 1]} {describe(k - 1)}"))
+    cases = map_in_processes(_write_one, [(make, folder, cid, i, overwrite) for i, cid in enumerate(ids)], jobs, say)
     manifest = write_json(folder / "manifest.json", {"format": "voxmetric-cases/1", "cases": cases},
                           overwrite=overwrite)
     if progress is not None:

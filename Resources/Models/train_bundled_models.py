@@ -169,8 +169,9 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     out.mkdir(parents=True, exist_ok=True)
     EVENTS[:] = [out / "events.jsonl"]
     recipe = method.data_recipe(cfg)
-    for what in (kind, f"{kind}-val"):  # fill the trainer's preparation cache with --jobs processes
-        prepare_cases(sets[what], recipe, out / "cache", jobs=args.jobs)
+    if args.jobs > 1 or args.prepare_only:  # fill the trainer's preparation cache with --jobs processes
+        for what in (kind, f"{kind}-val"):
+            prepare_cases(sets[what], recipe, out / "cache", jobs=args.jobs)
     if args.prepare_only:
         return
     result = training.train(method, cfg, tcfg, sets[kind], sets[f"{kind}-val"], out, emit=log, resume=resume,
@@ -203,12 +204,12 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     for a run started ``--init-from`` a package, that package's recipe (``before``) first;
     ``parts``: the device of each part (:func:`devices`; default ``--device``) — the first one's
     command names it, a resume on another device says so."""
-    first, *later = [d.split(" ")[0] for d in parts or [getattr(args, "device", "cpu")]]
+    first, *later = [d.split(" ")[0] for d in parts or [args.device]]
     flag = "--loc-iterations" if kind == "localizer" else "--ref-iterations"
     settings = [("lr", args.lr, 1e-3), ("fov-cut", args.fov_cut, 0.0), ("gamma", args.gamma, 0.0),
-                ("average-from", args.average_from, 0.0), ("batch", getattr(args, "batch", 8), 8)]
+                ("average-from", args.average_from, 0.0), ("batch", args.batch, 8)]
     if kind == "refiner":
-        settings += [("ref-base", getattr(args, "ref_base", 16), 16), ("ref-embed", getattr(args, "ref_embed", 64), 64)]
+        settings += [("ref-base", args.ref_base, 16), ("ref-embed", args.ref_embed, 64)]
     extra = "".join(f" --{flag} {value:g}" for flag, value, default in settings if value != default)
     extra += " --clutter" if args.clutter else ""
     extra += f" --device {first}" if first != "cpu" else ""

@@ -106,11 +106,14 @@ def test_a_run_from_a_package_continues_its_recipe() -> None:
     import argparse
 
     gen = _generator()
-    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0, init_from=None)
+    defaults = dict(batch=8, ref_base=16, ref_embed=64, device="cpu")
+    args = argparse.Namespace(threads=1, lr=1e-3, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0, init_from=None,
+                              **defaults)
     first = gen.recipe_of("refiner", args, [4000, 10000])
     assert first == ("python Resources/Models/train_bundled_models.py --which refiner --ref-iterations 4000 "
                      "--threads 1, then --resume --ref-iterations 10000")
-    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, clutter=False, average_from=0.0, init_from="synth-metricunet-hcp")
+    args = argparse.Namespace(threads=1, lr=5e-4, fov_cut=0.35, gamma=0.0, clutter=False, average_from=0.0,
+                              init_from="synth-metricunet-hcp", **defaults)
     assert gen.recipe_of("refiner", args, [8000], first) == (
         f"{first}, then --init-from synth-metricunet-hcp --ref-iterations 8000 --lr 0.0005 --fov-cut 0.35")
     args.gamma, args.clutter, args.average_from = 0.7, True, 0.5
