@@ -47,24 +47,28 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clutter", action="store_true",
                    help="synth only: sub-regions and thin sheets in fat and muscle, as real anatomy has")
     p.add_argument("--overwrite", action="store_true", help="replace existing caseNNN files and manifest.json in --out")
+    p.add_argument("--jobs", type=int, default=1, help="processes that make the cases (the same files; default 1)")
     p.set_defaults(func=_run_phantom)
 
 
 def _run_phantom(a: argparse.Namespace) -> int:
+    from .errors import ConfigError
+
+    if a.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {a.jobs}.")
     if a.generator == "synth":
         from .synth import write_synth_cases
 
         write_synth_cases(a.out, a.cases, contrast=a.contrast or a.modality or "mix", seed=a.seed, fov=a.fov,
-                          progress=_progress_printer(), overwrite=a.overwrite, clutter=a.clutter)
+                          progress=_progress_printer(), overwrite=a.overwrite, clutter=a.clutter, jobs=a.jobs)
         return 0
-    from .errors import ConfigError
     from .phantom import write_cases
 
     if a.contrast is not None or a.fov != "pelvis" or a.clutter:
         raise ConfigError("--contrast, --fov and --clutter choose what the synth generator draws; add --generator synth, "
                           "or use --modality ct|mr with the realistic phantom.")
     write_cases(a.out, a.cases, modality=a.modality or "ct", seed=a.seed, progress=_progress_printer(),
-                overwrite=a.overwrite)
+                overwrite=a.overwrite, jobs=a.jobs)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from typing import Any
@@ -700,18 +701,23 @@ def write_cases(
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Write ``n`` cases (seeds ``seed``…``seed+n-1``) as ``caseNNN.nrrd`` + ``caseNNN.seg.nrrd``
     and a ``manifest.json`` (format ``voxmetric-cases/1``) into ``out``; returns the manifest.
-    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``."""
+    Existing files of those names are an OutputError (before any case is made) unless ``overwrite``.
+    ``jobs``: processes that make the cases (the same files for any number)."""
     mod = _check(modality, shape, spacing)
     if int(n) < 1:
         raise InputError(f"Number of phantom cases must be at least 1, got {n}.")
+    make = partial(_manifest_case, seed=int(seed), modality=mod, shape=shape, spacing=spacing)
+    return write_case_folder(out, int(n), make, lambda i: f"({mod})", progress, overwrite, jobs)
 
-    def make(i: int) -> tuple[PhantomCase, dict[str, Any]]:
-        return make_case(int(seed) + i, mod, shape, spacing), {}
 
-    return write_case_folder(out, int(n), make, lambda i: f"({mod})", progress, overwrite)
+def _manifest_case(i: int, *, seed: int, modality: str, shape: tuple[int, int, int] | None,
+                   spacing: tuple[float, float, float] | None) -> tuple[PhantomCase, dict[str, Any]]:
+    """Case ``seed + i`` and no extra manifest fields (a module function, so that worker processes can run it)."""
+    return make_case(seed + i, modality, shape, spacing), {}
 
 
 def write_case_folder(out: str | Path, n: int, make: Callable[[int], tuple[PhantomCase, dict[str, Any]]],

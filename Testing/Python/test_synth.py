@@ -196,7 +196,7 @@ def test_bad_arguments_are_explained():
 def test_cli_writes_cases_that_load_and_validate(tmp_path, capsys):
     out = tmp_path / "synth"
     rc = cli_main(["phantom", "--generator", "synth", "--contrast", "mix", "--fov", "roi", "--out", str(out),
-                   "--cases", "2", "--seed", "4"])
+                   "--cases", "2", "--seed", "4", "--jobs", "2"])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "voxmetric-cases/1" and len(manifest["cases"]) == 2
@@ -217,6 +217,7 @@ def test_cli_writes_cases_that_load_and_validate(tmp_path, capsys):
     assert cli_main(["phantom", "--contrast", "random", "--out", str(tmp_path / "p")]) == 2
     assert "--generator synth" in capsys.readouterr().err
     assert cli_main(["phantom", "--clutter", "--out", str(tmp_path / "p")]) == 2
+    assert cli_main(["phantom", "--jobs", "0", "--out", str(tmp_path / "p")]) == 2 and not (tmp_path / "p").exists()
     # --clutter: recorded in the manifest, the same case with structure in fat and muscle
     busy = tmp_path / "busy"
     assert cli_main(["phantom", "--generator", "synth", "--fov", "roi", "--clutter", "--out", str(busy), "--cases", "1",
