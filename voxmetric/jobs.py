@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,21 +275,19 @@ def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int =
                      done: Callable[[int], None] | None = None) -> list[Any]:
     """``[fn(*c) for c in calls]`` in order, in up to ``jobs`` spawned processes when ``jobs`` > 1
     (``fn`` and its arguments must pickle); ``done(k)`` once the first ``k`` results are in."""
-    if jobs <= 1 or len(calls) < 2:
+    def collect(results: Iterator[Any]) -> list[Any]:
         out = []
-        for c in calls:
-            out.append(fn(*c))
+        for r in results:
+            out.append(r)
             if done is not None:
                 done(len(out))
         return out
+
+    if jobs <= 1 or len(calls) < 2:
+        return collect(fn(*c) for c in calls)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(fn, *c) for c in calls]
-        out = []
-        for f in futures:
-            out.append(f.result())
-            if done is not None:
-                done(len(out))
-        return out
+        return collect(f.result() for f in futures)

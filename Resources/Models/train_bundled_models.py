@@ -24,12 +24,13 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
    middle (``sampling._cut_fov``: tight MR slabs, cropped scans, a scan ending at the gland);
 3. keeps the checkpoint with the best validation Dice, stores float16 weights when that changes
    the validation Dice by at most 0.002 (else float32), and writes ``Resources/Models/<name>/``
-   and the pipeline file ``synth.pipeline.json`` (``--models DIR``: there instead).
+   and the pipeline file ``synth.pipeline.json`` (``--models DIR``: there instead). The cards record
+   the recipe, the data, the budget and the wall time; every figure in them is written by this script.
 
-On a GPU: ``--device cuda --workers 6 --jobs 14`` (loader processes and processes that write and
+On a GPU: ``--device cuda --workers 6 --jobs 15`` (loader processes and processes that write and
 prepare the cases; neither changes the patches drawn) with ``--batch`` and the refiner's width
-(``--ref-base``, ``--ref-embed``) as the machine allows; the card names the GPU. The cards record the recipe, the data, the
-   budget and the wall time; every figure in them is written by this script.
+(``--ref-base``, ``--ref-embed``) as the machine allows; the card names the GPU and which device ran
+which iterations.
 """
 
 from __future__ import annotations
