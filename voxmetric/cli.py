@@ -363,6 +363,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", choices=["all", "localize", "refine"], default="all")
     p.add_argument("--roi-rule", choices=["extent", "fixed"], default="extent",
                    help="extent: coarse mask extent + 15 mm (60–128 mm); fixed: 128 mm cube on the centroid")
+    p.add_argument("--candidates", type=int, default=3, metavar="N",
+                   help="stage-1 regions stage 2 may try, most confident first: when the prostate refined in one is "
+                        "empty or of implausible volume, the next is refined (default 3; 1: the most confident only)")
     p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
@@ -392,7 +395,7 @@ def _segment_pipelines(a: argparse.Namespace) -> Callable[[str], Pipeline]:
 
     device = _inference_device(a.device, getattr(a, "runtime", "auto"))
     config = PipelineConfig(roi_rule=a.roi_rule, largest_component=not a.no_postprocess,
-                            fill_holes=not a.no_postprocess)
+                            fill_holes=not a.no_postprocess, candidates=a.candidates)
     cache: dict[str, Pipeline] = {}
     # a given ROI needs no localizer; localizing alone needs no refiner
     stages = {"all": ("localizer", "refiner"), "localize": ("localizer",), "refine": ("refiner",)}[a.stage]

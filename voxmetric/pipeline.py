@@ -6,7 +6,12 @@ straight from the native scan (``data.preprocess_image_fast``: no whole-scan 1 m
 coarse mask = probability > 0.5, its most confident 3D component (the highest mean probability
 among those of at least ``min_volume_mm3``; the paper's I-12 keeps the largest, which on a real
 abdomen–pelvis CT was a larger, less certain response in the upper abdomen) gives the centroid
-(LPS mm) and the extent. ROI rules: ``"extent"`` (default) = the component's extent + ``margin_mm`` per
+(LPS mm) and the extent. The next ``candidates`` − 1 components that also pass are kept as
+alternatives: in :meth:`Pipeline.segment`, stage 2 checks stage 1 — when the prostate refined in
+the first box is empty or of implausible volume (:mod:`voxmetric.qc`), the alternatives are refined
+in turn and the first plausible one is used (the result's message says so). On the real pelvic CT
+of ``../shared/data`` the most confident region is the rectum above the gland (6.3 mL refined);
+the second is the gland. ROI rules: ``"extent"`` (default) = the component's extent + ``margin_mm`` per
 side, each side clamped to [``min_size_mm``, ``max_size_mm``]; ``"fixed"`` = a
 ``fixed_size_mm`` cube on the centroid (the paper's 128 mm). The box axes are the scan's axes,
 reordered and sign-flipped to point along +LPS (:func:`oriented`), so the box is aligned with
@@ -55,7 +60,7 @@ import numpy as np
 
 from . import intensity
 from .errors import ConfigError, InputError
-from .postprocess import clean, confident_component, labels_from_foreground
+from .postprocess import clean, labels_from_foreground, ranked_components
 from .volume import Box, Volume, crop, resample, resample_to
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +85,7 @@ class PipelineConfig:
     threshold: float = 0.5
     min_volume_mm3: float = 2000.0
     min_confidence: float = 0.5
+    candidates: int = 3
     largest_component: bool = True
     fill_holes: bool = True
     batch_size: int = 16
@@ -95,6 +101,8 @@ class PipelineConfig:
                               f"fixed {self.fixed_size_mm} mm.")
         if not 0 < self.threshold < 1 or self.batch_size < 1:
             raise ConfigError("threshold must lie in (0, 1) and batch_size be at least 1.")
+        if self.candidates < 1:
+            raise ConfigError(f"candidates (stage-1 regions stage 2 may try) must be at least 1, got {self.candidates}.")
 
 
 @dataclass
@@ -122,7 +130,9 @@ class LocalizeResult:
     """Stage-1 result: ``box`` (LPS), ``confidence`` (mean probability of the kept component,
     0 when none), ``found``, ``coarse_mask`` (uint8 Volume on the 4 mm preprocessed grid: the
     kept component), ``centroid`` (LPS mm, None when nothing was found) and ``probability``
-    (float32, any foreground class, on the grid of ``coarse_mask``)."""
+    (float32, any foreground class, on the grid of ``coarse_mask``); ``alternatives``: the next
+    regions that also pass as found, most confident first (at most ``candidates`` − 1), each a
+    LocalizeResult of its own."""
 
     box: Box
     confidence: float
@@ -131,6 +141,7 @@ class LocalizeResult:
     centroid: np.ndarray | None = None
     message: str = ""
     probability: Volume | None = None
+    alternatives: list[LocalizeResult] = field(default_factory=list)
 
 
 @dataclass
@@ -368,21 +379,29 @@ class Pipeline:
         probs = self._predict(loc, prep.array, lambda f, m: say(0.1 + 0.85 * f, m), "localize")
         prob = probs[1:].sum(0)  # any foreground class
         voxel_mm3 = float(np.prod(prep.spacing))
-        comp = confident_component(prob, cfg.threshold, int(np.ceil(cfg.min_volume_mm3 / voxel_mm3)))
-        n = int(comp.sum())
-        confidence = float(prob[comp].mean()) if n else 0.0
-        coarse = prep.with_array(comp.astype(np.uint8))
-        found = n * voxel_mm3 >= cfg.min_volume_mm3 and confidence >= cfg.min_confidence
-        if not found:
+        probability = prep.with_array(prob.astype(np.float32, copy=False))
+        comps = ranked_components(prob, cfg.threshold, int(np.ceil(cfg.min_volume_mm3 / voxel_mm3)), cfg.candidates)
+
+        def region(comp: np.ndarray) -> LocalizeResult:
+            coarse = prep.with_array(comp.astype(np.uint8))
+            box, centroid = roi_from_mask(coarse, cfg)
+            return LocalizeResult(box, float(prob[comp].mean()), True, coarse, centroid, "", probability)
+
+        regions = [region(c) for c in comps
+                   if c.sum() * voxel_mm3 >= cfg.min_volume_mm3 and prob[c].mean() >= cfg.min_confidence]
+        if not regions:
+            kept = comps[0] if comps else np.zeros(prob.shape, bool)
+            n = int(kept.sum())
+            confidence = float(prob[kept].mean()) if n else 0.0
             why = ("no prostate-like region" if n == 0 else
                    f"only a small ({n * voxel_mm3 / 1000:.1f} ml) or uncertain (confidence {confidence:.2f}) region")
             say(1.0, "localize: not found")
-            return LocalizeResult(self.default_box(prep), confidence, False, coarse, None,
+            return LocalizeResult(self.default_box(prep), confidence, False, prep.with_array(kept.astype(np.uint8)), None,
                                   f"No prostate was found ({why}); the ROI box was placed in the low pelvis. "
-                                  "Move it over the prostate and run Refine.", prep.with_array(prob.astype(np.float32, copy=False)))
-        box, centroid = roi_from_mask(coarse, cfg)
+                                  "Move it over the prostate and run Refine.", probability)
         say(1.0, "localize: done")
-        return LocalizeResult(box, confidence, True, coarse, centroid, "", prep.with_array(prob.astype(np.float32, copy=False)))
+        regions[0].alternatives = regions[1:]
+        return regions[0]
 
     @property
     def whole_body_refiner(self) -> bool:
@@ -506,6 +525,9 @@ class Pipeline:
             t1 = time.perf_counter()
             if found:
                 refined = self._refine_full(volume, box, _report(progress, 30 if loc else 0, 100))
+                if loc is not None and loc.alternatives:
+                    loc, refined = self._checked(volume, loc, refined, _report(progress, 100, 100))
+                    box, confidence, message = loc.box, loc.confidence, loc.message
                 mask = refined.mask
             else:
                 mask = volume.with_array(np.zeros(volume.shape, np.uint8))
@@ -522,6 +544,33 @@ class Pipeline:
                 res.uncertainty_kind = self.refiner.method.uncertainty_kind
                 res.uncertainty_limit = float(self.refiner.method.uncertainty_limit)
         return res
+
+    def _checked(self, volume: Volume, loc: LocalizeResult, refined: RefineOutput,
+                 say: Callable[[float, str], None]) -> tuple[LocalizeResult, RefineOutput]:
+        """Stage 2 checks stage 1: when the prostate refined in ``loc``'s box is empty or of an
+        implausible volume (:func:`voxmetric.qc.judge`), the next stage-1 regions
+        (``loc.alternatives``) are refined in turn and the first plausible one is kept (its
+        ``message`` says so); ``(loc, refined)`` when none is."""
+        from .qc import judge
+
+        modality, classes = self.image_modality(volume), self._need("refiner").classes
+
+        def problem(out: RefineOutput) -> str:
+            report = judge(out.mask, classes, modality)
+            return "; ".join(r for r, c in zip(report.reasons, report.codes) if c in ("empty", "volume"))
+
+        first = problem(refined)
+        if not first:
+            return loc, refined
+        for k, alt in enumerate(loc.alternatives, 2):
+            say(1.0, f"refine: region 1 is not plausible ({first}); refining region {k} (confidence {alt.confidence:.2f})")
+            out = self._refine_full(volume, alt.box, say)
+            if not problem(out):
+                alt.message = (f"Stage 1's most confident region (confidence {loc.confidence:.2f}) did not refine to a "
+                               f"plausible prostate ({first}); its region {k} (confidence {alt.confidence:.2f}) "
+                               "was used instead.")
+                return alt, out
+        return loc, refined
 
     def _stage_details(self, timings: dict[str, float]) -> dict[str, float]:
         """Seconds of each stage's network, its preprocessing (the rest of the stage but the

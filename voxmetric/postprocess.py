@@ -19,20 +19,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return morphology.largest_component(mask, full=True)
 
 
-def confident_component(prob: np.ndarray, threshold: float = 0.5, min_voxels: int = 1) -> np.ndarray:
-    """Boolean: the 26-connected component of ``prob > threshold`` with the highest mean
-    probability among those of at least ``min_voxels`` voxels (among all when none is that
-    large; all False when empty). A localizer's most confident detection: on a real
-    abdomen–pelvis CT a larger but less certain response higher up (bowel, vessels) must not win
-    over the gland."""
+def ranked_components(prob: np.ndarray, threshold: float = 0.5, min_voxels: int = 1,
+                      limit: int | None = None) -> list[np.ndarray]:
+    """Boolean masks of the 26-connected components of ``prob > threshold``, those of at least
+    ``min_voxels`` voxels by falling mean probability, then the smaller ones likewise (the first
+    ``limit``; an empty list when there are none). A localizer's detections, most confident first: on a real abdomen–pelvis CT a
+    larger but less certain response higher up (bowel, vessels) must not win over the gland."""
     labels, n = morphology.label(np.asarray(prob) > threshold, full=True)
-    if n <= 1:
-        return labels > 0
+    if n == 0:
+        return []
     flat = labels.ravel()
     sizes = np.bincount(flat, minlength=n + 1)[1:]
     means = np.bincount(flat, weights=np.asarray(prob, np.float64).ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
-    means = np.where(sizes >= min_voxels, means, -1.0) if (sizes >= min_voxels).any() else means
-    return labels == int(np.argmax(means)) + 1
+    order = sorted(range(n), key=lambda i: (sizes[i] < min_voxels, -means[i]))
+    return [labels == i + 1 for i in order[:limit]]
 
 
 def labels_from_foreground(fg: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -2,7 +2,7 @@
 picture of the real scans.
 
     python Testing/Benchmarks/eval_bundled_models.py [--pipeline NAME | --localizer PKG --refiner PKG]
-        [--sets a,b,promise12,real] [--work DIR] [--png Resources/real_scans.png] [--tag TAG]
+        [--sets a,b,promise12,real] [--work DIR] [--png Resources/real_scans.png] [--tag TAG] [--candidates N]
 
 Sets (none is used to train or validate the bundled models, see Resources/Models/train_bundled_models.py):
 
@@ -70,16 +70,17 @@ def labelled_sets(args) -> dict[str, list[tuple[str, object, object, str]]]:
 
 def pipelines(args):
     from voxmetric import models
-    from voxmetric.pipeline import Pipeline
+    from voxmetric.pipeline import Pipeline, PipelineConfig
 
+    config = PipelineConfig(candidates=args.candidates)
     if args.localizer and args.refiner:
         stages = [models.load_stage(path) for path in (args.localizer, args.refiner)]
-        return lambda modality: Pipeline(stages[0], stages[1], modality, device="cpu")
+        return lambda modality: Pipeline(stages[0], stages[1], modality, config, device="cpu")
     cache: dict = {}
 
     def get(modality: str):
         if modality not in cache:
-            cache[modality] = models.load_pipeline(args.pipeline, modality, "cpu")
+            cache[modality] = models.load_pipeline(args.pipeline, modality, "cpu", config)
         return cache[modality]
 
     return get
@@ -133,6 +134,8 @@ def main() -> int:
     p.add_argument("--sets", default="a,b,promise12,real")
     p.add_argument("--count", type=int, default=10, help="phantoms per modality in sets a (and ≤ 8 in b)")
     p.add_argument("--png", type=Path, help="picture of the real scans' results")
+    p.add_argument("--candidates", type=int, default=3,
+                   help="stage-1 regions stage 2 may try (segment --candidates; 1: the most confident only)")
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()

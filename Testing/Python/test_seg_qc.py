@@ -56,10 +56,14 @@ class _FakeJob:
         pass
 
 
-def _done(qc: dict, verdict: str) -> list[dict]:
+NOTE = ("Stage 1's most confident region (confidence 0.77) did not refine to a plausible prostate (Prostate: "
+        "implausible volume 6.3 mL (expected 10–300 mL for CT)); its region 2 (confidence 0.71) was used instead.")
+
+
+def _done(qc: dict, verdict: str, message: str = "") -> list[dict]:
     return [{"event": "progress", "done": 50, "total": 100, "message": "refine"},
             {"event": "done", "found": qc["ok"], "localized": True, "confidence": 0.9, "verdict": verdict, "qc": qc,
-             "timings": {"total": 1.5}},
+             "timings": {"total": 1.5}, "message": message},
             {"event": "exit", "returncode": 0}]
 
 
@@ -99,7 +103,7 @@ def test_uncertainty_checkbox_node_overlay_and_qc_warning(standins, mrml_scene, 
             (OK_QC, "result: OK — Prostate 31.0 mL (mean uncertainty 0.30)")
         output = StageOutput(Box((30.0, 30.0, 15.0), (40.0, 40.0, 30.0)), [("Prostate", image.with_array(mask))],
                              image.with_array(unc) if kw.get("uncertainty") else None)
-        engine.job, engine.stage = _FakeJob(_done(qc, verdict), output), stage
+        engine.job, engine.stage = _FakeJob(_done(qc, verdict, NOTE if len(calls) == 3 else ""), output), stage
         return engine.job
 
     monkeypatch.setattr(engine, "start", start)
@@ -127,6 +131,10 @@ def test_uncertainty_checkbox_node_overlay_and_qc_warning(standins, mrml_scene, 
     assert widget._parameterNode.uncertaintyVolume is node and not standins.DIALOGS
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
     assert widget.ui.statusLabel.text.startswith("result: OK — Prostate 31.0 mL")
+
+    widget.ui.segmentButton.click()  # OK, but stage 2 used stage 1's second region: the engine's note is shown
+    _run_until_idle(standins, widget)
+    assert standins.DIALOGS[-1] == ("warning", NOTE, "Check the result")
 
     widget.ui.showUncertaintyCheckBox.click()  # off: no map asked for, none made
     widget.ui.segmentButton.click()

@@ -48,7 +48,7 @@ class StageResult:
     message: str = ""  # stage 1 found nothing: where the box went and what to do
     verdict: str = ""  # the engine's QC line, "result: OK — …" or "result: CHECK — …"
     qc: dict[str, Any] = field(default_factory=dict)  # the engine's QC block (voxmetric.qc)
-    warning: str = ""  # the QC reasons in words when the verdict is CHECK (shown in a dialog)
+    warning: str = ""  # what to check (shown in a dialog): the engine's note on a found result, the QC reasons
     uncertainty_node: Any = None  # the uncertainty map's volume node, when asked for
 
     @property
@@ -194,7 +194,8 @@ class SegmentLogic:
         result = StageResult(stage, found=bool(done.get("localized", done.get("found", True))),
                              confidence=done.get("confidence"), timings=dict(done.get("timings", {})),
                              verdict=str(done.get("verdict", "")), qc=dict(done.get("qc") or {}))
-        result.warning = qc_warning(result.qc) if result.found else ""
+        if result.found:  # e.g. "Stage 1's most confident region … gave …; its region 2 … was used instead."
+            result.warning = "\n\n".join(t for t in (str(done.get("message") or ""), qc_warning(result.qc)) if t)
         output = self.job.result if self.job is not None else None
         if not isinstance(output, StageOutput):
             raise VoxMetricError(f"{stage.capitalize()} left no result to read.")
