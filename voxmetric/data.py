@@ -30,7 +30,7 @@ from .errors import ConfigError, InputError, VoxMetricError
 from .volume import Box, Volume, resample, resample_to
 
 REGIONS = ("label_box", "body")
-PREP_VERSION = 2  # bump when the preprocessing changes: old cache entries are then ignored
+PREP_VERSION = 3  # bump when the preprocessing changes: old cache entries are then ignored (3: the MR body mask)
 DEFAULT_CLASSES = ("Prostate",)
 
 

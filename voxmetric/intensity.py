@@ -12,6 +12,7 @@ from .errors import ConfigError, InputError
 from .volume import Box, Volume
 
 CT_BODY_HU = -500.0
+MR_MIN_PIECE = 0.05  # MR body: pieces above Otsu's threshold of at least this fraction of the largest
 
 
 def normalize_ct(array: np.ndarray, window: tuple[float, float] = (-200.0, 250.0)) -> np.ndarray:
@@ -52,8 +53,11 @@ def normalize(array: np.ndarray, modality: str) -> np.ndarray:
 
 
 def body_mask(vol: Volume, modality: str) -> np.ndarray:
-    """Boolean body mask (z, y, x): CT > -500 HU, MR > Otsu threshold; the largest 3D
-    connected component with holes filled slice by slice (along z)."""
+    """Boolean body mask (z, y, x), holes filled slice by slice (along z). CT: the largest 3D
+    connected component above -500 HU (the table and other objects are left out). MR: every
+    component above Otsu's threshold of at least 5 % of the largest one's size — on T2 the bright
+    tissue (fat, fluid) falls apart into pieces around dark muscle, and the largest alone (a band of
+    fat on phantom a-MR 5103) can leave the prostate outside its box."""
     a = np.asarray(vol.array, dtype=np.float32)
     if _modality(modality) == "ct":
         fg = a > CT_BODY_HU
@@ -65,8 +69,11 @@ def body_mask(vol: Volume, modality: str) -> np.ndarray:
     if n == 0:
         what = f"above {CT_BODY_HU:g} HU (is this CT in Hounsfield units?)" if modality.lower() == "ct" else "above the Otsu threshold"
         raise InputError(f"No body found: no voxel is {what}. Check the image and its modality.")
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    body = labels == largest
+    sizes = np.bincount(labels.ravel())[1:]
+    if _modality(modality) == "ct":
+        body = labels == np.argmax(sizes) + 1
+    else:
+        body = np.isin(labels, np.flatnonzero(sizes >= MR_MIN_PIECE * sizes.max()) + 1)
     return fill_holes_slices(body)
 
 

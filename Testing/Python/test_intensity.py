@@ -72,6 +72,25 @@ def test_body_mask_largest_component_holes_filled(modality: str) -> None:
     np.testing.assert_array_equal(m, body)
 
 
+def test_mr_body_box_spans_the_bright_pieces_around_dark_muscle() -> None:
+    """T2-like: muscle (150) fills the body; bright fat (600) lies in a band in front and a smaller
+    one behind, apart. Otsu's threshold (between muscle and fat) splits the body into both bands;
+    the largest alone boxes the front third (on phantom a-MR 5103 such a box left the prostate
+    out), both together span the body. Specks of the air's noise above it stay out."""
+    z, y, x = np.indices((12, 60, 60))
+    body = ((x - 30) / 26.0) ** 2 + ((y - 30) / 22.0) ** 2 <= 1.0
+    front, back = body & (y < 16), body & (y > 46)
+    rng = np.random.default_rng(2)
+    a = rng.normal(5.0, 2.0, body.shape)
+    a[body] = rng.normal(150.0, 20.0, int(body.sum()))
+    a[front | back] = rng.normal(600.0, 40.0, int((front | back).sum()))
+    a[0, 0, 0] = a[5, 59, 59] = 700.0  # noise specks, far from the body
+    vol = Volume(a.astype(np.float32), (1.0, 1.0, 3.0))
+    np.testing.assert_array_equal(body_mask(vol, "mr"), front | back)
+    ys = np.nonzero(body.any((0, 2)))[0]
+    np.testing.assert_allclose(body_box(vol, "mr", margin_mm=0.0).size[1], np.ptp(ys) + 1)
+
+
 def test_body_box_margin_and_clip() -> None:
     vol, body = pelvis("ct")
     box = body_box(vol, "ct", margin_mm=1.6)  # two voxels in x and y, clipped in z
@@ -105,3 +124,7 @@ def test_real_data_modality_and_body(shared_data: Path) -> None:
     assert np.all(box.size <= ct.size_xyz * ct.spacing + 1e-6)
     out = normalize(ct.array, "ct")
     assert out.min() == 0.0 and out.max() == 255.0
+    # T2 MR: the body's box is the whole scan in-plane (the prostate-centred field of view)
+    for case in (0, 1):
+        mr = read_volume(shared_data / "promise12_demo" / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz")
+        np.testing.assert_allclose(body_box(mr, "mr", margin_mm=0.0).size[:2], [128.0, 128.0])
