@@ -551,13 +551,13 @@ class Pipeline:
         implausible volume (:func:`voxmetric.qc.judge`), the next stage-1 regions
         (``loc.alternatives``) are refined in turn and the first plausible one is kept (its
         ``message`` says so); ``(loc, refined)`` when none is."""
-        from .qc import judge
+        from .qc import IMPLAUSIBLE, judge
 
         modality, classes = self.image_modality(volume), self._need("refiner").classes
 
         def problem(out: RefineOutput) -> str:
             report = judge(out.mask, classes, modality)
-            return "; ".join(r for r, c in zip(report.reasons, report.codes) if c in ("empty", "volume"))
+            return "; ".join(r for r, c in zip(report.reasons, report.codes) if c in IMPLAUSIBLE)
 
         first = problem(refined)
         if not first:
@@ -757,7 +757,9 @@ def _judge(res: SegmentResult, modality: str) -> Any:
 
 def _found(res: SegmentResult, report: Any) -> bool:
     """Stage 1 found the organ and no segment is empty or of an implausible volume."""
-    return bool(res.found) and not report.has("empty", "volume")
+    from .qc import IMPLAUSIBLE
+
+    return bool(res.found) and not report.has(*IMPLAUSIBLE)
 
 
 def overview_png(image: Volume, box: Box, path: str | Path, truth: np.ndarray | None = None,

@@ -41,6 +41,9 @@ PLAUSIBLE_ML: dict[str, dict[str, tuple[float, float]]] = {
 OK, CHECK = "OK", "CHECK"
 #: What :func:`judge` can flag (``QCReport.codes``).
 CODES = ("not_found", "empty", "volume", "pieces", "roi_border", "image_edge", "uncertainty")
+#: The codes that make a refined result untrustworthy (no organ, or not a plausible one): the
+#: pipeline then tries stage 1's next region, and ``segment`` does not call the result found.
+IMPLAUSIBLE = ("empty", "volume")
 
 
 @dataclass(frozen=True)
