@@ -2,7 +2,8 @@
 picture of the real scans.
 
     python Testing/Benchmarks/eval_bundled_models.py [--pipeline NAME | --localizer PKG --refiner PKG]
-        [--sets a,b,promise12,real] [--work DIR] [--png Resources/real_scans.png] [--tag TAG] [--candidates N]
+        [--sets a,b,promise12,real] [--work DIR] [--png Resources/real_scans.png] [--planes axial,coronal,sagittal]
+        [--tag TAG] [--candidates N]
 
 Sets (none is used to train or validate the bundled models, see Resources/Models/train_bundled_models.py):
 
@@ -86,8 +87,10 @@ def pipelines(args):
     return get
 
 
-def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path, title: str) -> None:
-    """One axial slice per scan: through the result's centroid, else the middle; red contour."""
+def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path, title: str,
+              planes: tuple[str, ...] = ("axial",)) -> None:
+    """Per scan, a slice in each of ``planes`` (axial, coronal, sagittal; several: one row per scan)
+    through the result's centroid, else the middle; red contour. Superior is up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,23 +98,28 @@ def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path,
 
     from voxmetric.pipeline import oriented
 
-    n = len(results)
-    cols = min(n, 4)
+    n = len(results) * len(planes)
+    cols = len(planes) if len(planes) > 1 else min(n, 4)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (name, vol, mask, qc) in zip(axes.ravel(), results):
-        img = oriented(vol)
+    for ax, ((name, vol, mask, qc), plane) in zip(axes.ravel(), [(r, p) for r in results for p in planes]):
+        img = oriented(vol)  # (z, y, x) along +S, +P, +L
         m = oriented(vol.with_array(mask.astype(np.uint8))).array > 0
-        z = int(np.argwhere(m).mean(0)[0]) if m.any() else img.shape[0] // 2
-        a = img.array[z].astype(np.float32)
+        axis = ("axial", "coronal", "sagittal").index(plane)
+        k = int(np.argwhere(m).mean(0)[axis]) if m.any() else img.shape[axis] // 2
+        a, mk = np.take(img.array, k, axis).astype(np.float32), np.take(m, k, axis)
+        sp = img.spacing  # x, y, z
+        aspect, origin = {"axial": (sp[1] / sp[0], "upper"), "coronal": (sp[2] / sp[0], "lower"),
+                          "sagittal": (sp[2] / sp[1], "lower")}[plane]
         lo, hi = ((-200, 250) if float(np.percentile(img.array, 1)) < -500 else np.percentile(img.array, (1, 99)))
-        ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, aspect=img.spacing[1] / img.spacing[0])
-        if m[z].any():
-            ax.contour(m[z].astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
+        ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin=origin)
+        if mk.any():
+            ax.contour(mk.astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
         ml = float(m.sum() * np.prod(vol.spacing) / 1000)
-        ax.set_title(f"{name}\n{ml:.0f} mL{'' if m.any() else ' (nothing found)'}", fontsize=8)
+        ax.set_title(f"{name}{'' if len(planes) == 1 else ', ' + plane}\n{ml:.0f} mL{'' if m.any() else ' (nothing found)'}",
+                     fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,7 @@ def main() -> int:
     p.add_argument("--sets", default="a,b,promise12,real")
     p.add_argument("--count", type=int, default=10, help="phantoms per modality in sets a (and ≤ 8 in b)")
     p.add_argument("--png", type=Path, help="picture of the real scans' results")
+    p.add_argument("--planes", default="axial", help="planes of that picture, e.g. axial,coronal,sagittal")
     p.add_argument("--candidates", type=int, default=3,
                    help="stage-1 regions stage 2 may try (segment --candidates; 1: the most confident only)")
     p.add_argument("--tag", default="")
@@ -176,7 +185,8 @@ def main() -> int:
                       "dsc_min": round(min(dsc), 3), "hd95_median": round(statistics.median(hd), 1) if hd else None,
                       "empty": sum(r["pred_ml"] == 0 for r in sel)})
     if args.png and pictures:
-        slice_png(pictures, args.png, f"real scans, no labels: prostate found by {args.tag or 'the pipeline'} (red)")
+        slice_png(pictures, args.png, f"real scans, no labels: prostate found by {args.tag or 'the pipeline'} (red)",
+                  tuple(args.planes.split(",")))
         emit({"png": str(args.png)})
     return 0
 
