@@ -102,7 +102,8 @@ class PipelineConfig:
         if not 0 < self.threshold < 1 or self.batch_size < 1:
             raise ConfigError("threshold must lie in (0, 1) and batch_size be at least 1.")
         if self.candidates < 1:
-            raise ConfigError(f"candidates (stage-1 regions stage 2 may try) must be at least 1, got {self.candidates}.")
+            raise ConfigError("candidates (stage-1 regions stage 2 may try) must be at least 1, "
+                              f"got {self.candidates}.")
 
 
 @dataclass
@@ -396,7 +397,8 @@ class Pipeline:
             why = ("no prostate-like region" if n == 0 else
                    f"only a small ({n * voxel_mm3 / 1000:.1f} ml) or uncertain (confidence {confidence:.2f}) region")
             say(1.0, "localize: not found")
-            return LocalizeResult(self.default_box(prep), confidence, False, prep.with_array(kept.astype(np.uint8)), None,
+            coarse = prep.with_array(kept.astype(np.uint8))
+            return LocalizeResult(self.default_box(prep), confidence, False, coarse, None,
                                   f"No prostate was found ({why}); the ROI box was placed in the low pelvis. "
                                   "Move it over the prostate and run Refine.", probability)
         say(1.0, "localize: done")
@@ -563,7 +565,8 @@ class Pipeline:
         if not first:
             return loc, refined
         for k, alt in enumerate(loc.alternatives, 2):
-            say(1.0, f"refine: region 1 is not plausible ({first}); refining region {k} (confidence {alt.confidence:.2f})")
+            say(1.0, f"refine: region 1 is not plausible ({first}); "
+                     f"refining region {k} (confidence {alt.confidence:.2f})")
             out = self._refine_full(volume, alt.box, say)
             if not problem(out):
                 alt.message = (f"Stage 1's most confident region (confidence {loc.confidence:.2f}) did not refine to a "

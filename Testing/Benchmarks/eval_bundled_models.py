@@ -118,8 +118,8 @@ def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path,
         if mk.any():
             ax.contour(mk.astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
         ml = float(m.sum() * np.prod(vol.spacing) / 1000)
-        ax.set_title(f"{name}{'' if len(planes) == 1 else ', ' + plane}\n{ml:.0f} mL{'' if m.any() else ' (nothing found)'}",
-                     fontsize=8)
+        where = "" if len(planes) == 1 else ", " + plane
+        ax.set_title(f"{name}{where}\n{ml:.0f} mL{'' if m.any() else ' (nothing found)'}", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
