@@ -388,16 +388,16 @@ class Pipeline:
             box, centroid = roi_from_mask(coarse, cfg)
             return LocalizeResult(box, float(prob[comp].mean()), True, coarse, centroid, "", probability)
 
-        regions = [region(c) for c in comps
-                   if c.sum() * voxel_mm3 >= cfg.min_volume_mm3 and prob[c].mean() >= cfg.min_confidence]
+        ranked = [region(c) for c in comps]
+        regions = [r for r in ranked
+                   if r.coarse_mask.array.sum() * voxel_mm3 >= cfg.min_volume_mm3 and r.confidence >= cfg.min_confidence]
         if not regions:
-            kept = comps[0] if comps else np.zeros(prob.shape, bool)
-            n = int(kept.sum())
-            confidence = float(prob[kept].mean()) if n else 0.0
+            n = int(ranked[0].coarse_mask.array.sum()) if ranked else 0
+            confidence = ranked[0].confidence if ranked else 0.0
             why = ("no prostate-like region" if n == 0 else
                    f"only a small ({n * voxel_mm3 / 1000:.1f} ml) or uncertain (confidence {confidence:.2f}) region")
             say(1.0, "localize: not found")
-            coarse = prep.with_array(kept.astype(np.uint8))
+            coarse = ranked[0].coarse_mask if ranked else prep.with_array(np.zeros(prob.shape, np.uint8))
             return LocalizeResult(self.default_box(prep), confidence, False, coarse, None,
                                   f"No prostate was found ({why}); the ROI box was placed in the low pelvis. "
                                   "Move it over the prostate and run Refine.", probability)
