@@ -6,7 +6,7 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
         [--loc-iterations 4000] [--ref-iterations 10000] [--threads 1] [--resume]
         [--init-from MODEL] [--lr 1e-3] [--fov-cut 0.0] [--gamma 0] [--clutter] [--average-from 0]
         [--batch 8] [--ref-base 16] [--ref-embed 64] [--device cpu] [--workers 0] [--jobs 1] [--models DIR]
-        [--prepare-only]
+        [--prepare-only] [--pseudo-label DIR ...] [--pseudo-repeat 20]
 
 1. writes synthetic cases (``synth.write_synth_cases``, contrast ``mix``: CT-like in Hounsfield
    units, T2-MR-like and fully random contrasts in turn): 160 whole-pelvis scans (seeds 20000…),
@@ -26,6 +26,11 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
    the validation Dice by at most 0.002 (else float32), and writes ``Resources/Models/<name>/``
    and the pipeline file ``synth.pipeline.json`` (``--models DIR``: there instead). The cards record
    the recipe, the data, the budget and the wall time; every figure in them is written by this script.
+
+Self-training on unlabeled real scans (``--pseudo-label DIR``, repeatable; with ``--init-from``): the
+packages in ``--models`` segment every image in DIR as ``voxmetric segment`` does; the scans it
+reports as found (stage 1 found the organ, a plausible volume) join the training set of every model
+of this run, labelled with that result, each ``--pseudo-repeat`` times (``pseudo_labelled``).
 
 On a GPU: ``--device cuda --workers 6 --jobs 15`` (loader processes and processes that write and
 prepare the cases; neither changes the patches drawn) with ``--batch`` and the refiner's width
@@ -148,6 +153,42 @@ def data(work: Path, clutter: bool = False, which: tuple[str, ...] = ("localizer
     return sets
 
 
+def pseudo_labelled(work: Path, folders: list[Path], models: Path) -> list[dict]:
+    """Self-training labels: every image in ``folders`` segmented by the pipeline of the packages in
+    ``models`` (the bundled ones where it has none; both stages, :func:`voxmetric.pipeline.segment_file`), one entry per scan (id, image,
+    label, found, verdict, volume in mL, stage-1 confidence). Written once per work folder
+    (``pseudo-labels/pseudo.json``) so that a resumed run keeps its labels."""
+    from voxmetric.cases import load_cases
+    from voxmetric.files import write_json
+    from voxmetric.models import load_stage
+    from voxmetric.pipeline import Pipeline, segment_file
+
+    out = work / "pseudo-labels"
+    if (out / "pseudo.json").exists():
+        return json.loads((out / "pseudo.json").read_text(encoding="utf-8"))
+    localizer, refiner = (load_stage(next(p for p in (models / NAMES[k], HERE / NAMES[k]) if p.exists()))
+                          for k in ("localizer", "refiner"))
+    scans = []
+    for case in (c for folder in folders for c in load_cases(folder, require_labels=False)):
+        label = out / f"{case.id}.seg.nrrd"
+        s = segment_file(lambda mod: Pipeline(localizer, refiner, mod), case.image, label, overwrite=True)
+        volume = s["qc"]["classes"].get("Prostate", {}).get("volume_ml", 0.0)
+        scans.append({"id": case.id, "image": str(case.image.resolve()), "label": str(label.resolve()),
+                      "found": s["found"], "verdict": s["verdict"], "volume_ml": round(volume, 1),
+                      "confidence": round(s["confidence"], 2)})
+        log({"event": "log", "message": f"pseudo-label {case.id}: {s['verdict']}"
+                                        f"{'' if s['found'] else ' (not found: not used)'}"})
+    write_json(out / "pseudo.json", scans)
+    return scans
+
+
+def pseudo_cases(scans: list[dict], repeat: int) -> list:
+    """The training cases of the found pseudo-labelled ``scans``, each ``repeat`` times."""
+    from voxmetric.cases import CaseRecord
+
+    return [CaseRecord(s["id"], Path(s["image"]), Path(s["label"]), "Prostate") for s in scans if s["found"]] * repeat
+
+
 def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> None:
     from voxmetric import models, training
     from voxmetric.data import prepare_cases
@@ -193,7 +234,7 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
     recipe_line = recipe_of(kind, args, runs, before.get("recipe"), [d for d, _, _ in parts])
     card = bundled_card(kind, result.card_fields, len(sets[kind]), len(sets[f"{kind}-val"]), recipe_line, args.threads,
                         hours, v16["dsc"], init.source if init else None, args.clutter, device,
-                        "; ".join(f"{d}: iterations {a}–{b}" for d, a, b in parts))
+                        "; ".join(f"{d}: iterations {a}–{b}" for d, a, b in parts), args.pseudo)
     models.save_package(args.models / NAMES[kind], card, result.state_dict, half=half, overwrite=True)
     log({"event": "log", "message": f"saved {args.models / NAMES[kind]} (validation DSC fp32 {dsc32:.4f}, fp16 "
                                     f"{v16['dsc']:.4f}, stored as {'float16' if half else 'float32'})"})
@@ -213,6 +254,8 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
         settings += [("ref-base", args.ref_base, 16), ("ref-embed", args.ref_embed, 64)]
     extra = "".join(f" --{flag} {value:g}" for flag, value, default in settings if value != default)
     extra += " --clutter" if args.clutter else ""
+    if getattr(args, "pseudo", None):
+        extra += "".join(f" --pseudo-label {d}" for d in args.pseudo["folders"]) + f" --pseudo-repeat {args.pseudo['repeat']}"
     extra += f" --device {first}" if first != "cpu" else ""
     head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
@@ -222,27 +265,37 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
 
 def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe: str, threads: int, hours: float,
                  dsc_float16: float, init_from: dict | None = None, clutter: bool = False, device=None,
-                 parts: str = "") -> dict:
+                 parts: str = "", pseudo: dict | None = None) -> dict:
     """The card of a bundled model: the trainer's ``card_fields`` (method, config, data, training
     incl. time and final loss, validation) plus what this script knows (name, demo flag, intended
     use, description, generator, data, recipe, wall time over every resumed part, machine, float16
     validation Dice and, for a further run, the package it started from; ``clutter``: its training
     cases were drawn with clutter; ``device``: the torch device it trained on, named in ``machine`` when a
-    GPU; ``parts``: the device of each part of a run that changed device, else the one device). ``n_val`` counts the
+    GPU; ``parts``: the device of each part of a run that changed device, else the one device; ``pseudo``: the
+    self-training scans (folders, repeat, scans: :func:`pseudo_labelled`), counted in ``n_train``). ``n_val`` counts the
     validation cases, 4 of them realistic phantoms. Nothing else: ``Testing/Python/test_demo_cards.py``
     checks that no field of a bundled card is written by hand."""
     import torch
 
     card = dict(card_fields)
+    used = [s for s in (pseudo or {}).get("scans", []) if s["found"]]
+    n_real = len(used) * (pseudo or {}).get("repeat", 0)
+    real = (f" + {len(used)} real scans pseudo-labelled by the pipeline it started from (each ×{pseudo['repeat']})"
+            if pseudo and used else "")
     card.update(
-        name=NAMES[kind], demo=True, intended_use=INTENDED_USE,
-        description=(f"{METHODS[kind]} {kind} trained only on domain-randomised synthetic images (CT-like, "
-                     "T2-MR-like and random contrasts), for CT and MR. Research model, not for clinical use."),
+        name=NAMES[kind], demo=True,
+        intended_use=INTENDED_USE.replace("trained only on synthetic images (domain randomisation)",
+                                          "trained on synthetic images (domain randomisation) and self-trained on "
+                                          "unlabeled real scans") if real else INTENDED_USE,
+        description=(f"{METHODS[kind]} {kind} trained {'' if real else 'only '}on domain-randomised synthetic images "
+                     "(CT-like, T2-MR-like and random contrasts)"
+                     + (f" and self-trained on {len(used)} unlabeled real scans labelled by its own pipeline" if real
+                        else "") + ", for CT and MR. Research model, not for clinical use."),
     )
     training: dict = dict(
         card.get("training", {}), generator=f"voxmetric.synth (contrast mix{', clutter' if clutter else ''})",
-        data=f"{n_train} synthetic cases{' with clutter' if clutter else ''}; validation: {n_val - 4} synthetic + 2 CT "
-             "and 2 MR phantoms",
+        data=f"{n_train - n_real} synthetic cases{' with clutter' if clutter else ''}{real}; validation: {n_val - 4} "
+             "synthetic + 2 CT and 2 MR phantoms",
         recipe=recipe,
         wall_hours=round(hours, 2),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s)"
@@ -250,6 +303,8 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
         devices=parts or (str(device) if device is not None else "cpu"))
     if init_from:  # the package a further run started from (models.initial_weights' source)
         training["init_from"] = init_from
+    if pseudo:
+        training["pseudo_labels"] = pseudo
     card["training"] = training
     card["validation"] = dict(card.get("validation", {}), dsc_float16=dsc_float16)
     return card
@@ -278,13 +333,25 @@ def main() -> int:
     p.add_argument("--models", type=Path, default=HERE, help="where the packages go (default: beside this script)")
     p.add_argument("--prepare-only", action="store_true",
                    help="write and prepare the cases of --which, train nothing (several runs on one data set)")
+    p.add_argument("--pseudo-label", type=Path, action="append", default=[], metavar="DIR",
+                   help="unlabeled real scans to self-train on (with --init-from; repeatable)")
+    p.add_argument("--pseudo-repeat", type=int, default=20, help="times each pseudo-labelled scan is in the training set")
     args = p.parse_args()
+    if args.pseudo_label and not args.init_from:
+        p.error("--pseudo-label needs --init-from: the labels come from the pipeline a run starts from")
     import torch
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     which = tuple(k.strip() for k in args.which.split(","))
     sets = data(args.work, args.clutter, which, args.jobs)
+    args.pseudo = None
+    if args.pseudo_label:
+        scans = pseudo_labelled(args.work, args.pseudo_label, args.models)
+        for kind in which:
+            sets[kind] = sets[kind] + pseudo_cases(scans, args.pseudo_repeat)
+        args.pseudo = {"folders": [str(d) for d in args.pseudo_label], "repeat": args.pseudo_repeat,
+                       "scans": [{k: v for k, v in s.items() if k not in ("image", "label")} for s in scans]}
     for kind in which:
         train_one(kind, args, sets)
     if all((args.models / n / "model.json").exists() for n in NAMES.values()):

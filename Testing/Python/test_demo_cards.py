@@ -60,12 +60,14 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
                                             average_from=bundled["training"].get("average_from", 0.0)),
                    [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
                    emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
-    card = gen.bundled_card(kind, result.card_fields, 2, 5, "python … --ref-iterations 3", 1, 0.01, 0.5,
-                            bundled["training"].get("init_from"))
+    pseudo = bundled["training"].get("pseudo_labels")
+    card = gen.bundled_card(kind, result.card_fields, 2 + len(pseudo["scans"]) * pseudo["repeat"] if pseudo else 2, 5,
+                            "python … --ref-iterations 3", 1, 0.01, 0.5, bundled["training"].get("init_from"),
+                            pseudo=pseudo)
     written = json.loads((models.save_package(tmp_path / "pkg", card, result.state_dict, half=True)
                           / "model.json").read_text(encoding="utf-8"))
     assert written["training"]["seconds"] > 0 and written["training"]["final_loss"] is not None
-    assert written["training"]["data"] == "2 synthetic cases; validation: 1 synthetic + 2 CT and 2 MR phantoms"
+    assert written["training"]["data"].startswith("2 synthetic cases")
     by_hand = sorted(key_paths(bundled) - key_paths(written))
     assert not by_hand, f"fields of {bundled_path} that no code writes: {by_hand}"
     assert "onnx" in bundled, f"{bundled_path} has no ONNX graph: voxmetric models export-onnx {gen.NAMES[kind]}"
@@ -80,7 +82,7 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
     assert f"--threads {threads}" in t["recipe"], (t["recipe"], t["machine"])
     again = gen.bundled_card(kind, {"training": t, "validation": v}, t["cases"], len(t["val_case_ids"]),
                              t["recipe"], threads, t["wall_hours"], v["dsc_float16"], t.get("init_from"),
-                             "--clutter" in t["recipe"].split("--init-from")[-1])
+                             "--clutter" in t["recipe"].split("--init-from")[-1], pseudo=t.get("pseudo_labels"))
     for key in ("name", "description", "intended_use", "demo"):
         assert bundled[key] == again[key], key
     for key in ("generator", "data", "recipe", "wall_hours"):
@@ -169,3 +171,46 @@ def test_a_resumed_run_keeps_its_training_time_and_final_loss(tmp_path: Path) ->
     again = train(method, cfg, tcfg, cases, [], tmp_path, emit=lambda e: None, resume=True)
     assert again.card_fields["training"]["final_loss"] == first.card_fields["training"]["final_loss"] is not None
     assert again.card_fields["training"]["seconds"] >= first.card_fields["training"]["seconds"] - 0.1
+
+
+def test_self_training_uses_the_scans_the_pipeline_finds(tmp_path: Path) -> None:
+    """``--pseudo-label``: the bundled pipeline (no package in ``--models``) segments each scan; a
+    phantom it finds becomes a training case labelled with its result, ``repeat`` times; a body without a
+    prostate is recorded as not found and not used; the labels are written once per work folder; the
+    card and the recipe say so."""
+    import argparse
+
+    import numpy as np
+
+    from voxmetric import io
+    from voxmetric.phantom import make_case
+    from voxmetric.volume import Volume
+
+    gen = _generator()
+    if not all((MODELS / n / "model.json").exists() for n in gen.NAMES.values()):
+        pytest.skip("no bundled pipeline")
+    scans = tmp_path / "scans"
+    io.write_volume(make_case(777, "ct").image, scans / "pelvis.nrrd")
+    _, y, x = np.indices((24, 64, 64))
+    water = np.where((y - 32) ** 2 + (x - 32) ** 2 < 26 ** 2, 40, -1000).astype(np.int16)
+    io.write_volume(Volume(water, (4.0, 4.0, 4.0)), scans / "water.nrrd")
+    work = tmp_path / "work"
+    found = gen.pseudo_labelled(work, [scans], tmp_path / "no-models")
+    assert [(s["id"], s["found"]) for s in found] == [("pelvis", True), ("water", False)]
+    assert 10 <= found[0]["volume_ml"] <= 300 and found[0]["verdict"].startswith("result: ")
+    label = io.read_segment_mask(found[0]["label"], "Prostate")
+    assert label.array.sum() * np.prod(label.spacing) / 1000 == pytest.approx(found[0]["volume_ml"], abs=0.06)
+    assert gen.pseudo_labelled(work, [], tmp_path / "no-models") == found  # written once: a resume keeps them
+    cases = gen.pseudo_cases(found, 3)
+    assert [c.id for c in cases] == ["pelvis"] * 3 and cases[0].label == Path(found[0]["label"])
+
+    pseudo = {"folders": [str(scans)], "repeat": 3, "scans": found}
+    card = gen.bundled_card("localizer", {"training": {}, "validation": {}}, 10 + 3, 8, "R", 1, 0.1, 0.5, None,
+                            pseudo=pseudo)
+    assert card["training"]["data"] == ("10 synthetic cases + 1 real scans pseudo-labelled by the pipeline it started "
+                                        "from (each ×3); validation: 4 synthetic + 2 CT and 2 MR phantoms")
+    assert card["training"]["pseudo_labels"] == pseudo
+    args = argparse.Namespace(threads=2, lr=5e-4, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0,
+                              init_from="synth-localizer", batch=8, device="cpu", pseudo=pseudo)
+    assert gen.recipe_of("localizer", args, [1500], "R") == (
+        f"R, then --init-from synth-localizer --loc-iterations 1500 --lr 0.0005 --pseudo-label {scans} --pseudo-repeat 3")
