@@ -243,7 +243,8 @@ def train_one(kind: str, args: argparse.Namespace, sets: dict[str, list]) -> Non
 def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str | None = None,
               parts: list[str] | None = None) -> str:
     """The command line(s) that made a package: the first run, its resumed totals (``runs``) and,
-    for a run started ``--init-from`` a package, that package's recipe (``before``) first;
+    for a run started ``--init-from`` a package, that package's recipe (``before``) first (the
+    further run names its threads when not 1);
     ``parts``: the device of each part (:func:`devices`; default ``--device``) — the first one's
     command names it, a resume on another device says so."""
     first, *later = [d.split(" ")[0] for d in parts or [args.device]]
@@ -257,7 +258,8 @@ def recipe_of(kind: str, args: argparse.Namespace, runs: list[int], before: str 
     if getattr(args, "pseudo", None):
         extra += "".join(f" --pseudo-label {d}" for d in args.pseudo["folders"]) + f" --pseudo-repeat {args.pseudo['repeat']}"
     extra += f" --device {first}" if first != "cpu" else ""
-    head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}" if before else
+    head = (f"{before}, then --init-from {args.init_from} {flag} {runs[0]}"
+            + (f" --threads {args.threads}" if args.threads != 1 else "") if before else
             f"python Resources/Models/train_bundled_models.py --which {kind} {flag} {runs[0]} --threads {args.threads}")
     return (head + extra + "".join(f", then --resume {flag} {n}" for n in runs[1:])
             + "".join(f", then --resume --device {d}" for d in later))

@@ -61,7 +61,8 @@ def test_every_field_of_a_bundled_card_is_written_by_code(kind: str, tmp_path: P
                    [synthetic_case(0, "ct"), synthetic_case(1, "mr")], [synthetic_case(2)], tmp_path / "run",
                    emit=lambda e: None)  # CT and MR cases, as the script's mix of contrasts
     pseudo = bundled["training"].get("pseudo_labels")
-    card = gen.bundled_card(kind, result.card_fields, 2 + len(pseudo["scans"]) * pseudo["repeat"] if pseudo else 2, 5,
+    real = sum(s["found"] for s in pseudo["scans"]) * pseudo["repeat"] if pseudo else 0
+    card = gen.bundled_card(kind, result.card_fields, 2 + real, 5,
                             "python … --ref-iterations 3", 1, 0.01, 0.5, bundled["training"].get("init_from"),
                             pseudo=pseudo)
     written = json.loads((models.save_package(tmp_path / "pkg", card, result.state_dict, half=True)
@@ -213,4 +214,5 @@ def test_self_training_uses_the_scans_the_pipeline_finds(tmp_path: Path) -> None
     args = argparse.Namespace(threads=2, lr=5e-4, fov_cut=0.0, gamma=0.0, clutter=False, average_from=0.0,
                               init_from="synth-localizer", batch=8, device="cpu", pseudo=pseudo)
     assert gen.recipe_of("localizer", args, [1500], "R") == (
-        f"R, then --init-from synth-localizer --loc-iterations 1500 --lr 0.0005 --pseudo-label {scans} --pseudo-repeat 3")
+        f"R, then --init-from synth-localizer --loc-iterations 1500 --threads 2 --lr 0.0005 --pseudo-label {scans} "
+        "--pseudo-repeat 3")
