@@ -91,7 +91,7 @@ def _review_model(home, tmp_path, per_case, name="ReviewModel", source="synth-me
     """A bundled model installed as ``name`` with a card holding ``per_case``."""
     pkg = tmp_path / "packages" / name
     shutil.copytree(ROOT / "Resources" / "Models" / source, pkg)
-    card = json.loads((pkg / "model.json").read_text())
+    card = json.loads((pkg / "model.json").read_text(encoding="utf-8"))
     card["name"] = name
     card["validation"] = {"dsc": 0.5, "hd95": 3.0, "asd": 1.0, "failed": 1, "iteration": 7, "cases": len(per_case),
                           "per_case": per_case}
