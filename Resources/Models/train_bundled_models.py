@@ -30,7 +30,9 @@ for CT and MR alike (modality ``any``). Research use only, not for clinical use.
 Self-training on unlabeled real scans (``--pseudo-label DIR``, repeatable; with ``--init-from``): the
 packages in ``--models`` segment every image in DIR as ``voxmetric segment`` does; the scans it
 reports as found (stage 1 found the organ, a plausible volume) join the training set of every model
-of this run, labelled with that result, each ``--pseudo-repeat`` times (``pseudo_labelled``).
+of this run, labelled with that result, each ``--pseudo-repeat`` times (``pseudo_labelled``). The
+labels and a further run's output folder (``run-<kind>-ft``) are written once per ``--work``: give
+each further run a work folder of its own (its synthetic case folders may be links to another's).
 
 On a GPU: ``--device cuda --workers 6 --jobs 15`` (loader processes and processes that write and
 prepare the cases; neither changes the patches drawn) with ``--batch`` and the refiner's width

@@ -7,7 +7,7 @@ For each direction (train on PROMISE12 case 0, test on case 1; and the reverse) 
 budget (``--iterations`` × batch 8, Adam 1e-3, seed 0, no validation), three refiners of the
 bundled refiner's architecture (MetricUNet-HCP, base 16, 64-d embedding, 1.5 mm):
 
-* ``bundled``: the bundled ``synth-metricunet-hcp`` as it is (never saw a real scan);
+* ``bundled``: the bundled ``synth-metricunet-hcp`` as it is (never saw a PROMISE12 scan or a human label);
 * ``scratch``: trained on the one case from random weights;
 * ``fine-tuned``: trained on the one case from the bundled weights (``--init-from``).
 

@@ -120,13 +120,14 @@ def test_segment_writes_the_uncertainty_and_the_verdict(tiny_models, tmp_path, c
 
 
 @pytest.mark.slow
-def test_real_pelvic_ct_is_segmented_at_the_gland(shared_data, tmp_path, monkeypatch, cli) -> None:  # noqa: F811
+def test_real_pelvic_ct_is_found_at_the_gland(shared_data, tmp_path, monkeypatch, cli) -> None:  # noqa: F811
     """The bundled pipeline on the real pelvic CT (prostate at the bottom edge, hip prosthesis; the
     data README puts the gland at slices 2-6). Before the localizer's self-training its most
     confident region was the rectum above the gland (6.3 mL of 4 pieces at slices 20-22, CHECK) and
     only stage 2's check (stage 1's region 2) reached the gland. Now stage 1's first region is the
-    gland: with or without the check the result is OK, 10-30 mL, below slice 9, with no region switch
-    (``test_stage2_checks_stage1_and_refines_the_next_region`` covers the check itself)."""
+    gland: with or without the check the result is found, 10-30 mL, below slice 9, with no region
+    switch; the QC may only say that it touches the image's bottom edge, where the scan ends below the
+    gland (``test_stage2_checks_stage1_and_refines_the_next_region`` covers the check itself)."""
     ct = shared_data / "pelvis_ct" / "example_ct.nii.gz"
     if not ct.exists():
         pytest.skip(f"{ct} is absent")
@@ -139,7 +140,7 @@ def test_real_pelvic_ct_is_segmented_at_the_gland(shared_data, tmp_path, monkeyp
         r = cli("segment", str(ct), "-o", str(tmp_path / f"{name}.seg.nrrd"), "--device", "cpu", *extra)
         assert r.returncode == 0, r.stderr
         summary = json.loads((tmp_path / f"{name}_timings.json").read_text())
-        assert summary["verdict"].startswith("result: OK") and summary["found"] and summary["message"] == ""
+        assert summary["found"] and summary["message"] == "" and set(summary["qc"]["codes"]) <= {"image_edge"}
         mask = io.read_segment_mask(tmp_path / f"{name}.seg.nrrd", "Prostate", reference=image).array > 0
         assert 10.0 <= mask.sum() * np.prod(image.spacing) / 1000 <= 30.0
         assert np.nonzero(mask.any(axis=(1, 2)))[0].max() <= 8, "the mask is not at the gland (slices 2-6)"
