@@ -39,8 +39,8 @@ class VoxMetricSeg(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment the prostate in CT or MR in two stages: <b>Localize</b> places an editable ROI "
             "box, <b>Refine</b> delineates the gland inside it, <b>Segment Prostate</b> does both. "
-            "The bundled models are trained on synthetic images (CT and MR; the localizer also "
-            "self-trained on three unlabeled real scans): research use only, not for clinical use.")
+            "The bundled models are trained on synthetic images (CT and MR), then self-trained on a few "
+            "unlabeled real scans: research use only, not for clinical use.")
         self.parent.acknowledgementText = _(
             "Methods: MetricUNet (He et al., Medical Image Analysis 2021) and related papers.")
         slicer.app.connect("startupCompleted()", _registerSampleData)

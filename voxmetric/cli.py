@@ -717,8 +717,8 @@ def _run_demo(a: argparse.Namespace) -> int:
     except ConfigError as e:  # matplotlib is optional: the demo's numbers and files do not need it
         png = "no overview.png"
         sys.stderr.write(f"note: {e}\n")
-    print("bundled models: research models trained on synthetic images (the localizer also self-trained on "
-          "3 unlabeled real scans), not for clinical use")
+    print("bundled models: research models trained on synthetic images, then self-trained on a few unlabeled "
+          "real scans; not for clinical use")
     print(f"wrote {', '.join(str(out / f) for m in modalities for f in _demo_files(m).values())}, "
           f"{out / 'metrics.json'}, {png}")
     return 0

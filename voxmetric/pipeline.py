@@ -11,9 +11,9 @@ alternatives: in :meth:`Pipeline.segment`, stage 2 checks stage 1 — when the p
 the first box is empty or of implausible volume (:mod:`voxmetric.qc`), the alternatives are refined
 in turn and the first plausible one is used (the result's message says so). On the real pelvic CT
 of ``../shared/data`` the localizer before its self-training put its most confident region on the
-rectum above the gland (6.3 mL refined) and the second on the gland. ROI rules: ``"extent"`` (default) = the component's extent + ``margin_mm`` per
-side, each side clamped to [``min_size_mm``, ``max_size_mm``]; ``"fixed"`` = a
-``fixed_size_mm`` cube on the centroid (the paper's 128 mm). The box axes are the scan's axes,
+rectum above the gland (6.3 mL refined) and the second on the gland. ROI rules: ``"extent"``
+(default) = the component's extent + ``margin_mm`` per side, each side clamped to
+[``min_size_mm``, ``max_size_mm``]; ``"fixed"`` = a ``fixed_size_mm`` cube on the centroid (the paper's 128 mm). The box axes are the scan's axes,
 reordered and sign-flipped to point along +LPS (:func:`oriented`), so the box is aligned with
 the scan grid and its slabs are axial whatever the scan's axis order or flips.
 

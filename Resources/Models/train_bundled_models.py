@@ -53,6 +53,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the engine of this checkout
 
+SELF_TRAINED_USE = ("research model: trained on synthetic images (domain randomisation) and self-trained on "
+                    "unlabeled real scans; not validated on patients; not for clinical use")
 INTENDED_USE = ("research model: trained only on synthetic images (domain randomisation); not validated on "
                 "patients; not for clinical use")
 NAMES = {"localizer": "synth-localizer", "refiner": "synth-metricunet-hcp"}
@@ -157,9 +159,9 @@ def data(work: Path, clutter: bool = False, which: tuple[str, ...] = ("localizer
 
 def pseudo_labelled(work: Path, folders: list[Path], models: Path) -> list[dict]:
     """Self-training labels: every image in ``folders`` segmented by the pipeline of the packages in
-    ``models`` (the bundled ones where it has none; both stages, :func:`voxmetric.pipeline.segment_file`), one entry per scan (id, image,
-    label, found, verdict, volume in mL, stage-1 confidence). Written once per work folder
-    (``pseudo-labels/pseudo.json``) so that a resumed run keeps its labels."""
+    ``models`` (the bundled ones where it has none; both stages, :func:`voxmetric.pipeline.segment_file`),
+    one entry per scan (id, image, label, found, verdict, volume in mL, stage-1 confidence). Written
+    once per work folder (``pseudo-labels/pseudo.json``) so that a resumed run keeps its labels."""
     from voxmetric.cases import load_cases
     from voxmetric.files import write_json
     from voxmetric.models import load_stage
@@ -282,15 +284,13 @@ def bundled_card(kind: str, card_fields: dict, n_train: int, n_val: int, recipe:
     import torch
 
     card = dict(card_fields)
-    used = [s for s in (pseudo or {}).get("scans", []) if s["found"]]
-    n_real = len(used) * (pseudo or {}).get("repeat", 0)
+    used = [s for s in pseudo["scans"] if s["found"]] if pseudo else []
+    n_real = len(used) * pseudo["repeat"] if pseudo else 0
     real = (f" + {len(used)} real scans pseudo-labelled by the pipeline it started from (each ×{pseudo['repeat']})"
             if pseudo and used else "")
     card.update(
         name=NAMES[kind], demo=True,
-        intended_use=INTENDED_USE.replace("trained only on synthetic images (domain randomisation)",
-                                          "trained on synthetic images (domain randomisation) and self-trained on "
-                                          "unlabeled real scans") if real else INTENDED_USE,
+        intended_use=SELF_TRAINED_USE if real else INTENDED_USE,
         description=(f"{METHODS[kind]} {kind} trained {'' if real else 'only '}on domain-randomised synthetic images "
                      "(CT-like, T2-MR-like and random contrasts)"
                      + (f" and self-trained on {len(used)} unlabeled real scans labelled by its own pipeline" if real
