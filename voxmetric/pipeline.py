@@ -85,8 +85,7 @@ class PipelineConfig:
     max_size_mm: float = 128.0
     fixed_size_mm: float = 128.0
     threshold: float = 0.5
-    min_volume_mm3: float = 1000.0  # stage 1's core above 0.5 can be a tenth of the gland (PROMISE12 case 1: 1.8 of
-    # 15 mL); stage 2 and the QC judge the refined volume
+    min_volume_mm3: float = 1000.0  # a core of the gland (see the module docstring)
     min_confidence: float = 0.5
     candidates: int = 3
     largest_component: bool = True
