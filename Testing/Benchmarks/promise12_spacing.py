@@ -46,11 +46,11 @@ def main() -> int:
             res = pipe.segment(scan)
             mask = res.mask.array > 0 if res.mask is not None else np.zeros_like(truth)
             voxel_ml = float(np.prod(spacing)) / 1000
+            dsc = evaluate_masks(mask, truth, scan.spacing_zyx)["dsc"]
             print(json.dumps({"case": case, "spacing_mm": spacing, "found": res.found,
-                              "confidence": round(res.confidence, 2),
-                              "dsc": round(evaluate_masks(mask, truth, scan.spacing_zyx)["dsc"], 3),
-                              "ml": round(float(mask.sum()) * voxel_ml, 1), "truth_ml": round(float(truth.sum()) * voxel_ml, 1)}),
-                  flush=True)
+                              "confidence": round(res.confidence, 2), "dsc": round(dsc, 3),
+                              "ml": round(float(mask.sum()) * voxel_ml, 1),
+                              "truth_ml": round(float(truth.sum()) * voxel_ml, 1)}), flush=True)
     return 0
 
 
