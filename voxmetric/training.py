@@ -1,5 +1,6 @@
 """Method-agnostic trainer (DESIGN.md rule 4): optimisers, poly schedule, AMP, validation,
-checkpoints with exact resume, JSON-line events and PyTorch DDP under ``torchrun``.
+checkpoints with exact resume, JSON-line events and PyTorch DDP under ``torchrun``
+(:mod:`voxmetric.distributed`).
 
 The method (:class:`voxmetric.methods.Method`) supplies the dataset, the networks, named
 optimiser groups and the training step; the trainer gives each group an optimiser and a poly
@@ -24,13 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from . import __version__
+from . import __version__, distributed
 from .errors import ConfigError, DeviceError, InputError, VoxMetricError
 from .files import atomic_path, remove_stale
 
@@ -142,97 +141,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise DeviceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
 
 
-@dataclass(frozen=True)
-class _Dist:
-    """This process's place in a DDP run; ``ctrl``: the gloo control group in which ranks wait
-    for one another's single-rank work (rank 0 preparing the cases, validating) and agree on
-    failures, with a timeout long enough for that work (:func:`_together`)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    ctrl: Any = field(default=None, compare=False)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-#: How long a process may wait in the control group for another's single-rank work (seconds).
-DDP_WAIT_S = float(os.environ.get("VOXMETRIC_DDP_WAIT_S", str(24 * 3600)))
-_FAILURE_KEY = "voxmetric/failure"
-
-
-def _together(dist: _Dist, work: Callable[[], Any] | None) -> Any:
-    """Run ``work`` (None: nothing) on this rank, then let every rank know whether any failed:
-    the failing rank re-raises its own exception, every other one a VoxMetricError with its
-    message. Under DDP every rank must call this at the same point; ranks without work wait in
-    the control group (:data:`DDP_WAIT_S`), not in a training collective that would time out."""
-    error: BaseException | None = None
-    result = None
-    try:
-        result = work() if work is not None else None
-    except Exception as exc:  # shared with the other ranks below, then re-raised
-        error = exc
-    if dist.world > 1:
-        said: list[Any] = [None] * dist.world
-        torch.distributed.all_gather_object(said, None if error is None else str(error), group=dist.ctrl)
-        failed = [(r, m) for r, m in enumerate(said) if m is not None]
-        if failed and error is None:
-            r, message = failed[0]
-            raise VoxMetricError(f"Training process {r} of {dist.world} failed: {message}")
-    if error is not None:
-        raise error
-    return result
-
-
-def _store() -> Any:
-    """The DDP rendezvous store (None when there is none)."""
-    try:
-        return torch.distributed.distributed_c10d._get_default_store()
-    except Exception:  # noqa: BLE001  (no default group, or a torch without it)
-        return None
-
-
-def _publish_failure(dist: _Dist, exc: BaseException) -> None:
-    """Leave this rank's error in the rendezvous store for ranks a broken collective stops."""
-    store = _store()
-    if store is not None:
-        try:
-            store.set(_FAILURE_KEY, f"{dist.rank}\n{(str(exc).strip() or type(exc).__name__)[:2000]}")
-        except Exception:  # noqa: BLE001  (best effort: the store may be gone with rank 0)
-            pass
-
-
-def _peer_failure(dist: _Dist, exc: BaseException) -> VoxMetricError | None:
-    """For a collective broken because another rank died: a VoxMetricError carrying that rank's
-    message from the store (or saying to look for it in its output); None for other errors."""
-    text = str(exc)
-    broken = isinstance(exc, torch.distributed.DistError) or any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting"))
-    if dist.world <= 1 or not broken:
-        return None
-    store = _store()
-    try:
-        if store is not None:
-            store.set_timeout(timedelta(seconds=5))
-            rank, message = store.get(_FAILURE_KEY).decode("utf-8").split("\n", 1)
-            if int(rank) != dist.rank:
-                return VoxMetricError(f"Training process {rank} of {dist.world} failed: {message}")
-    except Exception:  # noqa: BLE001
-        pass
-    return VoxMetricError(f"Another training process stopped ({(text.strip().splitlines() or [''])[0][:200]}); "
-                          "its own message is in its output above. This process stopped too.")
-
-
-def _dist_from_env() -> _Dist:
-    """Rank/world from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    return _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
 # ---- RNG --------------------------------------------------------------------------------------
 def _seed_all(seed: int) -> None:
     random.seed(seed)
@@ -263,7 +171,7 @@ def _set_rng_state(st: Mapping[str, Any]) -> None:
 
 
 # ---- data order ---------------------------------------------------------------------------------
-def _batches(dataset: Any, cfg: TrainConfig, dist: _Dist, start: int, device: torch.device) -> Iterator[dict]:
+def _batches(dataset: Any, cfg: TrainConfig, dist: distributed.Dist, start: int, device: torch.device) -> Iterator[dict]:
     """Endless batches for this rank from iteration ``start`` on. Item indices are global
     (``sampling.make_loader``): batch ``t`` depends only on (seed, t, rank, world), so a resumed
     run draws exactly the items an uninterrupted one would."""
@@ -500,7 +408,7 @@ def class_entries(classes: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _card_fields(method: Any, mcfg: Any, cfg: TrainConfig, classes: Sequence[str], train: Sequence[Any],
-                 val: Sequence[Any], unlabeled: Sequence[Any], dist: _Dist, device: torch.device, seconds: float,
+                 val: Sequence[Any], unlabeled: Sequence[Any], dist: distributed.Dist, device: torch.device, seconds: float,
                  validation: dict[str, Any] | None, best_it: int | None, last_loss: float | None) -> dict[str, Any]:
     modalities = sorted({str(c.modality).lower() for c in [*train, *unlabeled] if c.modality})
     modality = modalities[0] if len(modalities) == 1 else "any"
@@ -544,7 +452,7 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
     weight averaging (Izmailov et al., UAI 2018), dense as in SWAD (Cha et al., NeurIPS 2021),
     which finds flatter optima that hold up better on unseen domains — validated once at the end.
     """
-    dist = _dist_from_env()
+    dist = distributed.from_env()
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
@@ -567,45 +475,29 @@ def train(method: Any, method_cfg: Any, train_cfg: TrainConfig, train_cases: Seq
     if not resume and last_path.exists():
         raise ConfigError(f"{out_dir} already holds a training run ({last_path}); pass --resume to continue "
                           "it or choose another output folder.")
-    device = resolve_device(train_cfg.device)
-    if device.type == "cuda" and dist.world > 1:
-        device = torch.device("cuda", dist.local_rank)
-    own_group = False
-    if dist.world > 1 and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        own_group = True
-    if dist.world > 1:
-        dist = dataclasses.replace(dist, ctrl=torch.distributed.new_group(backend="gloo",
-                                                                          timeout=timedelta(seconds=DDP_WAIT_S)))
-    try:
-        return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
-                      resume, dist, device, last_path, best_path, init_state)
-    except VoxMetricError as exc:
-        say({"event": "error", "message": str(exc), "type": type(exc).__name__, "exit_code": 2})
-        exc.event_emitted = dist.main  # type: ignore[attr-defined]  (the CLI does not repeat it)
-        if dist.world > 1:
-            _publish_failure(dist, exc)
-        raise
-    except Exception as exc:  # under DDP: a peer's death said with its message; this rank's error shared
-        peer = _peer_failure(dist, exc)
-        if peer is not None:
-            say({"event": "error", "message": str(peer), "type": "VoxMetricError", "exit_code": 2})
-            peer.event_emitted = dist.main  # type: ignore[attr-defined]
-            raise peer from exc
-        if dist.world > 1:
-            _publish_failure(dist, exc)
-        raise
-    finally:
-        if dist.ctrl is not None:
-            torch.distributed.destroy_process_group(dist.ctrl)
-        if own_group:
-            torch.distributed.destroy_process_group()
+    with distributed.joined(dist, resolve_device(train_cfg.device)) as (dist, device):
+        try:
+            return _train(method, method_cfg, train_cfg, train_cases, val_cases, unlabeled_cases, out_dir, say,
+                          resume, dist, device, last_path, best_path, init_state)
+        except VoxMetricError as exc:
+            say({"event": "error", "message": str(exc), "type": type(exc).__name__, "exit_code": 2})
+            exc.event_emitted = dist.main  # type: ignore[attr-defined]  (the CLI does not repeat it)
+            if dist.world > 1:
+                distributed.publish_failure(dist, exc)
+            raise
+        except Exception as exc:  # under DDP: a peer's death said with its message; this rank's error shared
+            peer = distributed.peer_failure(dist, exc)
+            if peer is not None:
+                say({"event": "error", "message": str(peer), "type": "VoxMetricError", "exit_code": 2})
+                peer.event_emitted = dist.main  # type: ignore[attr-defined]
+                raise peer from exc
+            if dist.world > 1:
+                distributed.publish_failure(dist, exc)
+            raise
 
 
 def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any], val_cases: Sequence[Any],
-           unlabeled_cases: Sequence[Any], out_dir: Path, say: Emit, resume: bool, dist: _Dist,
+           unlabeled_cases: Sequence[Any], out_dir: Path, say: Emit, resume: bool, dist: distributed.Dist,
            device: torch.device, last_path: Path, best_path: Path,
            init_state: Mapping[str, Tensor] | None = None) -> TrainResult:
     t0 = time.monotonic()
@@ -619,8 +511,8 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
 
     # rank 0 fills the preparation cache first (the others wait in the control group, and stop with
     # its message if it fails); then the other ranks read it (rank 0 alone validates)
-    first = _together(dist, (lambda: prepare(True)) if dist.main else None)
-    second = _together(dist, None if dist.main else (lambda: prepare(False)))
+    first = distributed.together(dist, (lambda: prepare(True)) if dist.main else None)
+    second = distributed.together(dist, None if dist.main else (lambda: prepare(False)))
     train_prep, unlabeled_prep, val_prep = first if dist.main else second
     _check_unlabeled_modality(train_prep, unlabeled_prep)
     validating = bool(val_cases)  # the same on every rank
@@ -717,7 +609,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
         else:
             rngs = [rng]
         if gather:
-            _together(dist, (lambda: write(path, iteration, rngs)) if dist.main else None)
+            distributed.together(dist, (lambda: write(path, iteration, rngs)) if dist.main else None)
         elif dist.main:
             write(path, iteration, rngs)
 
@@ -785,7 +677,7 @@ def _train(method: Any, mcfg: Any, cfg: TrainConfig, train_cases: Sequence[Any],
             window, tick = [], now
         if validating and (done % cfg.val_every == 0 or done == total):
             # rank 0 validates; the others wait in the control group (no training collective to time out)
-            _together(dist, (lambda: validate_and_keep_best(done)) if dist.main else None)
+            distributed.together(dist, (lambda: validate_and_keep_best(done)) if dist.main else None)
         if done % cfg.checkpoint_every == 0 or done == total:
             checkpoint(last_path, done)
 
