@@ -672,7 +672,8 @@ def _run_demo(a: argparse.Namespace) -> int:
     from .errors import ConfigError, ModelError
     from .files import check_free
     from .markups import write_roi
-    from .pipeline import _write_json, overview_grid_png
+    from .overview import overview_grid_png
+    from .pipeline import _write_json
 
     out = Path(a.out)
     modalities = DEMO_MODALITIES[a.modality]
