@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .methods import Method
+    from .qc import QCReport
     from .runtime import Network
 
 Progress = Callable[[int, int, str], None]
@@ -166,6 +167,15 @@ class SegmentResult:
     uncertainty_kind: str | None = None
     uncertainty_limit: float | None = None
     stage_timings: dict[str, float] = field(default_factory=dict)
+
+    def qc(self, modality: str) -> QCReport:
+        """The :func:`voxmetric.qc.judge` report of this result (the box counts as the ROI only for
+        a refined result)."""
+        from .qc import judge
+
+        return judge(self.mask, self.classes, modality, found=self.found, box=self.box if self.mask is not None else None,
+                     pieces=self.pieces or None, uncertainty=self.uncertainty, uncertainty_kind=self.uncertainty_kind,
+                     uncertainty_limit=self.uncertainty_limit)
 
 
 @dataclass
@@ -697,7 +707,7 @@ def segment_file(pipeline_for: "Pipeline | Callable[[str], Pipeline]", image: st
 def _summary(image: str | Path, mod: str, stage: str, res: SegmentResult, timings: dict[str, float],
              written: dict[str, str], stages: dict[str, float]) -> dict[str, Any]:
     """The summary :func:`segment_file` returns and writes as its timings JSON."""
-    report = _judge(res, mod)
+    report = res.qc(mod)
     summary = {"image": str(image), "modality": mod, "stage": stage, "found": _found(res, report),
                "localized": res.found, "localizer_ran": res.localization is not None, "qc": report.to_dict(),
                "verdict": report.line(),
@@ -750,17 +760,7 @@ def segment_outputs(output: str | Path, stage: str = "all", roi_file: str | Path
     return paths, targets
 
 
-def _judge(res: SegmentResult, modality: str) -> Any:
-    """The :func:`voxmetric.qc.judge` report of a segment result (the box counts as the ROI only
-    for results refined in it)."""
-    from .qc import judge
-
-    return judge(res.mask, res.classes, modality, found=res.found, box=res.box if res.mask is not None else None,
-                 pieces=res.pieces or None, uncertainty=res.uncertainty, uncertainty_kind=res.uncertainty_kind,
-                 uncertainty_limit=res.uncertainty_limit)
-
-
-def _found(res: SegmentResult, report: Any) -> bool:
+def _found(res: SegmentResult, report: QCReport) -> bool:
     """Stage 1 found the organ and no segment is empty or of an implausible volume."""
     from .qc import IMPLAUSIBLE
 

@@ -14,8 +14,9 @@ Sets (none is used to train or validate the bundled models, see Resources/Models
 * ``real``: the unlabeled real pelvic CT and the five NCI-ISBI T2 MR — no Dice; the picture shows
   one axial slice through each result (red) or, when nothing was found, through the scan's middle.
 
-Per case: DSC, HD95 (mm), predicted and true volume (mL), found, timings; per set: mean, median,
-min and the number of empty results.
+Per case: DSC, HD95 (mm), predicted and true volume (mL), found, the QC verdict (OK / CHECK) and
+its codes, timings; per set: mean, median, min, the number of empty results and how often the QC
+said CHECK for poor results (DSC < 0.5; every time is the aim) and for good ones (DSC ≥ 0.7).
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def pipelines(args):
         return cache[modality]
 
     return get
+
+
+def qc_counts(rows: list[dict]) -> dict[str, str]:
+    """How often the QC verdict is CHECK among poor results (DSC < 0.5: it should be every time)
+    and among good ones (DSC ≥ 0.7: false alarms), as "flagged/all"."""
+    poor = [r for r in rows if r["dsc"] < 0.5]
+    good = [r for r in rows if r["dsc"] >= 0.7]
+    return {"check_if_dsc_below_0.5": f"{sum(r['verdict'] == 'CHECK' for r in poor)}/{len(poor)}",
+            "check_if_dsc_0.7_or_more": f"{sum(r['verdict'] == 'CHECK' for r in good)}/{len(good)}"}
 
 
 def slice_png(results: list[tuple[str, object, np.ndarray, object]], path: Path, title: str,
@@ -164,7 +174,9 @@ def main() -> int:
             res = pipe.segment(vol)
             pred = res.mask.array == 1 + res.classes.index("Prostate") if res.mask is not None else np.zeros(vol.shape, bool)
             ml = float(pred.sum() * np.prod(vol.spacing) / 1000)
+            report = res.qc(modality)
             row = {"set": set_name, "case": cid, "modality": modality, "found": res.found, "pred_ml": round(ml, 1),
+                   "verdict": report.verdict, "codes": report.codes,
                    "models": [pipe.localizer.name if pipe.localizer else None, pipe.refiner.name],
                    "seconds": round(res.timings.get("total", 0.0), 2), "tag": args.tag}
             if truth is not None:
@@ -183,7 +195,7 @@ def main() -> int:
                 emit({"summary": set_name, "modality": modality, "tag": args.tag, "cases": len(sel),
                       "dsc_mean": round(statistics.mean(dsc), 3), "dsc_median": round(statistics.median(dsc), 3),
                       "dsc_min": round(min(dsc), 3), "hd95_median": round(statistics.median(hd), 1) if hd else None,
-                      "empty": sum(r["pred_ml"] == 0 for r in sel)})
+                      "empty": sum(r["pred_ml"] == 0 for r in sel), **qc_counts(sel)})
     if args.png and pictures:
         slice_png(pictures, args.png, f"real scans, no labels: prostate found by {args.tag or 'the pipeline'} (red)",
                   tuple(args.planes.split(",")))

@@ -468,7 +468,7 @@ def test_real_promise12_small_stage1_core_is_reported_and_flagged(shared_data: P
     # 0.5 is 1.8 mL on the gland, under the former 2 mL minimum; at 1 mL it is reported and refined to 5.9 mL,
     # DSC 0.521, which the QC flags as implausible (CHECK, not "found"); case 0's 0.3 mL core stays unreported
     from voxmetric.metrics import evaluate_masks
-    from voxmetric.pipeline import _found, _judge
+    from voxmetric.pipeline import _found
 
     pipe = _bundled_pipeline("mr")
     results = {}
@@ -477,7 +477,7 @@ def test_real_promise12_small_stage1_core_is_reported_and_flagged(shared_data: P
         vol = io.read_volume(folder / f"case{case}_t2w_UNKNOWN_SPACING.nii.gz")
         truth = io.read_volume(folder / f"case{case}_prostate_label_UNKNOWN_SPACING.nii.gz").array > 0
         res = pipe.segment(vol)
-        report = _judge(res, "mr")
+        report = res.qc("mr")
         results[case] = (res.found, _found(res, report), report.codes)
         if case == 1:
             dsc = evaluate_masks(res.mask.array > 0, truth, vol.spacing_zyx)["dsc"]
