@@ -41,14 +41,17 @@ def emit(d: dict) -> None:
 
 
 def train(work: Path, case: int, iterations: int, init: bool, refiner: str = REFINER) -> Path:
+    from voxmetric import models
     from voxmetric.cases import CaseRecord, write_manifest
     from voxmetric.cli import main
 
     folder = work / f"case{case}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest([CaseRecord(f"case{case}", *promise12(case), None, "mr")], folder / "manifest.json")
-    out = work / f"{'finetuned' if init else 'scratch'}-case{case}"
-    if out.exists():
+    # a model trained before is reused only for the same budget and, fine-tuned, the same starting weights
+    start = models.read_card(models.find_model(refiner).path)["weights_sha256"][:12] if init else "random"
+    out = work / f"{'finetuned' if init else 'scratch'}-case{case}-{iterations}-{start}"
+    if (out / "model.json").exists():
         return out
     args = ["train", "--method", "MetricUNet-HCP", "--cases", str(manifest), "--out", str(out), "--iterations",
             str(iterations), "--batch-size", "8", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "1e-5",
