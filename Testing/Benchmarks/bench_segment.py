@@ -198,10 +198,16 @@ def default_models(work: Path) -> Path:
     return out
 
 
-def torch_only_copy(models: Path, out: Path) -> Path:
-    """A copy of the synth packages without ONNX graphs (cards an older engine can read)."""
+def torch_only_copy(models: Path, work: Path) -> Path:
+    """A copy of the synth packages without ONNX graphs (cards an older engine can read), in a
+    folder of ``work`` named by their weights' hashes (reused only for the same weights)."""
+    import hashlib
+
     from voxmetric import models as M
 
+    cards = sorted(child / "model.json" for child in models.iterdir() if (child / "model.json").is_file())
+    digest = hashlib.sha256("".join(M.read_card(c.parent)["weights_sha256"] for c in cards).encode()).hexdigest()
+    out = work / f"models-torch-{digest[:12]}"
     if (out / "synth.pipeline.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +274,7 @@ def main() -> int:
     env = dict(os.environ, VOXMETRIC_BUNDLED_MODELS=str(models))
     before_env = None
     if a.before_src:
-        before_env = dict(os.environ, VOXMETRIC_BUNDLED_MODELS=str(torch_only_copy(models, a.work / "models-torch")),
+        before_env = dict(os.environ, VOXMETRIC_BUNDLED_MODELS=str(torch_only_copy(models, a.work)),
                           PYTHONPATH=str(a.before_src.resolve()))
     if a.wait_quiet > 0:
         emit(wait_quiet(a.wait_quiet, a.quiet_load))

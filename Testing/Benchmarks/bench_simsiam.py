@@ -66,7 +66,7 @@ def train_one(name: str, seed: int, args, train, val) -> Path:
 
     method = get_method(name)
     cfg = config(method, args)
-    out = args.work / "runs" / f"{name}-seed{seed}"
+    out = args.work / "runs" / f"{name}-seed{seed}-{args.iterations}"  # a run is reused only for the same budget
     pkg = out / "package"
     if pkg.exists():
         return pkg
