@@ -36,7 +36,8 @@ spacing when it is not 1 mm (the order of the training preprocessing), and given
 refiner's predictor (``method.predict`` → class probabilities); the foreground classes'
 probabilities are pasted back onto the input's grid (linear), turned into labels and cleaned by
 :mod:`voxmetric.postprocess` (the rule validation uses too) and kept only inside the box:
-largest 3D component per class and hole filling (both configurable). The result is a label map
+largest 3D component per class, with every other one that touches stage 1's region (when stage 1
+ran), and hole filling (both configurable). The result is a label map
 whose value k is the refiner's class ``k`` (``Stage.classes[k - 1]``; "Prostate" alone for a
 prostate model).
 
@@ -465,7 +466,8 @@ class Pipeline:
     def _refine(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> Volume:
         return self._refine_full(volume, box, say).mask
 
-    def _refine_full(self, volume: Volume, box: Box, say: Callable[[float, str], None]) -> RefineOutput:
+    def _refine_full(self, volume: Volume, box: Box, say: Callable[[float, str], None],
+                     seen: Volume | None = None) -> RefineOutput:
         from .qc import count_pieces
 
         cfg = self.config
@@ -500,7 +502,8 @@ class Pipeline:
             labels = labels_from_foreground(fg, cfg.threshold)
             labels[~inside] = 0
             result.pieces = {name: count_pieces(labels == k) for k, name in enumerate(ref.classes, 1)}
-            labels = clean(labels, cfg.largest_component, cfg.fill_holes, inside)
+            keep = None if seen is None else resample_to(seen, sub, is_label=True).array > 0
+            labels = clean(labels, cfg.largest_component, cfg.fill_holes, inside, keep)
             out[tuple(slice(l, h + 1) for l, h in zip(*bounds))] = labels
             if unc is not None:
                 u = resample_to(roi.with_array(np.asarray(unc, np.float32)), sub, is_label=False, fill=0.0).array
@@ -538,7 +541,8 @@ class Pipeline:
         if stage != "localize":
             t1 = time.perf_counter()
             if found:
-                refined = self._refine_full(volume, box, _report(progress, 30 if loc else 0, 100))
+                refined = self._refine_full(volume, box, _report(progress, 30 if loc else 0, 100),
+                                            loc.coarse_mask if loc is not None else None)
                 if loc is not None and loc.alternatives:
                     loc, refined = self._checked(volume, loc, refined, _report(progress, 100, 100))
                     box, confidence, message = loc.box, loc.confidence, loc.message
@@ -579,7 +583,7 @@ class Pipeline:
         for k, alt in enumerate(loc.alternatives, 2):
             say(1.0, f"refine: region 1 is not plausible ({first}); "
                      f"refining region {k} (confidence {alt.confidence:.2f})")
-            out = self._refine_full(volume, alt.box, say)
+            out = self._refine_full(volume, alt.box, say, alt.coarse_mask)
             if not problem(out):
                 alt.message = (f"Stage 1's most confident region (confidence {loc.confidence:.2f}) did not refine to a "
                                f"plausible prostate ({first}); its region {k} (confidence {alt.confidence:.2f}) "

@@ -3,8 +3,9 @@ trainer's validation share (so a validation Dice is what ``segment`` gives).
 
 A voxel is foreground when its summed foreground probability ``p_1 + … + p_{C-1}`` reaches the
 threshold (0.5), and then takes its most likely foreground class; with two classes this is
-exactly ``p_1 ≥ threshold``. Cleaning keeps each class's largest 26-connected component and fills its
-holes (both optional).
+exactly ``p_1 ≥ threshold``. Cleaning keeps each class's largest 26-connected component — in the
+pipeline also every other one that touches the region stage 1 found, so that a gland a 2.5D refiner
+split (a slice it missed) stays whole — and fills its holes (both optional).
 """
 
 from __future__ import annotations
@@ -49,15 +50,22 @@ def labels_from_probs(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def clean(labels: np.ndarray, largest: bool = True, fill_holes: bool = True,
-          inside: np.ndarray | None = None) -> np.ndarray:
-    """Per class: its largest component (``largest``) and holes filled (``fill_holes``), never
-    growing outside ``inside`` (boolean, same shape) nor over another class's voxels."""
+          inside: np.ndarray | None = None, seen: np.ndarray | None = None) -> np.ndarray:
+    """Per class: its largest component (``largest``), with every other component that touches
+    ``seen`` (boolean, same shape: where stage 1 found the organ), and holes filled
+    (``fill_holes``), never growing outside ``inside`` (boolean, same shape) nor over another
+    class's voxels."""
     out = np.asarray(labels).copy()
     for k in (int(v) for v in np.unique(out) if v):
         m = out == k
         if largest:
-            out[m & ~largest_component(m)] = 0
-            m = out == k
+            lab, n = morphology.label(m, full=True)
+            if n > 1:
+                sizes = np.bincount(lab.ravel())
+                sizes[0] = 0
+                kept = [int(np.argmax(sizes)), *(np.unique(lab[seen & m]) if seen is not None else ())]
+                out[m & ~np.isin(lab, kept)] = 0
+                m = out == k
         if fill_holes:
             grow = morphology.fill_holes(m) & (out == 0)
             if inside is not None:
