@@ -5,7 +5,8 @@
 * **empty mask** (0 voxels);
 * **volume** in mL against a plausible range for the class and modality (:data:`PLAUSIBLE_ML`);
 * **several components** before post-processing (pieces of at least ``min_piece_fraction`` of the
-  largest one; post-processing keeps only the largest, so the others were silently dropped);
+  largest one; post-processing keeps the largest and, in the pipeline, those that touch the region
+  stage 1 found, so the others were dropped);
 * **the ROI border**: the mask reaches a face of the ROI box or the edge of the image, so the
   organ may be cut off;
 * **high uncertainty**: the mean of the method's uncertainty map
@@ -187,7 +188,10 @@ def judge(mask: Volume | None, classes: Sequence[str], modality: str, *, found: 
         if pieces is not None and name in pieces:
             c.pieces = int(pieces[name])
             if c.pieces > 1:
-                report.flag("pieces", f"{name}: {c.pieces} separate pieces before clean-up (only the largest was kept)")
+                kept = count_pieces(m, 0.0)
+                report.flag("pieces", f"{name}: {c.pieces} separate pieces before clean-up "
+                                      + ("(only the largest was kept)" if kept == 1 else
+                                         f"({kept} kept: the largest and those touching the region stage 1 found)"))
         if box is not None:
             c.touches_roi = touches_box(mask.with_array(m), box)
             if c.touches_roi:

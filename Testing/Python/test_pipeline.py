@@ -267,6 +267,7 @@ def test_stage2_keeps_a_gland_it_split_when_stage1_found_it_whole() -> None:
     assert res.found and res.pieces == {"Prostate": 2}
     slices = np.flatnonzero((res.mask.array > 0).any((1, 2)))
     assert slices.min() <= 22 and slices.max() >= 38 and 30 not in slices  # both halves
+    assert "2 separate pieces before clean-up (2 kept: the largest and those touching" in res.qc("ct").line()
     alone = np.flatnonzero((pipe.refine(vol, res.box).array > 0).any((1, 2)))
     assert alone.max() < 30 or alone.min() > 30  # one half
 

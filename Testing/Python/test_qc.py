@@ -56,6 +56,8 @@ def test_every_check_flags_its_problem() -> None:
     assert big.codes == ["volume"] and "implausible volume 1022.7 mL (expected 10–250 mL for MR)" in big.line()
     ok_ball = _ball(_labels(spacing=(1.5, 1.5, 1.5)), (20, 30, 30), 12)
     assert judge(ok_ball, ["Prostate"], "mr", pieces={"Prostate": 3}).codes == ["pieces"]
+    assert "3 separate pieces before clean-up (only the largest was kept)" in judge(
+        ok_ball, ["Prostate"], "mr", pieces={"Prostate": 3}).line()
     tight = Box(ok_ball.index_to_physical(np.array([30.0, 30.0, 20.0])), (30.0, 30.0, 30.0))
     assert judge(ok_ball, ["Prostate"], "mr", box=tight).codes == ["roi_border"]
     edge = _ball(_labels(spacing=(1.5, 1.5, 1.5)), (5, 30, 30), 12)
