@@ -63,6 +63,7 @@ class VoxMetricTrainParameters:
     method: Annotated[str, Choice(METHODS)] = panel.default_method(METHODS)
     iterations: Annotated[int, WithinRange(1, 10_000_000)] = 10000
     batchSize: Annotated[int, WithinRange(1, 4096)] = 30
+    averageFrom: Annotated[float, WithinRange(0.0, 0.95), Decimals(2)] = 0.0  # voxmetric train --average-from
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     modelName: str = "MyProstateModel"
     extraArgs: str = ""
@@ -294,7 +295,8 @@ class VoxMetricTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     flags = form.method_flags(p.method, {n: p.getValue(n) for n in _FIELDS})
                     self._steps = engine.start_steps(
                         slicer.mrmlScene, p.method, cases, p.segmentName, p.modelName, p.iterations, p.batchSize,
-                        device=p.device, modality=p.modality, extra_args=flags + shlex.split(p.extraArgs),
+                        device=p.device, modality=p.modality,
+                        extra_args=flags + panel.average_flags(p.averageFrom) + shlex.split(p.extraArgs),
                         unlabeled=unlabeled, init_from=p.startFrom, freeze_encoder=p.freezeEncoder)
                     self.ui.logPlainTextEdit.clear()
                     self.ui.statusLabel.text = _("Reading the cases from the scene…")

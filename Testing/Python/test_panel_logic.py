@@ -270,3 +270,9 @@ def test_cropped_mask_gives_the_same_segment(mrml_scene):
     np.testing.assert_array_equal(mrml.mask_from_segment(seg, "Prostate", node).array, mask)  # old voxels gone
     small = mrml.mask_from_segment(seg, "Prostate", node, crop=True)
     np.testing.assert_array_equal(mrml.paste_into(small, vol).array, mask)
+
+
+def test_mean_weights_flag_only_when_asked_for():
+    from VoxMetricTrainLib.panel import average_flags
+
+    assert average_flags(0.0) == [] and average_flags(0.5) == ["--average-from", "0.5"]

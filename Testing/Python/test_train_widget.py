@@ -165,6 +165,9 @@ def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, m
     assert base().value == 8 and p.getValue("method_patch") == "32"  # the package's settings
     box.checked = True
     assert p.freezeEncoder
+    assert widget.ui.averageFromSpinBox.value == 0.0  # off by default: the best validated weights
+    widget.ui.averageFromSpinBox.value = 0.5
+    assert p.averageFrom == 0.5
 
     monkeypatch.setattr(logic_module, "Job", _RecordedJob)
     (tmp_path / "cases").mkdir()
@@ -177,6 +180,7 @@ def test_start_from_a_model_and_freeze_encoder(standins, mrml_scene, tmp_path, m
     args = widget.logic.engine.job.args
     assert args[args.index("--init-from") + 1] == "tiny-base" and "--freeze-encoder" in args
     assert args[args.index("--base") + 1] == "8"  # the form shows, and passes, the package's settings
+    assert args[args.index("--average-from") + 1] == "0.5"
     run = json.loads((widget.logic.engine.run_dir / "run.json").read_text())
     assert run["init_from"] == "tiny-base" and run["freeze_encoder"] is True
 

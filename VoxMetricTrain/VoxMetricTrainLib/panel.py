@@ -128,6 +128,12 @@ def start_choices(method: str, available: Sequence[ModelInfo] | None = None) -> 
     return out
 
 
+def average_flags(average_from: float) -> list[str]:
+    """``voxmetric train`` flags for "Mean weights from" (a fraction of the iterations; 0: keep the
+    best validated weights instead)."""
+    return ["--average-from", f"{average_from:g}"] if average_from > 0 else []
+
+
 class ItemDataConnector:
     """A parameterNodeWrapper GUI connector's body for a combo box whose items carry the values as
     item data (:func:`fill`), so its choices can change: the module mixes it into Slicer's
