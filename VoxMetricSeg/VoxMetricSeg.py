@@ -92,32 +92,9 @@ class VoxMetricSegParameterNode:
         def disconnectGui(self, tag: int) -> None: ...
 
 
-class DataComboConnector(GuiConnector):
+class DataComboConnector(panel.ItemDataConnector, GuiConnector):
     """A combo box ↔ a str parameter (``model``, the Evaluate segments): its items carry the values
     as item data (model names from the registry, segment names), so the choices can change."""
-
-    def __init__(self, widget: Any) -> None:
-        super().__init__()
-        self._widget = widget
-
-    # abstract in Slicer's GuiConnector; this connector is bound by hand, never picked for a type
-    canRepresent, create = staticmethod(lambda widget, datatype: False), staticmethod(lambda widget, datatype: None)
-
-    def _connect(self) -> None:
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self) -> None:
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self) -> Any:
-        return self._widget
-
-    def read(self) -> str:
-        return self._widget.currentData or panel.DEFAULT_MODEL
-
-    def write(self, value: str) -> None:
-        index = self._widget.findData(value)
-        self._widget.currentIndex = index if index >= 0 else 0
 
 
 class VoxMetricSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -29,6 +29,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "voxmetric").is_dir() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.insert(0, str(_SOURCE_ROOT))
 
+from VoxMetricSegLib import panel as seg_panel  # noqa: E402  (Qt-free; VoxMetricSeg is a dependency)
 from VoxMetricTrainLib import TrainLogic, form, panel, review_panel  # noqa: E402  (Qt-free; no torch)
 
 METHODS = [name for name, _tip in panel.method_choices()]
@@ -90,7 +91,7 @@ _KIND_WIDGETS: dict[str, Any] = {"bool": qt.QCheckBox, "int": qt.QSpinBox, "floa
                                  "text": qt.QLineEdit}
 
 
-class StartFromConnector(panel.ItemDataConnector, GuiConnector):
+class StartFromConnector(seg_panel.ItemDataConnector, GuiConnector):
     """The Start from combo box ↔ ``startFrom`` (model names as item data: the list can change)."""
 
 

@@ -109,7 +109,7 @@ def test_start_from_lists_the_packages_a_method_can_fine_tune(tmp_path, monkeypa
 
 
 def test_item_data_connector_binds_a_combo_whose_items_change():
-    """The Start from combo's connector body: values are item data, an unknown value selects the
+    """The model and Start from combos' connector body: values are item data, an unknown value selects the
     first entry, and mixed into a class with Slicer's abstract GuiConnector API it can be made."""
     import abc
 
@@ -151,7 +151,7 @@ def test_item_data_connector_binds_a_combo_whose_items_change():
         type("Bare", (SlicerGuiConnector,), {})()
 
     combo = QComboBox()
-    connector = type("StartFrom", (train_panel.ItemDataConnector, SlicerGuiConnector), {})(combo)
+    connector = type("StartFrom", (panel.ItemDataConnector, SlicerGuiConnector), {})(combo)
     assert connector.widget() is combo and connector.read() == train_panel.SCRATCH  # empty combo
     choices = [train_panel.StartChoice("scratch", "", ""), train_panel.StartChoice("m (UNet)", "m", "tip")]
     train_panel.fill(combo, choices, keep="m")

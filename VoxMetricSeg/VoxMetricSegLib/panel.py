@@ -23,6 +23,45 @@ DEFAULT_MODEL = ""
 MODALITY_SAMPLE = 1 << 20
 
 
+class ItemDataConnector:
+    """A parameterNodeWrapper GUI connector's body for a combo box whose items carry the values as
+    item data, so its choices can change: the module mixes it into Slicer's
+    ``GuiConnector`` (this file imports no Qt). Both panels use it: the model combo box here (first
+    entry :data:`DEFAULT_MODEL`) and VoxMetric Train's Start from (first entry: scratch, also "").
+    Reads "" from an empty combo box, and selects the first entry for a value it lacks."""
+
+    changed: Any  # GuiConnector's: tells the parameter node wrapper (an annotation: not set here)
+
+    def __init__(self, widget: Any) -> None:
+        super().__init__()
+        self._widget = widget
+
+    # Slicer's GuiConnector declares these abstract too; this connector is passed to
+    # connectParametersToGui by hand, never picked for a widget type
+    @staticmethod
+    def canRepresent(widget: Any, datatype: Any) -> bool:
+        return False
+
+    @staticmethod
+    def create(widget: Any, datatype: Any) -> None:
+        return None
+
+    def _connect(self) -> None:
+        self._widget.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self) -> Any:
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.currentData or DEFAULT_MODEL
+
+    def write(self, value: str) -> None:
+        self._widget.currentIndex = max(self._widget.findData(value), 0)
+
+
 class Refused(VoxMetricError):
     """A button press that cannot be honoured now (a job runs; the user declined an install)."""
 

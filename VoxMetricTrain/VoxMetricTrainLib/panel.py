@@ -134,44 +134,6 @@ def average_flags(average_from: float) -> list[str]:
     return ["--average-from", f"{average_from:g}"] if average_from > 0 else []
 
 
-class ItemDataConnector:
-    """A parameterNodeWrapper GUI connector's body for a combo box whose items carry the values as
-    item data (:func:`fill`), so its choices can change: the module mixes it into Slicer's
-    ``GuiConnector`` (this file imports no Qt). Reads :data:`SCRATCH` from an empty combo box, and
-    selects the first entry for a value it lacks."""
-
-    changed: Any  # GuiConnector's: tells the parameter node wrapper (an annotation: not set here)
-
-    def __init__(self, widget: Any) -> None:
-        super().__init__()
-        self._widget = widget
-
-    # Slicer's GuiConnector declares these abstract too; this connector is passed to
-    # connectParametersToGui by hand, never picked for a widget type
-    @staticmethod
-    def canRepresent(widget: Any, datatype: Any) -> bool:
-        return False
-
-    @staticmethod
-    def create(widget: Any, datatype: Any) -> None:
-        return None
-
-    def _connect(self) -> None:
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self) -> None:
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self) -> Any:
-        return self._widget
-
-    def read(self) -> str:
-        return self._widget.currentData or SCRATCH
-
-    def write(self, value: str) -> None:
-        self._widget.currentIndex = max(self._widget.findData(value), 0)
-
-
 def fill(combo: Any, choices: Sequence[StartChoice], keep: str) -> None:
     """Put ``choices`` into a combo box (item data: the values) unless it holds them already, and
     select ``keep`` when it is among them (else the first entry)."""
