@@ -493,6 +493,17 @@ def _read_sources(series: SeriesInfo) -> list:
 _ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 
 
+def _checked_output(seg: io.Segmentation, series: SeriesInfo, path: str | Path, overwrite: bool, algorithm_type: str,
+                    allow_empty: bool) -> tuple[Path, str, list[tuple[io.SegmentInfo, np.ndarray]]]:
+    """(output path, algorithm type in capitals, :func:`segment_masks`) of a DICOM writer, every
+    check done before anything is written."""
+    p = _check_target(path, overwrite)
+    kind = algorithm_type.upper()
+    if kind not in _ALGORITHM_TYPES:
+        raise InputError(f"algorithm type must be one of {', '.join(_ALGORITHM_TYPES)}, got {algorithm_type!r}.")
+    return p, kind, segment_masks(seg, series, allow_empty)
+
+
 def write_dicom_seg(seg: io.Segmentation, series: SeriesInfo, path: str | Path, *, allow_empty: bool = False,
                     overwrite: bool = False, algorithm_type: str = "AUTOMATIC") -> Path:
     """Write ``seg`` (any number of segments, on ``series``' grid) as a binary DICOM SEG
@@ -503,11 +514,7 @@ def write_dicom_seg(seg: io.Segmentation, series: SeriesInfo, path: str | Path, 
 
     from . import __version__
 
-    p = _check_target(path, overwrite)
-    kind = algorithm_type.upper()
-    if kind not in _ALGORITHM_TYPES:
-        raise InputError(f"algorithm type must be one of {', '.join(_ALGORITHM_TYPES)}, got {algorithm_type!r}.")
-    masks = segment_masks(seg, series, allow_empty)
+    p, kind, masks = _checked_output(seg, series, path, overwrite, algorithm_type, allow_empty)
     algo = hd.AlgorithmIdentificationSequence("VoxMetric", Code("123110", "DCM", "Artificial Intelligence"),
                                               __version__) if kind != "MANUAL" else None
     descriptions = []
@@ -576,11 +583,7 @@ def write_rtstruct(seg: io.Segmentation, series: SeriesInfo, path: str | Path, *
 
     from . import __version__
 
-    p = _check_target(path, overwrite)
-    kind = algorithm_type.upper()
-    if kind not in _ALGORITHM_TYPES:
-        raise InputError(f"algorithm type must be one of {', '.join(_ALGORITHM_TYPES)}, got {algorithm_type!r}.")
-    masks = segment_masks(seg, series, allow_empty)
+    p, kind, masks = _checked_output(seg, series, path, overwrite, algorithm_type, allow_empty)
     src = pydicom.dcmread(str(series.files[0]), stop_before_pixels=True)
     affine = series.grid().index_to_physical_matrix
     rt_class = "1.2.840.10008.5.1.4.1.1.481.3"
