@@ -15,11 +15,6 @@ import numpy as np
 from . import morphology  # scipy.ndimage's label / binary_fill_holes on SimpleITK (fast import)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean array (all False when empty)."""
-    return morphology.largest_component(mask, full=True)
-
-
 def ranked_components(prob: np.ndarray, threshold: float = 0.5, min_voxels: int = 1,
                       limit: int | None = None) -> list[np.ndarray]:
     """Boolean masks of the 26-connected components of ``prob > threshold``, those of at least
